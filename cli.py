@@ -1,0 +1,203 @@
+"""vggt-mv-deploy command line: export, inspect-checkpoint, model-info (more in later steps).
+
+Every command is a thin shell over a function in export/, vggt_mv/, runtime/ or calib/;
+heavy imports happen inside the commands so `--help` is instant.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Export VGGT_MV to ONNX / TensorRT, validate it, and run it.")
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+DEFAULT_SCENE = Path(__file__).resolve().parent.parent / "shared" / "data" / "mv_scene"
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+def _build_model(preset: str, options: list[str], checkpoint: Optional[Path],
+                 pi3: Optional[Path], seed_checkpoint: Optional[Path], seed: int,
+                 strict: bool):
+    import torch
+
+    from vggt_mv.config import get_config
+    from vggt_mv.models import VGGTMV
+
+    changes = {}
+    for opt in options:
+        key, _, val = opt.partition("=")
+        if not _:
+            _fail(f"--option expects key=value, got {opt!r}")
+        import json
+        try:
+            changes[key] = json.loads(val)
+        except json.JSONDecodeError:
+            changes[key] = val
+    try:
+        cfg = get_config(preset, **changes)
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    model = VGGTMV(cfg).eval()
+    console.print(f"built {cfg.name} ({model.num_parameters() / 1e6:,.1f} M parameters) in "
+                  f"{time.perf_counter() - t0:.1f} s")
+    if checkpoint or pi3 or seed_checkpoint:
+        from vggt_mv.weights import CheckpointError, LoadError, load_weights
+
+        try:
+            report = load_weights(model, checkpoint=checkpoint, pi3=pi3,
+                                  seed_checkpoint=seed_checkpoint, strict=strict)
+        except (CheckpointError, LoadError, FileNotFoundError) as e:
+            _fail(str(e))
+        console.print(report.as_table())
+        weights = report.to_dict()
+    else:
+        err.print(f"[bold yellow]WARNING: no checkpoint given: weights are RANDOM "
+                  f"(seed {seed}). Artifacts are only good for testing the pipeline.[/]")
+        weights = {"source": f"random init, seed {seed}", "seed": seed}
+    return model, weights
+
+
+@app.command()
+def export(
+    T: str = typer.Option("8", "--T", help="time steps per clip; a list such as 4,8 exports several buckets"),
+    N: str = typer.Option("4", "--N", help="views per time step; a list such as 2,4"),
+    height: int = typer.Option(518, "--height", help="image height (multiple of 14)"),
+    width: int = typer.Option(518, "--width", help="image width (multiple of 14)"),
+    single_view: bool = typer.Option(False, "--single-view", help="VGGT layout [B, S, 3, H, W] (S = --T)"),
+    ext_mask: bool = typer.Option(False, "--ext-mask", help="add an ext_mask input [B, T, N, H, W] (SAM2 / SegAnyMo masks)"),
+    preset: str = typer.Option("vggt_mv_1b", help="vggt_mv_1b (PAGE-4D layout), vggt_1b, tiny"),
+    option: list[str] = typer.Option([], "--option", "-o", help="config override key=value (JSON values), e.g. -o dual_stream=true -o sparse_global=true"),
+    checkpoint: Optional[Path] = typer.Option(None, help="PAGE-4D / VGGT-1B checkpoint (.pt)"),
+    pi3: Optional[Path] = typer.Option(None, help="Pi3 model.safetensors (stage 1 warm start)"),
+    seed_checkpoint: Optional[Path] = typer.Option(None, help="seed prototype (vggt_t_mv) checkpoint"),
+    strict: bool = typer.Option(False, help="fail when any model parameter gets no weights"),
+    seed: int = typer.Option(0, help="seed for random init and random validation inputs"),
+    opset: int = typer.Option(20, help="ONNX opset"),
+    out: Path = typer.Option(Path("artifacts"), help="output root; one folder per bucket"),
+    validate: bool = typer.Option(True, help="run both graphs in onnxruntime vs PyTorch after export"),
+    inputs: str = typer.Option("random", help="validation inputs: 'random' or a folder like ../shared/data/mv_scene"),
+    atol: Optional[float] = typer.Option(None, help="override absolute tolerance for every output"),
+    rtol: Optional[float] = typer.Option(None, help="override relative tolerance for every output"),
+) -> None:
+    """Trace VGGT_MV at fixed (T, N, H, W) buckets into model.onnx (portable) and
+    model.plugins.onnx (TensorRT plugin ops), validate both, write manifest.json."""
+    from tqdm import tqdm
+
+    from export.buckets import BucketError, make_buckets
+    from export.exporter import ExportError, export_bucket
+    from export.pipeline import ExportOptions, ValidationError, make_validator
+    from export.validate import Tolerance
+
+    try:
+        buckets = make_buckets(T, N, height, width, single_view=single_view, ext_mask=ext_mask)
+    except BucketError as e:
+        _fail(str(e))
+    if inputs != "random" and not Path(inputs).is_dir():
+        _fail(f"--inputs {inputs!r} is neither 'random' nor a folder")
+    model, weights = _build_model(preset, option, checkpoint, pi3, seed_checkpoint, seed, strict)
+    tol = None
+    if atol is not None or rtol is not None:
+        tol = Tolerance(atol if atol is not None else 1e-3, rtol if rtol is not None else 1e-3)
+    opts = ExportOptions(opset=opset, validate=validate, inputs=inputs, seed=seed, tolerance=tol)
+    results, t_all = [], time.perf_counter()
+    bar = tqdm(buckets, desc="buckets", unit="bucket", disable=len(buckets) < 2)
+    for bucket in bar:
+        console.rule(f"[bold]{bucket.name}")
+        steps = tqdm(total=4 if validate else 3, desc=bucket.name, unit="step", leave=False)
+
+        def step(name: str) -> None:
+            steps.set_postfix_str(name)
+            steps.update(1)
+
+        try:
+            res = export_bucket(model, bucket, out, opset=opset, weights=weights, step=step,
+                                log=console.print,
+                                validate_fn=make_validator(model, bucket, opts, console.print)
+                                if validate else None)
+        except ValidationError as e:
+            steps.close()
+            _fail(str(e), code=1)
+        except (ExportError, BucketError, FileNotFoundError, ValueError) as e:
+            steps.close()
+            _fail(f"{bucket.name}: {e}")
+        steps.close()
+        results.append(res)
+    _summary(results, time.perf_counter() - t_all)
+
+
+def _summary(results, seconds: float) -> None:
+    import resource
+
+    table = Table(title="export summary")
+    for col in ("bucket", "files", "size", "sites (biased/sparse)", "export s", "validate",
+                "folder"):
+        table.add_column(col)
+    for r in results:
+        m = r.manifest
+        size = sum(f["bytes"] for f in m["files"])
+        v = m.get("validation")
+        vtxt = "skipped" if not v else ("PASS" if v.get("passed") else "FAIL")
+        sites = m["attention_sites"]
+        table.add_row(r.bucket.name, str(len(m["files"])), f"{size / 1e6:,.1f} MB",
+                      "/".join(str(x) for x in sites.values()),
+                      f"{m['seconds'].get('export', 0):.1f}", vtxt, str(r.folder))
+    console.print(table)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    console.print(f"wall time {seconds:.1f} s, peak memory {peak:,.0f} MB")
+
+
+@app.command("model-info")
+def model_info(
+    preset: str = typer.Option("vggt_mv_1b"),
+    option: list[str] = typer.Option([], "--option", "-o"),
+    T: int = typer.Option(8, "--T"), N: int = typer.Option(4, "--N"),
+    height: int = typer.Option(518, "--height"), width: int = typer.Option(518, "--width"),
+) -> None:
+    """Parameters, attention sites and sequence lengths for a bucket (no weights allocated)."""
+    import torch
+
+    from vggt_mv.config import get_config
+    from vggt_mv.models import VGGTMV
+
+    changes = {}
+    for o in option:
+        import json
+        k, _, v = o.partition("=")
+        changes[k] = json.loads(v)
+    cfg = get_config(preset, **changes)
+    with torch.device("meta"):
+        model = VGGTMV(cfg)
+    sites = model.attention_sites((1, T, N, 3, height, width))
+    F = cfg.patch_start_idx + (height // cfg.patch_size) * (width // cfg.patch_size)
+    table = Table(title=f"{cfg.name} at T={T}, N={N}, {height}x{width}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("parameters", f"{model.num_parameters():,}")
+    table.add_row("tokens per frame", str(F))
+    table.add_row("Time-SA sequence (B*N x T*F)", f"{N} x {T * F}")
+    table.add_row("View-SA sequence (B*T x N*F)", f"{T} x {N * F}")
+    for k, v in sites.items():
+        table.add_row(f"{k} sites", str(v))
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The `export` command's job, as a function: model + buckets -> validated artifacts.
+
+Kept out of cli.py so tests and other tools (calibration, checks) call the same code.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .buckets import Bucket
+from .validate import Tolerance, compare_outputs, format_table, run_onnx
+
+
+class ValidationError(RuntimeError):
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class ExportOptions:
+    opset: int = 20
+    validate: bool = True
+    inputs: str = "random"          # "random" or a folder laid out like mv_scene
+    seed: int = 0
+    tolerance: Tolerance | None = None
+    graphs: tuple[str, ...] = ("model.onnx", "model.plugins.onnx")
+    threads: int | None = None
+    extra_manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def validation_feeds(bucket: Bucket, inputs: str, seed: int = 0) -> tuple[dict, str]:
+    """Real frames from a folder when given (first T time steps, first N views), else
+    seeded uniform noise; returns (feeds, description)."""
+    if inputs in ("", "random", None):
+        from .exporter import example_inputs
+
+        return example_inputs(bucket, seed), f"random uniform [0, 1), seed {seed}"
+    from runtime.preprocess import load_clip
+
+    clip = load_clip(inputs, 0, bucket.T, 1 if bucket.single_view else bucket.N,
+                     (bucket.H, bucket.W), with_masks=bucket.ext_mask)
+    images = np.ascontiguousarray(clip["images"], dtype=np.float32)
+    feeds = {"images": images[:, :, 0] if bucket.single_view else images}
+    if bucket.ext_mask:
+        m = np.ascontiguousarray(clip["ext_mask"], dtype=np.float32)
+        feeds["ext_mask"] = m[:, :, 0] if bucket.single_view else m
+    return feeds, f"real frames from {inputs} (t 0..{bucket.T - 1})"
+
+
+def make_validator(model, bucket: Bucket, opts: ExportOptions,
+                   log: Callable[[str], None]) -> Callable[[Path, dict], dict]:
+    from .exporter import torch_outputs
+
+    def validate(folder: Path, manifest: dict) -> dict:
+        feeds, desc = validation_feeds(bucket, opts.inputs, opts.seed)
+        t0 = time.perf_counter()
+        ref = torch_outputs(model, bucket, feeds)
+        report: dict[str, Any] = {"inputs": desc, "torch_seconds": time.perf_counter() - t0,
+                                  "graphs": {}}
+        failed = []
+        for g in opts.graphs:
+            t0 = time.perf_counter()
+            got = run_onnx(folder / g, feeds, plugins=g.endswith("plugins.onnx"),
+                           threads=opts.threads)
+            secs = time.perf_counter() - t0
+            default = opts.tolerance or Tolerance()
+            rows = compare_outputs(ref, got, None if opts.tolerance is None else
+                                   {k: opts.tolerance for k in ref}, default)
+            log(format_table(rows, f"{bucket.name}: {g} (onnxruntime CPU) vs PyTorch, {desc}"))
+            report["graphs"][g] = {"seconds": round(secs, 2),
+                                   "rows": [r.to_dict() for r in rows],
+                                   "passed": all(r.passed for r in rows)}
+            if not all(r.passed for r in rows):
+                failed.append(g)
+        report["passed"] = not failed
+        if failed:
+            raise ValidationError(f"{bucket.name}: {', '.join(failed)} outside tolerance "
+                                  f"(see the table above); nothing was written", report)
+        return report
+
+    return validate

@@ -1,0 +1,34 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def scene_dir() -> Path:
+    env = os.environ.get("VGGT_MV_SCENE")
+    return Path(env) if env else ROOT.parent / "shared" / "data" / "mv_scene"
+
+
+def ref_dir() -> Path:
+    return ROOT.parent / "shared" / "ref"
+
+
+@pytest.fixture(scope="session")
+def mv_scene() -> Path:
+    d = scene_dir()
+    if not (d / "images").is_dir():
+        pytest.skip(f"real multi-view scene not found at {d} (set VGGT_MV_SCENE)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def state_dict_refs() -> Path:
+    d = ref_dir() / "state_dicts"
+    if not d.is_dir():
+        pytest.skip(f"reference state-dict manifests not found at {d}")
+    return d
