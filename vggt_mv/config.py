@@ -147,7 +147,8 @@ def tiny_config(**changes: Any) -> VGGTMVConfig:
         heads=HeadsConfig(camera_trunk_depth=1, camera_num_heads=4, dpt_features=32,
                           dpt_out_channels=(16, 32, 64, 64), dpt_layers=(0, 1, 2, 3),
                           track_features=16, track_hidden_size=32,
-                          track_kwargs={"depth": 1, "num_heads": 2, "num_virtual_tracks": 4}),
+                          track_kwargs={"depth": 1, "num_heads": 2, "num_virtual_tracks": 4,
+                                        "corr_levels": 3, "corr_radius": 2}),
     )
     return cfg.replace(**changes) if changes else cfg
 

@@ -36,7 +36,9 @@ class VGGTMV(nn.Module):
                                   **dpt) if hc.depth else None
         self.track_head = TrackHead(
             dim_in=dim_in, patch_size=cfg.patch_size, features=hc.track_features,
-            iters=hc.track_iters, hidden_size=hc.track_hidden_size, **hc.track_kwargs,
+            iters=hc.track_iters, hidden_size=hc.track_hidden_size,
+            out_channels=hc.dpt_out_channels, intermediate_layer_idx=hc.dpt_layers,
+            **hc.track_kwargs,
         ) if hc.track else None
 
     # ------------------------------------------------------------------ checks
