@@ -143,10 +143,12 @@ class EfficientUpdateFormer(nn.Module):
         N = tokens.shape[1]
         n_points = N - self.num_virtual_tracks if self.add_space_attn else N
 
-        every = len(self.time_blocks) // len(self.space_virtual_blocks) if self.add_space_attn else 0
+        # With fewer space than time blocks, space attention follows every k-th time block.
+        n_space = len(self.space_virtual_blocks) if self.add_space_attn else 0
+        every = len(self.time_blocks) // n_space if n_space else 0
         for i, time_block in enumerate(self.time_blocks):
             tokens = time_block(tokens.reshape(B * N, T, C)).reshape(B, N, T, C)
-            if self.add_space_attn and i % every == 0 and i // every < len(self.space_virtual_blocks):
+            if n_space and i % every == 0 and i // every < n_space:
                 j = i // every
                 space = tokens.permute(0, 2, 1, 3).reshape(B * T, N, C)
                 points, virtual = space[:, :n_points], space[:, n_points:]
@@ -162,8 +164,9 @@ class EfficientUpdateFormer(nn.Module):
 
 def _normalize_grid(points_xy: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pixel (x, y) -> grid_sample coordinates for align_corners=True."""
-    scale = points_xy.new_tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)])
-    return points_xy * scale - 1.0
+    x, y = points_xy.unbind(-1)
+    return torch.stack([x * (2.0 / max(width - 1, 1)), y * (2.0 / max(height - 1, 1))],
+                       dim=-1) - 1.0
 
 
 def sample_points(fmap: torch.Tensor, points_xy: torch.Tensor) -> torch.Tensor:
@@ -254,6 +257,11 @@ class BaseTrackerPredictor(nn.Module):
         """
         B, N, _ = query_points.shape
         _, S, C, HH, WW = fmaps.shape
+        if min(HH, WW) < 2 ** (self.corr_levels - 1):
+            raise ValueError(
+                f"track feature map {HH}x{WW} is too small for {self.corr_levels} correlation "
+                f"levels (needs >= {2 ** (self.corr_levels - 1)} px per side, i.e. images of "
+                f">= {2 ** (self.corr_levels - 1) * self.stride} px); lower corr_levels")
         fmaps = self.fmap_norm(fmaps.permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)
 
         query = query_points.to(fmaps.dtype) / float(self.stride)

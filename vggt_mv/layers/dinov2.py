@@ -49,7 +49,7 @@ class DinoVisionTransformer(nn.Module):
             for _ in range(depth)
         ])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self._pos_cache: dict[tuple, torch.Tensor] = {}
+        self._pos_cache: dict[tuple, tuple[int, torch.Tensor]] = {}
         if self.pos_embed.device.type != "meta":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
             nn.init.normal_(self.cls_token, std=1e-6)
@@ -60,18 +60,25 @@ class DinoVisionTransformer(nn.Module):
         m = int(math.sqrt(n))
         if h0 == m and w0 == m:
             return self.pos_embed
-        key = (h0, w0, self.pos_embed._version, self.pos_embed.data_ptr(),
-               str(self.pos_embed.device))
-        cached = self._pos_cache.get(key)
-        if cached is None:
-            with torch.no_grad():
-                pe = self.pos_embed.detach().float()
-                patch = pe[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2)
-                patch = F.interpolate(patch, size=(h0, w0), mode="bicubic",
-                                      antialias=self.interpolate_antialias)
-                patch = patch.permute(0, 2, 3, 1).reshape(1, h0 * w0, -1)
-                cached = torch.cat([pe[:, :1], patch], dim=1).to(self.pos_embed.dtype)
-            self._pos_cache = {key: cached}
+        key = (h0, w0, str(self.pos_embed.device))
+        entry = self._pos_cache.get(key)
+        # While exporting, parameters are fake tensors: use the table computed eagerly by
+        # prepare(). Eagerly, recompute when the weights changed (load_state_dict bumps
+        # the parameter's version counter).
+        if entry is not None and (torch.compiler.is_compiling()
+                                  or entry[0] == self.pos_embed._version):
+            return entry[1]
+        if torch.compiler.is_compiling():
+            raise RuntimeError(f"positional embedding for a {h0}x{w0} patch grid was not "
+                               "prepared; call model.prepare(height, width) before export")
+        with torch.no_grad():
+            pe = self.pos_embed.detach().float()
+            patch = pe[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2)
+            patch = F.interpolate(patch, size=(h0, w0), mode="bicubic",
+                                  antialias=self.interpolate_antialias)
+            patch = patch.permute(0, 2, 3, 1).reshape(1, h0 * w0, -1)
+            cached = torch.cat([pe[:, :1], patch], dim=1).to(self.pos_embed.dtype)
+        self._pos_cache = {key: (self.pos_embed._version, cached)}
         return cached
 
     def prepare(self, height: int, width: int) -> None:
