@@ -15,6 +15,7 @@ Every function broadcasts over leading dimensions and keeps float32 inputs in fl
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -31,6 +32,7 @@ __all__ = [
     "depth_to_camera_points",
     "camera_to_world",
     "world_to_camera",
+    "unproject_pixels",
     "depth_to_world_points",
     "project_points",
     "confidence_mask",
@@ -222,6 +224,19 @@ def depth_to_camera_points(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
     return np.stack(np.broadcast_arrays(x * d, y * d, d), axis=-1).astype(dt)
 
 
+def unproject_pixels(uv: np.ndarray, depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Pixels uv [..., *P, 2] with depths [..., *P] -> camera points [..., *P, 3]."""
+    uv, d, K = np.asarray(uv), np.asarray(depth), np.asarray(K)
+    _check_tail(uv, (2,), "uv")
+    _check_tail(K, (3, 3), "K")
+    dt = _float_dtype(uv, d, K)
+    K64 = _expand_for_points(K.astype(np.float64), uv, "K")
+    y = (uv[..., 1] - K64[..., 1, 2]) / K64[..., 1, 1]
+    x = (uv[..., 0] - K64[..., 0, 2] - K64[..., 0, 1] * y) / K64[..., 0, 0]
+    d = d.astype(np.float64)
+    return np.stack(np.broadcast_arrays(x * d, y * d, d), axis=-1).astype(dt)
+
+
 def depth_to_world_points(depth: np.ndarray, extrinsics: np.ndarray,
                           intrinsics: np.ndarray) -> np.ndarray:
     """Depth [..., H, W(, 1)] -> world point map [..., H, W, 3] (camera-from-world extrinsics)."""
@@ -270,7 +285,9 @@ def confidence_mask(conf: np.ndarray, percentile: float | None = None,
             if c.ndim < 2:
                 raise RuntimeDataError(f"per_frame needs [..., H, W], got {c.shape}")
             flat = np.where(np.isfinite(c), c, np.nan).reshape(c.shape[:-2] + (-1,))
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():
+                # An all-NaN frame yields a NaN cut, which then keeps nothing: intended.
+                warnings.simplefilter("ignore", RuntimeWarning)
                 cut = np.nanpercentile(flat, percentile, axis=-1)[..., None, None]
         else:
             finite = c[np.isfinite(c)]

@@ -213,8 +213,12 @@ def _resize_bicubic_uint8(img: np.ndarray, out_hw: tuple[int, int]) -> np.ndarra
 
 def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
     # PIL NEAREST samples source floor((i + 0.5) * n_in / n_out): centre-aligned like bicubic,
-    # which is what keeps mask pixels on top of their image pixels.
-    return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
+    # which is what keeps mask pixels on top of their image pixels. PIL gets the coordinate
+    # by repeatedly adding the scale in double precision; doing the same sequential sum
+    # reproduces its choice at exact ties (a closed form differs there).
+    step = n_in / n_out
+    coords = np.add.accumulate(np.concatenate([[0.5 * step], np.full(n_out - 1, step)]))
+    return np.minimum(coords.astype(np.int64), n_in - 1)
 
 
 # ------------------------------------------------------------------------ preprocessing
@@ -420,8 +424,13 @@ class SceneIndex:
     def camera(self, t: int, v: int) -> tuple[np.ndarray, np.ndarray]:
         """(K [3,3], extrinsic [3,4]) as stored, or MissingFrameError if absent.
 
-        For mv_scene the stored [R|t] is camera-from-world (OpenCV), the same convention as
-        VGGT's extrinsics; see tests/test_postprocess.py for the evidence.
+        For mv_scene the stored [R|t] is camera-from-world (OpenCV: X_cam = R X_world + t),
+        the same convention as VGGT's extrinsics, so no inversion is needed. Evidence
+        (tests/test_postprocess.py): the static mustard bottle triangulated from all four
+        views reprojects within ~5 px (<= 12 px at time 15) with positive depth in every
+        view under this reading, and 120-420 px off under the world-from-camera reading;
+        the world origin and the optical axes' meeting point lie 4-7 m in front of every
+        camera only under this reading.
         """
         if self.camera_root is None:
             raise MissingFrameError(f"scene {self.root} has no cameras/ folder")
