@@ -14,7 +14,7 @@ PLUGIN_ONLY_ATTRS = ("plugin_version", "plugin_namespace")
 
 
 def _function_protos(opset: int) -> dict[str, onnx.FunctionProto]:
-    from plugins.reference.portable import function_protos
+    from .functions import function_protos
 
     return {f.name: f for f in function_protos(opset)}
 

@@ -1,0 +1,453 @@
+"""TensorRT engine building: one engine per bucket, from its plugin graph, with a sidecar.
+
+TensorRT 11 has no FP16/INT8 builder flags and no implicit calibration; TensorRT 10.3
+(JetPack 6) has both but also strongly typed networks. Building strongly typed on both
+makes one graph mean one thing everywhere: precision lives in the ONNX (FP16 casts,
+INT8 Q/DQ), produced before the build by calib/ (quantize/convert the portable graph,
+then surgery, so plugin sites keep their FP16/FP32 I/O and the quantizer never sees a
+plugin op). This module only picks the graph for a precision and builds it.
+
+Thin over pure functions: ``plan_build`` validates everything that can be checked without
+TensorRT (it is what ``--dry-run`` prints), ``build_engines`` does the TensorRT work.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from runtime.dispatch import engine_filename
+from runtime.sidecar import (
+    EnvironmentInfo,
+    GpuUnavailableError,
+    detect_gpu,
+    make_sidecar,
+    parse_version,
+    resolve_plugin_library,
+    sha256_file,
+    sidecar_path_for,
+    write_sidecar,
+)
+
+__all__ = [
+    "GRAPH_FOR_PRECISION",
+    "CREATE_GRAPH_HINT",
+    "PRECISIONS",
+    "EngineBuildError",
+    "BuildItem",
+    "BuildPlan",
+    "BuildResult",
+    "parse_workspace",
+    "plan_build",
+    "format_plan",
+    "build_engines",
+    "MIN_TENSORRT",
+]
+
+PRECISIONS = ("fp32", "fp16", "int8")
+# The graph each precision builds from; fp16/int8 are written by calib/ (quantization).
+GRAPH_FOR_PRECISION = {
+    "fp32": "model.plugins.onnx",
+    "fp16": "model.fp16.plugins.onnx",
+    "int8": "model.int8.plugins.onnx",
+}
+CREATE_GRAPH_HINT = {
+    "fp32": "python cli.py export (it writes model.plugins.onnx)",
+    "fp16": "the FP16 conversion in calib/ (e.g. `python cli.py quantize --fp16 --bucket "
+            "{bucket}`), which writes model.fp16.plugins.onnx",
+    "int8": "INT8 quantization in calib/ (e.g. `python cli.py quantize --int8 --calib DIR "
+            "--bucket {bucket}`), which writes model.int8.plugins.onnx",
+}
+MIN_TENSORRT = (10, 3)
+DEFAULT_TIMING_CACHE = "timing.cache"
+# TensorRT 10.3's ONNX parser reads IR <= 10 and opsets it knows (<= 20).
+TRT103_MAX_IR, TRT103_MAX_OPSET = 10, 20
+
+
+class EngineBuildError(RuntimeError):
+    pass
+
+
+def parse_workspace(text: str | int | None) -> int | None:
+    """'4G', '512M', '1.5GiB', '2048' (MiB) -> bytes; None/'' / 'auto' -> None (TensorRT
+    default: the whole device memory)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("", "auto")):
+        return None
+    if isinstance(text, int):
+        return text << 20
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not m:
+        raise EngineBuildError(f"--workspace expects a size such as 4G, 512M or 2048 (MiB), "
+                               f"got {text!r}")
+    value, unit = float(m.group(1)), m.group(2) or "m"
+    size = int(value * {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[unit])
+    if size <= 0:
+        raise EngineBuildError(f"--workspace must be positive, got {text!r}")
+    return size
+
+
+@dataclass
+class BuildItem:
+    bucket_dir: Path
+    bucket_name: str
+    bucket: dict[str, Any]
+    precision: str
+    onnx_path: Path
+    engine_path: Path
+    needs_plugins: bool
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sidecar_path(self) -> Path:
+        return sidecar_path_for(self.engine_path)
+
+
+@dataclass
+class BuildPlan:
+    precision: str
+    items: list[BuildItem]
+    plugin_library: Path | None
+    plugin_sha256: str | None
+    workspace_bytes: int | None
+    timing_cache: Path | None
+    calib: Path | None
+    options: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def all_problems(self) -> list[str]:
+        return self.problems + [f"{i.bucket_name}: {p}" for i in self.items for p in i.problems]
+
+    @property
+    def ok(self) -> bool:
+        return not self.all_problems
+
+    def build_options(self) -> dict[str, Any]:
+        return {"precision": self.precision, "strongly_typed": True,
+                "workspace_bytes": self.workspace_bytes,
+                "timing_cache": str(self.timing_cache) if self.timing_cache else None,
+                "calib": str(self.calib) if self.calib else None, **self.options}
+
+
+@dataclass
+class BuildResult:
+    item: BuildItem
+    status: str            # "built", "failed"
+    seconds: float = 0.0
+    engine_bytes: int = 0
+    message: str = ""
+
+
+def _bucket_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "manifest.json").is_file() or not p.is_dir():
+            out.append(p)  # a bucket (or a missing path, reported by plan_build)
+        else:
+            subs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")
+                          and (d / "manifest.json").is_file())
+            out += subs or [p]
+    return out
+
+
+def plan_build(bucket_dirs: Iterable[str | Path], precision: str, calib: str | Path | None = None,
+               plugins: str | Path | None = None, workspace: str | int | None = None,
+               timing_cache: str | Path | None = None, *,
+               options: dict[str, Any] | None = None) -> BuildPlan:
+    """Everything ``build_engines`` will do, validated without TensorRT.
+
+    bucket_dirs may hold bucket folders or roots containing them. Problems are collected,
+    not raised, so a dry run lists all of them at once.
+    """
+    if precision not in PRECISIONS:
+        raise EngineBuildError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    plan_problems: list[str] = []
+    dirs = _bucket_dirs(bucket_dirs)
+    if not dirs:
+        plan_problems.append("no bucket folders given (--bucket DIR, or an export root)")
+    ws = None
+    try:
+        ws = parse_workspace(workspace)
+    except EngineBuildError as e:
+        plan_problems.append(str(e))
+    calib_path = Path(calib) if calib else None
+    if calib_path is not None and not calib_path.exists():
+        plan_problems.append(f"--calib {calib_path} does not exist")
+    if calib_path is not None and precision != "int8":
+        plan_problems.append("--calib only applies to --int8")
+
+    items: list[BuildItem] = []
+    for d in dirs:
+        name = d.name
+        graph = GRAPH_FOR_PRECISION[precision]
+        item = BuildItem(d, name, {}, precision, d / graph, d / engine_filename(precision),
+                         needs_plugins=True)
+        items.append(item)
+        if not d.is_dir():
+            item.problems.append(f"bucket folder {d} does not exist")
+            continue
+        mpath = d / "manifest.json"
+        if not mpath.is_file():
+            item.problems.append(f"{d} has no manifest.json: not an exported bucket "
+                                 f"(run `python cli.py export`)")
+            continue
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            item.problems.append(f"{mpath} is corrupt ({e}); re-export the bucket")
+            continue
+        item.manifest = manifest
+        item.bucket = dict(manifest.get("bucket", {}))
+        item.bucket_name = item.bucket.get("name", name)
+        sites = manifest.get("attention_sites") or {}
+        item.needs_plugins = any(int(v) for v in sites.values()) if sites else True
+        if not item.onnx_path.is_file():
+            hint = CREATE_GRAPH_HINT[precision].format(bucket=d)
+            item.problems.append(f"{graph} not found in {d}; create it with {hint}")
+        if manifest.get("ir_version", 0) > TRT103_MAX_IR:
+            item.warnings.append(f"ONNX IR version {manifest['ir_version']} > "
+                                 f"{TRT103_MAX_IR}: TensorRT 10.3 (JetPack 6) cannot parse it")
+        if manifest.get("opset", 0) > TRT103_MAX_OPSET:
+            item.warnings.append(f"opset {manifest['opset']} > {TRT103_MAX_OPSET}: "
+                                 f"TensorRT 10.3 (JetPack 6) may reject it")
+        if item.engine_path.is_file():
+            item.warnings.append(f"{item.engine_path.name} exists and will be replaced")
+
+    lib, sha = None, None
+    needs = any(i.needs_plugins for i in items)
+    try:
+        lib = resolve_plugin_library(plugins)
+    except FileNotFoundError as e:
+        plan_problems.append(str(e))
+    if lib is None and needs and not any("plugin library" in p for p in plan_problems):
+        plan_problems.append(
+            "plugin library libvggt_mv_plugins.so not found: the plugin graphs hold "
+            "vggt_mv::Vggt*Attention nodes; build it (plugins/build.py) and pass --plugins "
+            "PATH or set $VGGT_MV_PLUGINS")
+    if lib is not None:
+        sha = sha256_file(lib)
+    cache = Path(timing_cache) if timing_cache else None
+    if cache is not None and cache.exists() and not cache.is_file():
+        plan_problems.append(f"--timing-cache {cache} is not a file")
+    return BuildPlan(precision, items, lib, sha, ws, cache, calib_path, dict(options or {}),
+                     plan_problems)
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "TensorRT default (device memory)"
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def format_plan(plan: BuildPlan) -> str:
+    lines = [f"TensorRT engine build plan: {plan.precision}, {len(plan.items)} bucket(s), "
+             f"strongly typed (precision from the ONNX graph)"]
+    lines.append(f"  plugin library : {plan.plugin_library or 'none'}"
+                 + (f" (sha256 {plan.plugin_sha256[:16]}...)" if plan.plugin_sha256 else ""))
+    lines.append(f"  workspace      : {_fmt_bytes(plan.workspace_bytes)}")
+    cache = plan.timing_cache
+    lines.append(f"  timing cache   : {cache or 'none'}"
+                 + ("" if cache is None else " (reused)" if cache.exists() else " (created)"))
+    if plan.calib:
+        lines.append(f"  calibration    : {plan.calib}")
+    for k, v in plan.options.items():
+        lines.append(f"  {k:<15}: {v}")
+    for it in plan.items:
+        status = "OK" if not it.problems else "BLOCKED"
+        lines.append(f"  [{status}] {it.bucket_name}: {it.onnx_path} -> {it.engine_path.name}"
+                     f" (+ {it.sidecar_path.name})")
+        lines += [f"      problem: {p}" for p in it.problems]
+        lines += [f"      note: {w}" for w in it.warnings]
+    lines += [f"  problem: {p}" for p in plan.problems]
+    lines.append("plan is valid" if plan.ok else
+                 f"plan has {len(plan.all_problems)} problem(s); nothing will be built")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- TensorRT
+def _require_tensorrt():
+    try:
+        import tensorrt as trt  # noqa: PLC0415
+    except ImportError as e:
+        raise EngineBuildError(
+            "TensorRT is not installed: building engines needs the full TensorRT Python "
+            "package with the builder and ONNX parser (x86: `pip install tensorrt` 10.3+ "
+            "or 11.x on a machine with an NVIDIA GPU; JetPack 6: `sudo apt install "
+            "python3-libnvinfer python3-libnvinfer-dev`). `--dry-run` works without it."
+        ) from e
+    if parse_version(trt.__version__)[:2] < MIN_TENSORRT:
+        raise EngineBuildError(f"TensorRT {trt.__version__} is too old; 10.3 (JetPack 6) or "
+                               f"newer is required (strongly typed networks, IPluginV3)")
+    if not hasattr(trt, "Builder") or not hasattr(trt, "OnnxParser"):
+        raise EngineBuildError(f"the installed TensorRT {trt.__version__} is a runtime-only "
+                               f"(lean/dispatch) package without Builder/OnnxParser; install "
+                               f"the full `tensorrt` package to build engines")
+    return trt
+
+
+def _make_logger(trt, sink: list[str]):
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg) -> None:  # noqa: ANN001 - TensorRT callback
+            if int(severity) <= int(trt.ILogger.Severity.WARNING):
+                sink.append(f"[{str(severity).split('.')[-1]}] {msg}")
+
+    return _Logger()
+
+
+def _make_progress_monitor(trt, bar_factory: Callable[[str, int], Any] | None):
+    """IProgressMonitor driving one progress bar per TensorRT build phase."""
+    if bar_factory is None or not hasattr(trt, "IProgressMonitor"):
+        return None
+
+    class _Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.bars: dict[str, Any] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps) -> None:  # noqa: ANN001
+            indent = "  " if parent_phase else ""
+            self.bars[phase_name] = bar_factory(indent + phase_name, int(num_steps))
+
+        def step_complete(self, phase_name, step) -> bool:  # noqa: ANN001
+            bar = self.bars.get(phase_name)
+            if bar is not None:
+                bar.update(1)
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name) -> None:  # noqa: ANN001
+            bar = self.bars.pop(phase_name, None)
+            if bar is not None:
+                bar.close()
+
+    return _Monitor()
+
+
+def _io_of(trt, network) -> tuple[dict, dict]:
+    import numpy as np  # noqa: PLC0415
+
+    def spec(t):
+        return {"shape": [int(d) for d in t.shape],
+                "dtype": np.dtype(trt.nptype(t.dtype)).name}
+
+    ins = {network.get_input(i).name: spec(network.get_input(i))
+           for i in range(network.num_inputs)}
+    outs = {network.get_output(i).name: spec(network.get_output(i))
+            for i in range(network.num_outputs)}
+    return ins, outs
+
+
+def build_engines(plan: BuildPlan, *, log: Callable[[str], None] = print,
+                  bar_factory: Callable[[str, int], Any] | None = None,
+                  builder_optimization_level: int | None = None,
+                  device: int = 0) -> list[BuildResult]:
+    """Build every engine of a valid plan. Raises EngineBuildError naming what is missing
+    (TensorRT, a GPU, an invalid plan) before any work starts; a bucket whose build fails
+    is reported in its BuildResult and the others still build."""
+    if not plan.ok:
+        raise EngineBuildError("the build plan is invalid:\n  - "
+                               + "\n  - ".join(plan.all_problems))
+    trt = _require_tensorrt()
+    try:
+        gpu = detect_gpu(device)
+    except GpuUnavailableError as e:
+        raise EngineBuildError(f"no GPU to build on: {e}. TensorRT tunes engines on the GPU "
+                               f"that will run them; build on the target (e.g. the Jetson)"
+                               ) from e
+    messages: list[str] = []
+    logger = _make_logger(trt, messages)
+    if hasattr(trt, "init_libnvinfer_plugins"):
+        trt.init_libnvinfer_plugins(logger, "")
+    registry = trt.get_plugin_registry()
+    handle = None
+    if plan.plugin_library is not None:
+        handle = registry.load_library(str(plan.plugin_library))
+        if handle is None:
+            raise EngineBuildError(f"TensorRT could not load the plugin library "
+                                   f"{plan.plugin_library}: {'; '.join(messages[-5:])}")
+    env = EnvironmentInfo(str(trt.__version__), gpu.name, gpu.compute_capability,
+                          plan.plugin_sha256, str(plan.plugin_library or "") or None)
+    cache_bytes = plan.timing_cache.read_bytes() if (
+        plan.timing_cache and plan.timing_cache.is_file()) else b""
+    results = []
+    for item in plan.items:
+        t0 = time.perf_counter()
+        messages.clear()
+        try:
+            serialized, inputs, outputs, cache_bytes = _build_one(
+                trt, logger, messages, item, plan, cache_bytes, bar_factory,
+                builder_optimization_level)
+        except EngineBuildError as e:
+            results.append(BuildResult(item, "failed", time.perf_counter() - t0, 0, str(e)))
+            log(f"{item.bucket_name}: FAILED: {e}")
+            continue
+        from runtime.outputs import atomic_write  # noqa: PLC0415
+
+        with atomic_write(item.engine_path) as f:
+            f.write(serialized)
+        secs = time.perf_counter() - t0
+        contract_version = item.manifest.get("contract_version")
+        opts = plan.build_options()
+        if builder_optimization_level is not None:
+            opts["builder_optimization_level"] = builder_optimization_level
+        side = make_sidecar(
+            engine_file=item.engine_path.name, engine_sha256=sha256_file(item.engine_path),
+            env=env, bucket=item.bucket, precision=item.precision,
+            source_onnx=item.onnx_path.name, source_onnx_sha256=sha256_file(item.onnx_path),
+            build_options=opts, inputs=inputs, outputs=outputs,
+            plugin_library=str(plan.plugin_library) if plan.plugin_library else None,
+            contract_version=contract_version, build_seconds=secs)
+        write_sidecar(item.sidecar_path, side)
+        if plan.timing_cache is not None and cache_bytes:
+            with atomic_write(plan.timing_cache) as f:
+                f.write(cache_bytes)
+        results.append(BuildResult(item, "built", secs, item.engine_path.stat().st_size))
+        log(f"{item.bucket_name}: built {item.engine_path} in {secs:.1f} s")
+    del handle
+    return results
+
+
+def _build_one(trt, logger, messages, item: BuildItem, plan: BuildPlan, cache_bytes: bytes,
+               bar_factory, opt_level: int | None):
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    else:
+        raise EngineBuildError(f"TensorRT {trt.__version__} lacks strongly typed networks")
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    # parse_from_file resolves external weights (model.onnx.data) relative to the graph.
+    if not parser.parse_from_file(str(item.onnx_path)):
+        errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        hint = ""
+        if any("plugin" in e.lower() or "Vggt" in e for e in errs):
+            hint = (f" (plugin creators missing? the library {plan.plugin_library} must "
+                    f"register vggt_mv::VggtBiasedAttention/VggtSparseAttention version 1)")
+        raise EngineBuildError(f"ONNX parser rejected {item.onnx_path.name}: "
+                               + "; ".join(errs or messages[-5:]) + hint)
+    config = builder.create_builder_config()
+    if plan.workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
+    if opt_level is not None:
+        config.builder_optimization_level = int(opt_level)
+    cache = config.create_timing_cache(cache_bytes)
+    # ignore_mismatch=False: a cache from another GPU/TensorRT is rejected, not misused.
+    config.set_timing_cache(cache, False)
+    monitor = _make_progress_monitor(trt, bar_factory)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    inputs, outputs = _io_of(trt, network)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError("TensorRT build failed: " + ("; ".join(messages[-8:])
+                                                             or "no message from TensorRT"))
+    new_cache = bytes(config.get_timing_cache().serialize())
+    return bytes(serialized), inputs, outputs, new_cache
