@@ -62,7 +62,7 @@ def _build_model(preset: str, options: list[str], checkpoint: Optional[Path],
                                   seed_checkpoint=seed_checkpoint, strict=strict)
         except (CheckpointError, LoadError, FileNotFoundError) as e:
             _fail(str(e))
-        console.print(report.as_table())
+        console.print(report.as_table(), markup=False, soft_wrap=True)
         weights = report.to_dict()
     else:
         err.print(f"[bold yellow]WARNING: no checkpoint given: weights are RANDOM "
@@ -193,6 +193,36 @@ def model_info(
     for k, v in sites.items():
         table.add_row(f"{k} sites", str(v))
     console.print(table)
+
+
+@app.command("inspect-checkpoint")
+def inspect_checkpoint_cmd(
+    path: Path = typer.Argument(..., help="checkpoint: .pt/.pth (PAGE-4D, VGGT-1B, seed prototype) or Pi3 .safetensors"),
+    preset: str = typer.Option("vggt_mv_1b", help="configuration to match the file against"),
+    option: list[str] = typer.Option([], "--option", "-o", help="config override key=value"),
+    sha256: bool = typer.Option(False, help="also hash the file (slow for 5 GB)"),
+) -> None:
+    """What a checkpoint holds (kind, tensors, parameters, dtypes) and how it would load into
+    a VGGT_MV configuration: loaded / skipped / shape-mismatched / missing / unexpected,
+    grouped by module. Nothing is allocated at model size (meta device)."""
+    import json
+
+    from vggt_mv.config import get_config
+    from vggt_mv.weights import CheckpointError, inspect_checkpoint
+
+    changes = {}
+    for o in option:
+        k, _, v = o.partition("=")
+        try:
+            changes[k] = json.loads(v)
+        except json.JSONDecodeError:
+            changes[k] = v
+    try:
+        report = inspect_checkpoint(path, config=get_config(preset, **changes), hash_file=sha256)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    text = report.as_table() if hasattr(report, "as_table") else json.dumps(report, indent=1, default=str)
+    console.print(text, markup=False, soft_wrap=True)
 
 
 def main() -> None:

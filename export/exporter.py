@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import platform
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -136,7 +138,11 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
         from .onnx_ops import translation_table
 
         sink = io.StringIO()
-        with torch.no_grad(), contextlib.redirect_stdout(sink):
+        # The exporter narrates every pass on stdout and warns about optional packages
+        # (torchvision) we do not use; keep the user's terminal for our own progress.
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        with torch.no_grad(), contextlib.redirect_stdout(sink), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
             prog = torch.onnx.export(
                 wrapper, args, dynamo=True, opset_version=opset, optimize=True,
                 input_names=names_in, output_names=names_out,

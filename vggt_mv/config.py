@@ -103,9 +103,8 @@ class VGGTMVConfig:
             problems.append(f"mask_layer {self.mask_layer} outside [0, {self.depth})")
         if self.mask_head and any(i <= self.mask_layer for i in self.mask_bias_layers):
             problems.append("mask_bias_layers must come after mask_layer")
-        if self.dual_stream and self.mask_head and any(
-                i <= self.mask_layer for i in self.dual_stream_layers):
-            problems.append("dual_stream_layers must come after mask_layer (they read the mask)")
+        # Dual layers before mask_layer are allowed (the seed prototype used 6..10 with
+        # the mask at 7): until the mask exists their bias is zero, i.e. plain attention.
         if self.dual_stream and list(self.dual_stream_layers) != list(
                 range(self.dual_stream_layers[0], self.dual_stream_layers[-1] + 1)):
             problems.append("dual_stream_layers must be consecutive")
