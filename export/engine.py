@@ -274,6 +274,13 @@ def _require_tensorrt():
     try:
         import tensorrt as trt  # noqa: PLC0415
     except ImportError as e:
+        import importlib.util  # noqa: PLC0415
+
+        if any(importlib.util.find_spec(m) for m in ("tensorrt_lean", "tensorrt_lean_bindings")):
+            raise EngineBuildError(
+                "only the TensorRT lean runtime is installed; it runs engines but cannot "
+                "build them (no Builder/OnnxParser): install the full `tensorrt` package"
+            ) from e
         raise EngineBuildError(
             "TensorRT is not installed: building engines needs the full TensorRT Python "
             "package with the builder and ONNX parser (x86: `pip install tensorrt` 10.3+ "
@@ -365,15 +372,18 @@ def build_engines(plan: BuildPlan, *, log: Callable[[str], None] = print,
     logger = _make_logger(trt, messages)
     if hasattr(trt, "init_libnvinfer_plugins"):
         trt.init_libnvinfer_plugins(logger, "")
-    registry = trt.get_plugin_registry()
-    handle = None
     if plan.plugin_library is not None:
-        handle = registry.load_library(str(plan.plugin_library))
-        if handle is None:
-            raise EngineBuildError(f"TensorRT could not load the plugin library "
-                                   f"{plan.plugin_library}: {'; '.join(messages[-5:])}")
+        from runtime.session import SessionError  # noqa: PLC0415
+        from runtime.trt_session import load_plugin_library  # noqa: PLC0415
+
+        try:
+            load_plugin_library(trt, plan.plugin_library)
+        except SessionError as e:
+            raise EngineBuildError(f"{e}: {'; '.join(messages[-5:])}") from e
     env = EnvironmentInfo(str(trt.__version__), gpu.name, gpu.compute_capability,
                           plan.plugin_sha256, str(plan.plugin_library or "") or None)
+    if builder_optimization_level is None:
+        builder_optimization_level = plan.options.get("builder_optimization_level")
     cache_bytes = plan.timing_cache.read_bytes() if (
         plan.timing_cache and plan.timing_cache.is_file()) else b""
     results = []
@@ -394,9 +404,8 @@ def build_engines(plan: BuildPlan, *, log: Callable[[str], None] = print,
             f.write(serialized)
         secs = time.perf_counter() - t0
         contract_version = item.manifest.get("contract_version")
-        opts = plan.build_options()
-        if builder_optimization_level is not None:
-            opts["builder_optimization_level"] = builder_optimization_level
+        opts = {**plan.build_options(),
+                "builder_optimization_level": builder_optimization_level}
         side = make_sidecar(
             engine_file=item.engine_path.name, engine_sha256=sha256_file(item.engine_path),
             env=env, bucket=item.bucket, precision=item.precision,
@@ -410,7 +419,6 @@ def build_engines(plan: BuildPlan, *, log: Callable[[str], None] = print,
                 f.write(cache_bytes)
         results.append(BuildResult(item, "built", secs, item.engine_path.stat().st_size))
         log(f"{item.bucket_name}: built {item.engine_path} in {secs:.1f} s")
-    del handle
     return results
 
 
@@ -438,6 +446,10 @@ def _build_one(trt, logger, messages, item: BuildItem, plan: BuildPlan, cache_by
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
     if opt_level is not None:
         config.builder_optimization_level = int(opt_level)
+    if plan.options.get("version_compatible"):
+        # Runs on later TensorRT releases and on the lean runtime;
+        # the plugin library is still loaded by the runtime (IPluginV3, dynamic creators).
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     cache = config.create_timing_cache(cache_bytes)
     # ignore_mismatch=False: a cache from another GPU/TensorRT is rejected, not misused.
     config.set_timing_cache(cache, False)

@@ -187,3 +187,15 @@ def test_corrupt_manifest(tmp_path):
         load_manifest(tmp_path)
     with pytest.raises(FileNotFoundError, match="not an exported bucket"):
         load_manifest(tmp_path / "nope")
+
+
+def test_dense_validation_guard_for_full_size():
+    """At T=8, N=4, 518x518 one dense Time-SA logits tensor is 31 GB (ARCHITECTURE_FACTS):
+    the portable graph cannot be validated on a 24 GB machine, the plugin graph can."""
+    from export.pipeline import dense_attention_bytes
+    from vggt_mv.config import get_config
+
+    full = dense_attention_bytes(get_config(), Bucket(8, 4, 518, 518))
+    assert full == 2 * 4 * 4 * 16 * (8 * 1374) ** 2
+    assert full > 24 * 2**30
+    assert dense_attention_bytes(get_config(), Bucket(2, 2, 392, 518)) < 2 * 2**30
