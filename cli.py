@@ -16,8 +16,10 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Export VGGT_MV to ONNX / TensorRT, validate it, and run it.")
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Logs redirected to files should not wrap tables at 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(highlight=False, width=_WIDTH)
+err = Console(stderr=True, highlight=False, width=_WIDTH)
 
 DEFAULT_SCENE = Path(__file__).resolve().parent.parent / "shared" / "data" / "mv_scene"
 
@@ -119,9 +121,14 @@ def export(
         console.rule(f"[bold]{bucket.name}")
         steps = tqdm(total=4 if validate else 3, desc=bucket.name, unit="step", leave=False)
 
+        started = []
+
         def step(name: str) -> None:
+            # Called when a step begins: the previous one is complete.
+            if started:
+                steps.update(1)
+            started.append(name)
             steps.set_postfix_str(name)
-            steps.update(1)
 
         try:
             res = export_bucket(model, bucket, out, opset=opset, weights=weights, step=step,
@@ -134,6 +141,7 @@ def export(
         except (ExportError, BucketError, FileNotFoundError, ValueError) as e:
             steps.close()
             _fail(f"{bucket.name}: {e}")
+        steps.update(steps.total - steps.n)
         steps.close()
         results.append(res)
     _summary(results, time.perf_counter() - t_all)
