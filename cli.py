@@ -81,6 +81,7 @@ def export(
     width: int = typer.Option(518, "--width", help="image width (multiple of 14)"),
     single_view: bool = typer.Option(False, "--single-view", help="VGGT layout [B, S, 3, H, W] (S = --T)"),
     ext_mask: bool = typer.Option(False, "--ext-mask", help="add an ext_mask input [B, T, N, H, W] (SAM2 / SegAnyMo masks)"),
+    batch: int = typer.Option(1, help="fixed batch size of the bucket"),
     preset: str = typer.Option("vggt_mv_1b", help="vggt_mv_1b (PAGE-4D layout), vggt_1b, tiny"),
     option: list[str] = typer.Option([], "--option", "-o", help="config override key=value (JSON values), e.g. -o dual_stream=true -o sparse_global=true"),
     checkpoint: Optional[Path] = typer.Option(None, help="PAGE-4D / VGGT-1B checkpoint (.pt)"),
@@ -105,7 +106,8 @@ def export(
     from export.validate import Tolerance
 
     try:
-        buckets = make_buckets(T, N, height, width, single_view=single_view, ext_mask=ext_mask)
+        buckets = make_buckets(T, N, height, width, batch=batch, single_view=single_view,
+                               ext_mask=ext_mask)
     except BucketError as e:
         _fail(str(e))
     if inputs != "random" and not Path(inputs).is_dir():

@@ -1,0 +1,61 @@
+"""The command line: exit codes, messages and files, through typer's runner."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import cli
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(cli.app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_lists_commands():
+    res = invoke("--help")
+    assert res.exit_code == 0
+    for cmd in ("export", "model-info", "inspect-checkpoint"):
+        assert cmd in res.output
+
+
+def test_export_tiny_two_buckets_real_frames(tmp_path, mv_scene):
+    res = invoke("export", "--preset", "tiny", "--T", "1,2", "--N", "2", "--height", 28,
+                 "--width", 42, "--inputs", mv_scene, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "RANDOM" in res.output and "export summary" in res.output
+    for name in ("T1_N2_28x42", "T2_N2_28x42"):
+        m = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert m["validation"]["passed"]
+        assert m["weights"]["source"] == "random init, seed 0"
+
+
+def test_export_rejects_bad_bucket_without_writing(tmp_path):
+    res = invoke("export", "--preset", "tiny", "--T", "2", "--N", "2", "--height", 30,
+                 "--out", tmp_path)
+    assert res.exit_code == 2 and "multiples of 14" in res.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_bad_option_and_missing_checkpoint(tmp_path):
+    res = invoke("export", "--preset", "tiny", "-o", "sparse_strategy=nope", "--out", tmp_path)
+    assert res.exit_code == 2 and "sparse_strategy" in res.output
+    res = invoke("export", "--preset", "tiny", "--checkpoint", tmp_path / "missing.pt",
+                 "--out", tmp_path)
+    assert res.exit_code == 2 and "missing.pt" in res.output
+
+
+def test_model_info_full_size_without_weights():
+    res = invoke("model-info", "--T", 8, "--N", 4)
+    assert res.exit_code == 0
+    assert "1,256,559,023" in res.output and "10992" in res.output
+
+
+def test_inspect_checkpoint_manifest_and_corrupt_file(tmp_path, state_dict_refs):
+    res = invoke("inspect-checkpoint", state_dict_refs / "page4d.json")
+    assert res.exit_code == 0 and "1,256,559,023" in res.output
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x02garbage")
+    res = invoke("inspect-checkpoint", bad)
+    assert res.exit_code == 2 and "bad.pt" in res.output
