@@ -235,6 +235,18 @@ def inspect_checkpoint_cmd(
     console.print(text, markup=False, soft_wrap=True)
 
 
+def _register_optional_commands() -> None:
+    """Commands whose modules belong to other steps; each module keeps its heavy imports
+    inside the command function, so registration costs nothing."""
+    from runtime.commands import build_engine, infer
+
+    app.command("build-engine")(build_engine)
+    app.command("infer")(infer)
+
+
+_register_optional_commands()
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,233 @@
+"""`infer` and `build-engine` commands (typer), registered by cli.py:
+
+    from runtime.commands import build_engine, infer
+    app.command("infer")(infer)
+    app.command("build-engine")(build_engine)
+
+Heavy imports (onnxruntime, TensorRT, export/) happen inside the commands so `--help`
+stays instant and this module imports on a device that only has runtime/.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+__all__ = ["infer", "build_engine"]
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    # Text, not markup: messages quote lists like ['images'] that rich would eat as tags.
+    err.print(Text("error: ", style="bold red") + Text(msg), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _parse_views(text: Optional[str]) -> Optional[list[int]]:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        _fail(f"--views expects view numbers separated by commas, got {text!r}")
+    return None
+
+
+def infer(
+    engine: Optional[Path] = typer.Option(
+        None, "--engine", help="Bucket folder, or export root of bucket folders, holding "
+        "TensorRT engines (model.<precision>.engine + .json sidecar). Needs TensorRT, "
+        "cuda-python and a GPU."),
+    onnx: Optional[Path] = typer.Option(
+        None, "--onnx", help="Bucket folder or export root; runs the ONNX graph in "
+        "onnxruntime (plugin ops via the CPU reference implementations)."),
+    input: Path = typer.Option(
+        ..., "--input", "-i", help="Clip folder laid out as [images/]time_TT/viewV.png "
+        "(+ masks/ for ext_mask buckets)."),
+    out: Path = typer.Option(Path("outputs"), "--out", "-o",
+                             help="Output folder (created; files are replaced atomically)."),
+    T: Optional[int] = typer.Option(None, "--T", help="Time steps to run (default: all "
+                                    "from --t0)."),
+    N: Optional[int] = typer.Option(None, "--N", help="Views to run (default: all)."),
+    t0: int = typer.Option(0, "--t0", help="First time step (position in the sorted "
+                           "sequence)."),
+    views: Optional[str] = typer.Option(None, "--views", help="Views to use, e.g. 0,2,3 "
+                                        "(default: the first N)."),
+    pad: bool = typer.Option(False, "--pad", help="Allow running in a larger bucket by "
+                             "repeating the last time step / view; outputs are trimmed. "
+                             "Copies take part in attention, so results shift slightly."),
+    graph: str = typer.Option("model.plugins.onnx", "--graph", help="ONNX graph in the "
+                              "bucket for --onnx: model.plugins.onnx or model.onnx."),
+    provider: str = typer.Option("cpu", "--provider", help="onnxruntime execution "
+                                 "providers for --onnx, comma separated: cpu, cuda."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Engine precision "
+                                            "for --engine: fp16, int8, fp32 (default: "
+                                            "fp16, else int8, else fp32)."),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="libvggt_mv_plugins.so "
+                                           "for --engine (default: $VGGT_MV_PLUGINS or "
+                                           "the one built in plugins/)."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="Capture the engine in a "
+                                    "CUDA graph after the first run (--engine)."),
+    conf_percentile: Optional[float] = typer.Option(
+        50.0, "--conf-percentile", help="Keep points at or above this confidence "
+        "percentile in the PLY (VGGT demo default 50; negative disables)."),
+    conf_threshold: Optional[float] = typer.Option(None, "--conf-threshold",
+                                                   help="Also require confidence >= this."),
+    points_from: str = typer.Option("auto", "--points-from", help="PLY points from "
+                                    "'depth' (depth + cameras), 'head' (point map) or "
+                                    "'auto' (depth when both heads exist)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op "
+                                          "threads."),
+    repeat: int = typer.Option(1, "--repeat", min=1, help="Run inference this many times "
+                               "and report the mean (first run = warm-up when > 1)."),
+    compress: bool = typer.Option(False, "--compress", help="Compress predictions.npz."),
+) -> None:
+    """Run VGGT_MV on a multi-view clip: writes predictions.npz, a colored PLY point
+    cloud, depth and confidence PNGs per (time step, view) and run.json; prints timing."""
+    from .dispatch import UnknownBucketError
+    from .errors import RuntimeDataError
+    from .predictor import Predictor
+    from .session import SessionError
+    from .sidecar import SidecarError
+
+    if (engine is None) == (onnx is None):
+        _fail("give exactly one of --engine DIR (TensorRT) or --onnx DIR (onnxruntime)")
+    if engine is not None and precision not in (None, "fp16", "int8", "fp32"):
+        _fail(f"--precision must be fp16, int8 or fp32, got {precision!r}")
+    view_list = _parse_views(views)
+    pct = None if conf_percentile is not None and conf_percentile < 0 else conf_percentile
+    t_start = time.perf_counter()
+    try:
+        pred_obj = Predictor(engine or onnx, backend="trt" if engine else "onnx",
+                             graph=graph, precision=precision,
+                             providers=provider, plugin_lib=plugins,
+                             use_cuda_graph=cuda_graph, allow_pad=pad, threads=threads,
+                             conf_percentile=pct, conf_threshold=conf_threshold,
+                             points_from=points_from)
+        with pred_obj as predictor:
+            pred = predictor.predict(input, T=T, N=N, t0=t0, views=view_list)
+            runs = [pred.timing["inference"]]
+            if repeat > 1:
+                entry = predictor.index[pred.bucket]
+                sel = predictor.select(pred.T, pred.N, entry.spec.H, entry.spec.W)
+                for _ in range(repeat - 1):
+                    t1 = time.perf_counter()
+                    predictor.run_selection(sel, pred.feeds)
+                    runs.append(time.perf_counter() - t1)
+            written = pred.write_outputs(out, compress=compress)
+    except (UnknownBucketError, RuntimeDataError, OSError, SessionError, SidecarError,
+            ValueError) as e:
+        _fail(str(e))
+    title = (f"infer: {pred.bucket} on {pred.backend_detail or pred.backend} "
+             f"(T={pred.T}, N={pred.N}"
+             + (f", padded +{pred.pad[0]} t / +{pred.pad[1]} views" if any(pred.pad) else "")
+             + ")")
+    table = Table(title=Text(title))
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for k in ("preprocess", "session_load", "inference", "postprocess", "write"):
+        if k in pred.timing:
+            table.add_row(k, f"{pred.timing[k]:.3f}")
+    if len(runs) > 1:
+        steady = runs[1:]
+        table.add_row(f"inference mean of {len(steady)} (after warm-up)",
+                      f"{sum(steady) / len(steady):.3f}")
+    table.add_row("total", f"{time.perf_counter() - t_start:.3f}")
+    console.print(table)
+    for note in pred.notes:
+        err.print(Text("warning: ", style="bold yellow") + Text(note), soft_wrap=True)
+    console.print(f"wrote {written['npz']}, {written['ply']} ({written['points']:,} points), "
+                  f"{len(written['depth_png'])} depth + {len(written['confidence_png'])} "
+                  f"confidence PNGs, {written['run_json']}", markup=False, soft_wrap=True)
+
+
+def build_engine(
+    fp16: bool = typer.Option(False, "--fp16", help="Build from model.fp16.plugins.onnx "
+                              "(FP16 casts in the graph; LayerNorm/softmax/reductions FP32)."),
+    int8: bool = typer.Option(False, "--int8", help="Build from model.int8.plugins.onnx "
+                              "(explicit Q/DQ in the graph)."),
+    fp32: bool = typer.Option(False, "--fp32", help="Build model.plugins.onnx as exported "
+                              "(FP32 reference engine)."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration set the INT8 "
+                                         "graph was quantized with (recorded in the "
+                                         "sidecar; TensorRT itself no longer calibrates)."),
+    bucket: List[Path] = typer.Option([], "--bucket", help="Bucket folder (repeatable) or an "
+                                      "export root; default: every bucket in ./artifacts."),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="libvggt_mv_plugins.so "
+                                           "(default: $VGGT_MV_PLUGINS or plugins/ build)."),
+    workspace: str = typer.Option("auto", "--workspace", help="Builder workspace limit, "
+                                  "e.g. 4G, 512M, 2048 (MiB); auto = TensorRT default."),
+    timing_cache: Optional[Path] = typer.Option(
+        None, "--timing-cache", help="Timing cache file, reused and updated across builds "
+        "(default: timing.cache next to the bucket folders)."),
+    no_timing_cache: bool = typer.Option(False, "--no-timing-cache",
+                                         help="Build without a timing cache."),
+    opt_level: Optional[int] = typer.Option(None, "--opt-level", min=0, max=5,
+                                            help="Builder optimization level (TensorRT "
+                                            "default 3)."),
+    version_compatible: bool = typer.Option(
+        False, "--version-compatible", help="Build a version-compatible engine (runs on "
+        "later TensorRT releases and on the lean runtime; may be slower)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate inputs and print the "
+                                 "build plan; works without TensorRT or a GPU."),
+) -> None:
+    """Build one TensorRT engine per bucket from its plugin graph, strongly typed (the
+    precision lives in the ONNX: works the same on TensorRT 10.3 / JetPack 6 and 11.x).
+    Writes model.<precision>.engine and model.<precision>.engine.json (sidecar: TensorRT
+    version, GPU, compute capability, plugin sha256, bucket, source ONNX sha256, options)."""
+    from export.engine import EngineBuildError, build_engines, format_plan, plan_build
+
+    chosen = [p for p, on in (("fp16", fp16), ("int8", int8), ("fp32", fp32)) if on]
+    if len(chosen) != 1:
+        _fail("choose exactly one precision: --fp16, --int8 or --fp32")
+    precision = chosen[0]
+    dirs = list(bucket) or [Path("artifacts")]
+    cache = None
+    if not no_timing_cache:
+        if timing_cache is not None:
+            cache = timing_cache
+        else:
+            first = dirs[0]
+            base = first.parent if (first / "manifest.json").is_file() else first
+            cache = base / "timing.cache"
+    opts = {"builder_optimization_level": opt_level} if opt_level is not None else {}
+    if version_compatible:
+        opts["version_compatible"] = True
+    try:
+        plan = plan_build(dirs, precision, calib=calib, plugins=plugins, workspace=workspace,
+                          timing_cache=cache, options=opts)
+    except EngineBuildError as e:
+        _fail(str(e))
+    console.print(format_plan(plan), markup=False, soft_wrap=True)
+    if dry_run:
+        raise typer.Exit(0 if plan.ok else 1)
+    if not plan.ok:
+        _fail("fix the problems above (see --dry-run); nothing was built", code=1)
+
+    from tqdm import tqdm
+
+    def bar(desc: str, total: int):
+        return tqdm(total=total, desc=desc, unit="step", leave=False)
+
+    try:
+        results = build_engines(plan, log=lambda m: console.print(m, markup=False),
+                                bar_factory=bar)
+    except EngineBuildError as e:
+        _fail(str(e))
+    table = Table(title=f"build-engine summary ({precision})")
+    for col in ("bucket", "status", "engine", "size", "seconds", "note"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.item.bucket_name, r.status, str(r.item.engine_path),
+                      f"{r.engine_bytes / 1e6:,.1f} MB" if r.engine_bytes else "-",
+                      f"{r.seconds:.1f}", r.message[:80])
+    console.print(table)
+    if any(r.status != "built" for r in results):
+        raise typer.Exit(1)

@@ -1,0 +1,356 @@
+"""Predictor: folder of frames -> cameras, depth, points, written to disk.
+
+    pred = Predictor("artifacts").predict("scene/", T=8, N=4)
+    pred.write_outputs("out/")
+
+Steps: scan exported buckets -> preprocess the clip (runtime/preprocess.py, the same code
+calibration and validation use) -> pick the bucket (runtime/dispatch.py, optional
+padding) -> run on TensorRT or onnxruntime -> trim padding -> post-process
+(runtime/postprocess.py: pose encoding -> extrinsics/intrinsics, depth -> world points,
+confidence filtering) -> write npz, PLY and PNGs (runtime/outputs.py, all atomic).
+
+Thread safety: a Predictor caches one session per bucket; creating sessions is guarded by
+a lock, and the sessions' own guarantees apply to ``predict`` (OnnxSession: concurrent;
+TrtSession: serialised per bucket).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .dispatch import BucketEntry, BucketIndex, Selection, pad_feeds, trim_outputs
+from .errors import NotEnoughFramesError, RuntimeDataError
+from .outputs import atomic_write, colorize, save_png, write_ply
+from .postprocess import confidence_mask, depth_to_world_points, pose_encoding_to_extri_intri
+from .preprocess import discover_scene, load_clip, read_image
+from .session import PLUGIN_GRAPH, Session
+
+__all__ = ["Predictor", "Prediction", "BACKENDS", "NPZ_NAME", "PLY_NAME"]
+
+BACKENDS = ("auto", "onnx", "trt")
+NPZ_NAME = "predictions.npz"
+PLY_NAME = "points.ply"
+RUN_JSON = "run.json"
+
+
+@dataclass
+class Prediction:
+    """Results for one clip, time-major [T, N, ...] with the batch axis removed."""
+
+    bucket: str
+    backend: str
+    outputs: dict[str, np.ndarray]          # raw model outputs (padding trimmed, batch kept)
+    colors: np.ndarray                      # uint8 [T, N, H, W, 3], the model's input pixels
+    extrinsics: np.ndarray | None           # [T, N, 3, 4] camera-from-world (OpenCV)
+    intrinsics: np.ndarray | None           # [T, N, 3, 3]
+    depth: np.ndarray | None                # [T, N, H, W]
+    confidence: np.ndarray                  # [T, N, H, W], the one used for filtering
+    points: np.ndarray                      # [T, N, H, W, 3] world points
+    points_source: str                      # "depth" (depth + cameras) or "head"
+    conf_mask: np.ndarray                   # bool [T, N, H, W]
+    times: list[int]
+    views: list[int]
+    frame_paths: list[list[str]] = field(default_factory=list)
+    pad: tuple[int, int] = (0, 0)           # (time steps, views) appended and trimmed
+    timing: dict[str, float] = field(default_factory=dict)
+    feeds: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # model inputs
+    notes: list[str] = field(default_factory=list)  # warnings about the results
+    backend_detail: str = ""
+
+    @property
+    def T(self) -> int:
+        return self.colors.shape[0]
+
+    @property
+    def N(self) -> int:
+        return self.colors.shape[1]
+
+    def npz_arrays(self) -> dict[str, np.ndarray]:
+        arrays = dict(self.outputs)
+        derived = {"colors": self.colors, "conf_mask": self.conf_mask,
+                   "times": np.asarray(self.times), "views": np.asarray(self.views),
+                   "frame_paths": np.asarray(self.frame_paths, dtype=str)}
+        if self.extrinsics is not None:
+            derived["extrinsics"] = self.extrinsics
+            derived["intrinsics"] = self.intrinsics
+        if self.points_source == "depth":
+            derived["world_points_from_depth"] = self.points
+        clash = set(arrays) & set(derived)
+        if clash:
+            raise RuntimeDataError(f"model outputs {sorted(clash)} clash with derived npz keys")
+        arrays.update(derived)
+        return arrays
+
+    def write_outputs(self, out_dir: str | Path, cmap: str = "turbo",
+                      conf_cmap: str = "viridis", compress: bool = False) -> dict[str, Any]:
+        """predictions.npz, points.ply (colored, confidence-filtered), depth/ and
+        confidence/ PNGs per (time step, view), run.json. Every file is written atomically.
+        Returns {"npz", "ply", "depth_png": [...], "confidence_png": [...], "run_json",
+        "points"} with paths and the PLY vertex count."""
+        t0 = time.perf_counter()
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written: dict[str, Any] = {"depth_png": [], "confidence_png": []}
+        npz = out / NPZ_NAME
+        with atomic_write(npz) as f:
+            (np.savez_compressed if compress else np.savez)(f, **self.npz_arrays())
+        written["npz"] = npz
+        keep = self.conf_mask & np.isfinite(self.points).all(axis=-1)
+        ply = out / PLY_NAME
+        written["points"] = write_ply(ply, self.points[keep].reshape(-1, 3),
+                                      self.colors[keep].reshape(-1, 3))
+        written["ply"] = ply
+        # Depth maps share one colour scale across the clip so they can be compared.
+        depth = self.depth if self.depth is not None else np.linalg.norm(self.points, axis=-1)
+        finite = depth[np.isfinite(depth)]
+        lo, hi = ((float(np.percentile(finite, 2)), float(np.percentile(finite, 98)))
+                  if finite.size else (0.0, 1.0))
+        cfin = self.confidence[np.isfinite(self.confidence)]
+        clo, chi = ((float(np.percentile(cfin, 2)), float(np.percentile(cfin, 98)))
+                    if cfin.size else (0.0, 1.0))
+        for i, t in enumerate(self.times):
+            for j, v in enumerate(self.views):
+                stem = f"t{t:02d}_view{v}"
+                p = out / "depth" / f"depth_{stem}.png"
+                save_png(p, colorize(depth[i, j], cmap, lo, hi))
+                written["depth_png"].append(p)
+                p = out / "confidence" / f"conf_{stem}.png"
+                save_png(p, colorize(self.confidence[i, j], conf_cmap, clo, chi))
+                written["confidence_png"].append(p)
+        self.timing["write"] = time.perf_counter() - t0
+        info = {"bucket": self.bucket, "backend": self.backend,
+                "backend_detail": self.backend_detail, "T": self.T, "N": self.N,
+                "times": self.times, "views": self.views, "pad": list(self.pad),
+                "points_source": self.points_source, "ply_points": written["points"],
+                "notes": self.notes,
+                "depth_range_png": [lo, hi], "confidence_range_png": [clo, chi],
+                "timing_s": {k: round(v, 4) for k, v in self.timing.items()},
+                "npz_keys": sorted(self.npz_arrays())}
+        run_json = out / RUN_JSON
+        with atomic_write(run_json, "w") as f:
+            json.dump(info, f, indent=2)
+            f.write("\n")
+        written["run_json"] = run_json
+        return written
+
+
+class Predictor:
+    """Exported buckets under ``root`` + a backend -> ``Prediction`` for a clip."""
+
+    def __init__(self, root: str | Path | Iterable[str | Path], backend: str = "auto", *,
+                 graph: str = PLUGIN_GRAPH, precision: str | None = None,
+                 providers: Sequence[str] | str = ("CPUExecutionProvider",),
+                 plugin_lib: str | Path | None = None, use_cuda_graph: bool = False,
+                 allow_pad: bool = False, threads: int | None = None,
+                 conf_percentile: float | None = 50.0, conf_threshold: float | None = None,
+                 points_from: str = "auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if points_from not in ("auto", "depth", "head"):
+            raise ValueError(f"points_from must be auto, depth or head, got {points_from!r}")
+        self.index = BucketIndex.scan(root)
+        self.backend = self._resolve_backend(backend)
+        self.graph, self.precision, self.providers = graph, precision, providers
+        self.plugin_lib, self.use_cuda_graph, self.threads = plugin_lib, use_cuda_graph, threads
+        self.allow_pad = allow_pad
+        self.conf_percentile, self.conf_threshold = conf_percentile, conf_threshold
+        self.points_from = points_from
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def _resolve_backend(self, backend: str) -> str:
+        if backend != "auto":
+            return backend
+        has_engine = any(e.engines for e in self.index)
+        has_trt = importlib.util.find_spec("tensorrt") is not None
+        return "trt" if has_engine and has_trt else "onnx"
+
+    @property
+    def _require(self) -> str:
+        if self.backend == "onnx":
+            return "onnx"
+        return self.precision or "engine"
+
+    def session(self, entry: BucketEntry) -> Session:
+        with self._lock:
+            sess = self._sessions.get(entry.name)
+            if sess is None:
+                if self.backend == "trt":
+                    from .trt_session import TrtSession  # noqa: PLC0415
+
+                    sess = TrtSession(entry.folder, plugin_lib=self.plugin_lib,
+                                      use_cuda_graph=self.use_cuda_graph,
+                                      precision=self.precision)
+                else:
+                    from .session import OnnxSession  # noqa: PLC0415
+
+                    sess = OnnxSession(entry.folder, graph=self.graph,
+                                       providers=self.providers, threads=self.threads)
+                self._sessions[entry.name] = sess
+            return sess
+
+    def select(self, T: int, N: int, H: int | None = None, W: int | None = None,
+               ext_mask: bool | None = None, aspect: float | None = None) -> Selection:
+        return self.index.select(T, N, H, W, allow_pad=self.allow_pad, ext_mask=ext_mask,
+                                 aspect=aspect, require=self._require)
+
+    # ------------------------------------------------------------------------ predict
+    def predict(self, folder: str | Path, T: int | None = None, N: int | None = None,
+                t0: int = 0, views: Sequence[int] | None = None, H: int | None = None,
+                W: int | None = None, ext_mask: bool | None = None) -> Prediction:
+        """Run the clip time steps t0..t0+T-1 x N views of a time_TT/viewV folder.
+
+        T / N default to every time step from t0 / every view in the folder.
+        """
+        timing: dict[str, float] = {}
+        tp = time.perf_counter()
+        scene = discover_scene(folder)
+        if views is not None:
+            N = len(views) if N is None else N
+        T = scene.num_times - t0 if T is None else int(T)
+        N = scene.num_views if N is None else int(N)
+        first_view = views[0] if views else scene.views[0]
+        # Count problems are the user's clip, not a missing bucket: report them first.
+        if t0 < 0 or t0 + T > scene.num_times or T < 1:
+            raise NotEnoughFramesError(
+                f"scene {scene.root} has {scene.num_times} time steps; the clip t0={t0}, "
+                f"T={T} needs {t0 + T}")
+        if N > scene.num_views or N < 1:
+            raise NotEnoughFramesError(
+                f"scene {scene.root} has {scene.num_views} views {list(scene.views)}, the "
+                f"clip asks for N={N}")
+        im = read_image(scene.frame_path(scene.times[t0], first_view))
+        sel = self.select(T, N, H, W, ext_mask=ext_mask, aspect=im.size[0] / im.size[1])
+        spec = sel.entry.spec
+        clip = load_clip(scene, t0, T, N, (spec.H, spec.W), views=views,
+                         with_masks=spec.ext_mask)
+        timing["preprocess"] = time.perf_counter() - tp
+        feeds = {"images": clip["images"]}
+        if spec.ext_mask:
+            feeds["ext_mask"] = clip["ext_mask"]
+        return self._predict(sel, feeds, [int(t) for t in clip["times"]],
+                             [int(v) for v in clip["views"]], clip["frame_paths"], timing)
+
+    def predict_arrays(self, images: np.ndarray, ext_mask: np.ndarray | None = None,
+                       times: Sequence[int] | None = None,
+                       views: Sequence[int] | None = None) -> Prediction:
+        """Already preprocessed frames, float32 [T, N, 3, H, W] or [1, T, N, 3, H, W] in
+        [0, 1] (see runtime.preprocess.preprocess_rgb), e.g. from a camera pipeline."""
+        a = np.asarray(images)
+        if a.ndim == 5:
+            a = a[None]
+        if a.ndim != 6 or a.shape[0] != 1 or a.shape[3] != 3:
+            raise RuntimeDataError(f"images must be [T, N, 3, H, W] or [1, T, N, 3, H, W], "
+                                   f"got {list(np.shape(images))}")
+        _, T, N, _, H, W = a.shape
+        sel = self.select(T, N, H, W, ext_mask=ext_mask is not None)
+        feeds = {"images": a}
+        if sel.entry.spec.ext_mask:
+            if ext_mask is None:
+                raise RuntimeDataError(f"bucket {sel.entry.name} needs ext_mask [T, N, H, W]")
+            m = np.asarray(ext_mask)
+            feeds["ext_mask"] = m[None] if m.ndim == 4 else m
+        return self._predict(sel, feeds, list(times or range(T)), list(views or range(N)),
+                             [], {})
+
+    def run_selection(self, sel: Selection, feeds: Mapping[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+        """Pad to the bucket, run, trim: the raw outputs for sel.T x sel.N frames."""
+        spec = sel.entry.spec
+        if spec.batch != 1:
+            raise RuntimeDataError(f"bucket {spec.name} has batch {spec.batch}; Predictor "
+                                   f"runs one clip at a time (use a session directly)")
+        if spec.single_view:
+            # Single-view buckets take [B, S, ...]: the N = 1 axis is dropped.
+            feeds = {k: v[:, :, 0] for k, v in feeds.items()}
+        sess = self.session(sel.entry)
+        feeds = pad_feeds(feeds, sel)
+        feeds = {k: v.astype(sess.inputs[k]["dtype"], copy=False) for k, v in feeds.items()}
+        outs = trim_outputs(sess.run(feeds), sel)
+        if spec.single_view:
+            outs = {k: v[:, :, None] for k, v in outs.items()}
+        return outs
+
+    def _predict(self, sel: Selection, feeds: dict[str, np.ndarray], times: list[int],
+                 views: list[int], frame_paths: list[list[str]],
+                 timing: dict[str, float]) -> Prediction:
+        tl = time.perf_counter()
+        fresh = sel.entry.name not in self._sessions
+        sess = self.session(sel.entry)
+        if fresh:  # keep one-off engine/graph loading out of the inference time
+            timing["session_load"] = time.perf_counter() - tl
+        ti = time.perf_counter()
+        outs = self.run_selection(sel, feeds)
+        timing["inference"] = time.perf_counter() - ti
+        tpp = time.perf_counter()
+        spec = sel.entry.spec
+        images = feeds["images"][0]  # [T, N, 3, H, W]
+        colors = np.clip(np.floor(images.transpose(0, 1, 3, 4, 2) * 255.0 + 0.5), 0, 255
+                         ).astype(np.uint8)
+        per = {k: v[0] for k, v in outs.items()}  # drop batch
+        extr = intr = None
+        notes: list[str] = []
+        if "pose_enc" in per:
+            # A zero field of view (seen with untrained weights) gives infinite focal
+            # lengths; say so once instead of numpy's divide-by-zero warnings.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                extr, intr = pose_encoding_to_extri_intri(per["pose_enc"], (spec.H, spec.W))
+            bad = int((~np.isfinite(intr).all(axis=(-2, -1))).sum())
+            if bad:
+                notes.append(f"{bad} of {intr.shape[0] * intr.shape[1]} frames have a "
+                             f"degenerate field of view in pose_enc (untrained weights?); "
+                             f"their intrinsics are not finite")
+        depth = per["depth"][..., 0] if "depth" in per else None
+        source = self.points_from
+        if source == "auto":
+            source = "depth" if depth is not None and extr is not None else "head"
+        if source == "depth":
+            if depth is None or extr is None:
+                raise RuntimeDataError("points_from='depth' needs the depth and camera heads")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                points = depth_to_world_points(depth, extr, intr)
+            conf = per.get("depth_conf")
+        else:
+            if "world_points" not in per:
+                raise RuntimeDataError("points_from='head' needs the point head output")
+            points = per["world_points"]
+            conf = per.get("world_points_conf")
+        if conf is None:
+            conf = np.ones(points.shape[:-1], np.float32)
+        if self.conf_percentile is None and self.conf_threshold is None:
+            mask = np.isfinite(conf)
+        else:
+            mask = confidence_mask(conf, percentile=self.conf_percentile,
+                                   threshold=self.conf_threshold)
+        timing["postprocess"] = time.perf_counter() - tpp
+        if self.backend == "trt":
+            detail = f"TensorRT {getattr(sess, 'precision', '')} engine"
+        else:
+            provs = getattr(sess, "active_providers", [])
+            detail = f"onnxruntime {self.graph} [{', '.join(provs)}]"
+        return Prediction(bucket=sel.entry.name, backend=self.backend, outputs=outs,
+                          backend_detail=detail,
+                          colors=colors, extrinsics=extr, intrinsics=intr, depth=depth,
+                          confidence=conf, points=points, points_source=source,
+                          conf_mask=mask, times=times, views=views, frame_paths=frame_paths,
+                          pad=(sel.pad_T, sel.pad_N), timing=timing, feeds=feeds,
+                          notes=notes)
+
+    def close(self) -> None:
+        with self._lock:
+            for s in self._sessions.values():
+                s.close()
+            self._sessions.clear()
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

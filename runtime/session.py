@@ -1,0 +1,173 @@
+"""One interface over every backend: `Session` (protocol) and its onnxruntime implementation.
+
+`OnnxSession` runs a bucket's ONNX graph in onnxruntime (CPU or CUDA execution provider).
+For model.plugins.onnx the vggt_mv plugin ops are served by the CPU reference
+implementations in plugins/reference (onnxruntime-extensions), so exactly the graph that
+TensorRT builds from is exercised on machines without a GPU.
+
+Thread safety: onnxruntime documents InferenceSession.run as safe to call concurrently,
+and OnnxSession keeps no per-call state, so one OnnxSession may serve several threads.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .dispatch import BucketSpec, load_manifest, check_feeds
+from .errors import RuntimeDataError
+
+__all__ = ["Session", "OnnxSession", "SessionError", "PLUGIN_GRAPH", "PORTABLE_GRAPH"]
+
+PORTABLE_GRAPH = "model.onnx"
+PLUGIN_GRAPH = "model.plugins.onnx"
+
+_PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                     "tensorrt": "TensorrtExecutionProvider"}
+
+
+class SessionError(RuntimeError):
+    """A backend cannot be created for this bucket (missing graph, library, provider)."""
+
+
+@runtime_checkable
+class Session(Protocol):
+    """What Predictor needs from a backend. ``run`` returns host numpy arrays the caller
+    owns (never views of reusable buffers)."""
+
+    @property
+    def inputs(self) -> dict[str, dict[str, Any]]: ...
+
+    @property
+    def outputs(self) -> dict[str, dict[str, Any]]: ...
+
+    @property
+    def bucket(self) -> BucketSpec: ...
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def _normalize_providers(providers: Sequence[str] | str) -> list[str]:
+    if isinstance(providers, str):
+        providers = [p for p in providers.split(",") if p]
+    return [_PROVIDER_ALIASES.get(p.strip().lower(), p.strip()) for p in providers]
+
+
+def _has_plugin_nodes(path: Path, manifest: Mapping[str, Any]) -> bool:
+    # Decided from the manifest (no onnx import): plugin graphs are named *.plugins.onnx
+    # and only hold plugin nodes when the bucket has attention sites.
+    return ".plugins." in path.name and any(int(v) for v in
+                                           manifest.get("attention_sites", {"x": 1}).values())
+
+
+class OnnxSession:
+    """A bucket graph in onnxruntime; see the module docstring for thread safety."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, bucket_dir: str | Path, graph: str = PLUGIN_GRAPH,
+                 providers: Sequence[str] | str = ("CPUExecutionProvider",),
+                 threads: int | None = None):
+        self.folder = Path(bucket_dir)
+        if not (self.folder / "manifest.json").is_file():
+            raise FileNotFoundError(f"{self.folder} is not an exported bucket (no "
+                                    f"manifest.json); run `python cli.py export` first")
+        self.manifest = load_manifest(self.folder)
+        self._bucket = BucketSpec.from_dict(self.manifest["bucket"])
+        self.path = self.folder / graph
+        if not self.path.is_file():
+            present = sorted(p.name for p in self.folder.glob("*.onnx"))
+            raise SessionError(f"graph {graph} not found in {self.folder}; present: "
+                               f"{present or 'none'}")
+        try:
+            import onnxruntime as ort  # noqa: PLC0415 - keep `import runtime` light
+        except ImportError as e:
+            raise SessionError("onnxruntime is not installed (pip install onnxruntime-gpu "
+                               "or onnxruntime)") from e
+        self.providers = _normalize_providers(providers)
+        available = ort.get_available_providers()
+        unknown = [p for p in self.providers if p not in available]
+        if unknown:
+            raise SessionError(f"execution provider(s) {unknown} not available in this "
+                               f"onnxruntime build; available: {available}")
+        self.uses_plugins = _has_plugin_nodes(self.path, self.manifest)
+        if self.uses_plugins:
+            try:
+                from plugins.reference.ort_ops import session_options  # noqa: PLC0415
+            except ImportError as e:
+                raise SessionError(
+                    f"{graph} holds vggt_mv plugin nodes; running it in onnxruntime needs "
+                    f"the CPU reference ops (plugins/reference/ort_ops.py and "
+                    f"onnxruntime-extensions): {e}. Or use graph='{PORTABLE_GRAPH}'") from e
+            so = session_options()
+        else:
+            so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        t0 = time.perf_counter()
+        try:
+            self._sess = ort.InferenceSession(str(self.path), so, providers=self.providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise SessionError(f"onnxruntime cannot load {self.path}: {e}") from e
+        self.load_seconds = time.perf_counter() - t0
+        # onnxruntime silently drops a provider it cannot initialise (e.g. CUDA without
+        # a GPU or without cuDNN) and runs on the CPU; a 100x slowdown deserves a warning.
+        self.dropped_providers = [p for p in self.providers
+                                  if p not in self._sess.get_providers()]
+        if self.dropped_providers:
+            warnings.warn(f"onnxruntime could not use {self.dropped_providers} for "
+                          f"{self.path.name} and runs on {self._sess.get_providers()}",
+                          RuntimeWarning, stacklevel=2)
+        got_in = [i.name for i in self._sess.get_inputs()]
+        got_out = [o.name for o in self._sess.get_outputs()]
+        if got_in != list(self.inputs) or set(got_out) != set(self.outputs):
+            raise SessionError(f"{self.path} and its manifest.json disagree (graph inputs "
+                               f"{got_in}, outputs {got_out}; manifest {list(self.inputs)}, "
+                               f"{list(self.outputs)}); re-export the bucket")
+        self._out_names = list(self.outputs)
+
+    @property
+    def inputs(self) -> dict[str, dict[str, Any]]:
+        return self.manifest["inputs"]
+
+    @property
+    def outputs(self) -> dict[str, dict[str, Any]]:
+        return self.manifest["outputs"]
+
+    @property
+    def bucket(self) -> BucketSpec:
+        return self._bucket
+
+    @property
+    def active_providers(self) -> list[str]:
+        return list(self._sess.get_providers()) if self._sess is not None else []
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._sess is None:
+            raise SessionError("session is closed")
+        arrays = check_feeds(self.inputs, feeds)
+        outs = self._sess.run(self._out_names, arrays)
+        result = dict(zip(self._out_names, outs))
+        for name, spec in self.outputs.items():
+            if list(result[name].shape) != [int(d) for d in spec["shape"]]:
+                raise RuntimeDataError(f"{name}: the graph returned {list(result[name].shape)}"
+                                       f", the manifest says {spec['shape']}")
+        return result
+
+    def close(self) -> None:
+        self._sess = None
+
+    def __enter__(self) -> "OnnxSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"OnnxSession({self.folder.name}/{self.path.name}, "
+                f"providers={self.providers})")

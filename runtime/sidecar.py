@@ -1,0 +1,403 @@
+"""Engine sidecar: what a TensorRT engine was built for, and whether this machine matches.
+
+A serialized TensorRT engine only runs on the TensorRT version that built it, on the GPU
+architecture it was tuned for, with the exact plugin implementation it was built against.
+None of that is checked by TensorRT in a way a user can act on (a version mismatch is a
+deserialization failure, a changed plugin library silently computes something else), so
+every engine gets a JSON sidecar recording it, and ``check_sidecar`` turns each mismatch
+into a sentence that says what to do.
+
+Pure Python: the GPU/TensorRT probes import their libraries only when called.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "SIDECAR_VERSION",
+    "SIDECAR_SUFFIX",
+    "PRECISIONS",
+    "SidecarError",
+    "SidecarMismatchError",
+    "GpuUnavailableError",
+    "EnvironmentInfo",
+    "GpuInfo",
+    "sidecar_path_for",
+    "make_sidecar",
+    "validate_sidecar",
+    "check_sidecar",
+    "read_sidecar",
+    "write_sidecar",
+    "sha256_file",
+    "detect_gpu",
+    "parse_version",
+    "resolve_plugin_library",
+    "PLUGIN_LIBRARY_ENV",
+]
+
+SIDECAR_VERSION = 1
+SIDECAR_SUFFIX = ".json"
+PRECISIONS = ("fp32", "fp16", "int8")
+_REQUIRED = ("sidecar_version", "engine", "tensorrt_version", "gpu", "plugins", "bucket",
+             "precision", "source_onnx", "build_options", "inputs", "outputs")
+
+
+class SidecarError(RuntimeError):
+    """The sidecar is missing, unreadable or malformed."""
+
+
+class SidecarMismatchError(SidecarError):
+    """The engine was built for another TensorRT, GPU or plugin library than this one."""
+
+    def __init__(self, engine: str | Path, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"refusing to load {engine}: it was built for a different "
+                         f"environment:\n{lines}")
+
+
+class GpuUnavailableError(RuntimeError):
+    """No CUDA driver or no CUDA device on this machine."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """'10.3.0.26' -> (10, 3, 0, 26); non-numeric suffixes ('11.4.1.post1') are dropped."""
+    parts = []
+    for tok in str(text).strip().split("."):
+        m = re.match(r"\d+", tok)
+        if m is None:
+            break
+        parts.append(int(m.group()))
+    return tuple(parts)
+
+
+PLUGIN_LIBRARY_ENV = "VGGT_MV_PLUGINS"
+
+
+def resolve_plugin_library(explicit: str | Path | None = None) -> Path | None:
+    """The plugin library to load: explicit path, else $VGGT_MV_PLUGINS, else the one
+    plugins/build.py places in the source tree (absent on a device that only has runtime/).
+
+    An explicit path that does not exist is an error rather than a silent fallback, since
+    loading another library than the one asked for would build or run the wrong kernels.
+    """
+    if explicit is not None:
+        p = Path(explicit)
+        if not p.is_file():
+            raise FileNotFoundError(f"plugin library not found: {p}")
+        return p.resolve()
+    env = os.environ.get(PLUGIN_LIBRARY_ENV)
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise FileNotFoundError(f"${PLUGIN_LIBRARY_ENV}={env} does not exist")
+        return p.resolve()
+    try:
+        from plugins.build import library_path  # noqa: PLC0415 - optional source tree
+
+        p = Path(library_path())
+    except Exception:  # noqa: BLE001 - plugins/ absent or unbuilt: no default library
+        return None
+    return p.resolve() if p.is_file() else None
+
+
+def sidecar_path_for(engine_path: str | Path) -> Path:
+    p = Path(engine_path)
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+# ------------------------------------------------------------------------ environment
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # "8.7": a string so JSON and comparisons stay exact
+    index: int = 0
+    total_memory_mb: int | None = None
+
+
+@dataclass
+class EnvironmentInfo:
+    """What the engine will meet on this machine (or met on the build machine)."""
+
+    tensorrt_version: str | None
+    gpu_name: str | None
+    compute_capability: str | None
+    plugin_sha256: str | None = None
+    plugin_library: str | None = None
+    contract_version: str | None = None
+
+    @classmethod
+    def detect(cls, plugin_library: str | Path | None = None, device: int = 0,
+               contract_version: str | None = None) -> "EnvironmentInfo":
+        """Probe TensorRT, the GPU and the plugin library; missing pieces stay None."""
+        try:
+            import tensorrt as trt  # noqa: PLC0415 - lazy on purpose
+
+            trt_version = str(trt.__version__)
+        except ImportError:
+            trt_version = None
+        try:
+            gpu = detect_gpu(device)
+        except GpuUnavailableError:
+            gpu = None
+        sha = None
+        if plugin_library is not None and Path(plugin_library).is_file():
+            sha = sha256_file(plugin_library)
+        return cls(trt_version, gpu.name if gpu else None,
+                   gpu.compute_capability if gpu else None, sha,
+                   str(plugin_library) if plugin_library else None, contract_version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # noqa: PLC0415
+    except ImportError:
+        from cuda import cudart  # noqa: PLC0415  (cuda-python < 12.6 layout)
+    return cudart
+
+
+def detect_gpu(device: int = 0) -> GpuInfo:
+    """Name and compute capability of CUDA device ``device``.
+
+    Uses cuda-python when installed, else the driver API through ctypes, so that
+    `build-engine` can report "no GPU" precisely even where cuda-python is absent.
+    """
+    try:
+        cudart = _cudart()
+    except ImportError:
+        return _detect_gpu_ctypes(device)
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise GpuUnavailableError(f"no CUDA device visible (cudaGetDeviceCount: {err}, "
+                                  f"CUDA_VISIBLE_DEVICES={visible!r})")
+    if device >= count:
+        raise GpuUnavailableError(f"CUDA device {device} requested, {count} present")
+    err, prop = cudart.cudaGetDeviceProperties(device)
+    if int(err) != 0:
+        raise GpuUnavailableError(f"cudaGetDeviceProperties({device}) failed: {err}")
+    name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
+    return GpuInfo(name.rstrip("\x00"), f"{prop.major}.{prop.minor}", device,
+                   int(prop.totalGlobalMem // (1 << 20)))
+
+
+_CU_CC_MAJOR, _CU_CC_MINOR = 75, 76  # CUdevice_attribute values from cuda.h
+
+
+def _detect_gpu_ctypes(device: int) -> GpuInfo:
+    lib = None
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        raise GpuUnavailableError("no CUDA driver on this machine (libcuda.so.1 not found); "
+                                  "TensorRT needs an NVIDIA GPU with its driver installed")
+    rc = lib.cuInit(0)
+    if rc != 0:
+        raise GpuUnavailableError(f"CUDA driver present but cuInit failed (CUresult {rc}): "
+                                  f"no usable GPU")
+    count = ctypes.c_int(0)
+    lib.cuDeviceGetCount(ctypes.byref(count))
+    if count.value <= device:
+        raise GpuUnavailableError(f"CUDA device {device} requested, {count.value} present")
+    dev = ctypes.c_int(0)
+    lib.cuDeviceGet(ctypes.byref(dev), device)
+    buf = ctypes.create_string_buffer(256)
+    lib.cuDeviceGetName(buf, 256, dev)
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    lib.cuDeviceGetAttribute(ctypes.byref(major), _CU_CC_MAJOR, dev)
+    lib.cuDeviceGetAttribute(ctypes.byref(minor), _CU_CC_MINOR, dev)
+    return GpuInfo(buf.value.decode(errors="replace"), f"{major.value}.{minor.value}", device)
+
+
+# ---------------------------------------------------------------------------- schema
+def make_sidecar(*, engine_file: str, engine_sha256: str, env: EnvironmentInfo,
+                 bucket: Mapping[str, Any], precision: str, source_onnx: str,
+                 source_onnx_sha256: str, build_options: Mapping[str, Any],
+                 inputs: Mapping[str, Any], outputs: Mapping[str, Any],
+                 plugin_library: str | None = None, contract_version: str | None = None,
+                 build_seconds: float | None = None, extra: Mapping[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    side = {
+        "sidecar_version": SIDECAR_VERSION,
+        "engine": engine_file,
+        "engine_sha256": engine_sha256,
+        "tensorrt_version": env.tensorrt_version,
+        "gpu": {"name": env.gpu_name, "compute_capability": env.compute_capability},
+        "plugins": None if env.plugin_sha256 is None and plugin_library is None else
+        {"library": Path(plugin_library).name if plugin_library else None,
+         "sha256": env.plugin_sha256},
+        "contract_version": contract_version,
+        "bucket": dict(bucket),
+        "precision": precision,
+        "source_onnx": {"name": source_onnx, "sha256": source_onnx_sha256},
+        "build_options": dict(build_options),
+        "inputs": dict(inputs),
+        "outputs": dict(outputs),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_host": platform.node(),
+        "build_seconds": None if build_seconds is None else round(build_seconds, 2),
+    }
+    if extra:
+        side.update(extra)
+    return side
+
+
+def validate_sidecar(side: Any) -> list[str]:
+    """Structural problems of a sidecar dict (empty list = well formed)."""
+    if not isinstance(side, Mapping):
+        return [f"sidecar must be a JSON object, got {type(side).__name__}"]
+    problems = [f"missing key {k!r}" for k in _REQUIRED if k not in side]
+    if problems:
+        return problems
+    if side["sidecar_version"] != SIDECAR_VERSION:
+        problems.append(f"sidecar_version {side['sidecar_version']} is not supported "
+                        f"(this runtime reads {SIDECAR_VERSION}); rebuild the engine")
+    if side["precision"] not in PRECISIONS:
+        problems.append(f"unknown precision {side['precision']!r}")
+    gpu = side["gpu"]
+    if not isinstance(gpu, Mapping) or "compute_capability" not in gpu or "name" not in gpu:
+        problems.append("gpu must hold name and compute_capability")
+    plug = side["plugins"]
+    if plug is not None and (not isinstance(plug, Mapping) or "sha256" not in plug):
+        problems.append("plugins must be null or hold sha256")
+    for key in ("inputs", "outputs"):
+        io = side[key]
+        if not isinstance(io, Mapping) or not all(
+                isinstance(v, Mapping) and "shape" in v and "dtype" in v for v in io.values()):
+            problems.append(f"{key} must map tensor names to {{shape, dtype}}")
+    return problems
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SidecarError(f"engine sidecar {p} not found: every engine needs the JSON "
+                           f"written next to it by `python cli.py build-engine`; rebuild the "
+                           f"engine rather than writing one by hand")
+    try:
+        side = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SidecarError(f"engine sidecar {p} is corrupt ({e}); rebuild the engine") from e
+    problems = validate_sidecar(side)
+    if problems:
+        raise SidecarError(f"engine sidecar {p} is malformed: " + "; ".join(problems))
+    return side
+
+
+def write_sidecar(path: str | Path, side: Mapping[str, Any]) -> Path:
+    problems = validate_sidecar(side)
+    if problems:
+        raise SidecarError("refusing to write a malformed sidecar: " + "; ".join(problems))
+    from .outputs import atomic_write
+
+    with atomic_write(path, "w") as f:
+        json.dump(side, f, indent=2)
+        f.write("\n")
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------- checks
+def _trt_compatible(built: str, here: str, version_compatible: bool) -> bool:
+    b, h = parse_version(built), parse_version(here)
+    if version_compatible:
+        # NVIDIA documents version-compatible plans as running on the same or any later
+        # runtime (8.6 -> 10, 10 -> 11), never an older one.
+        return bool(b and h) and h[:3] >= b[:3]
+    # Plain engines: TensorRT documents that they only load on the exact version built.
+    return b[:3] == h[:3]
+
+
+def _cc_tuple(cc: str | None) -> tuple[int, ...]:
+    return parse_version(cc or "")
+
+
+def check_sidecar(sidecar: Mapping[str, Any], env: EnvironmentInfo, *,
+                  allow_gpu_model_mismatch: bool = False) -> list[str]:
+    """Every reason this engine must not run here, each phrased as what to do about it.
+
+    Compute capability must match (TensorRT kernels are compiled per SM architecture)
+    unless the engine was built hardware-compatible ("ampere_plus": any sm_80+). A
+    different GPU model with the same compute capability (e.g. Orin AGX vs Orin NX) loads
+    but was timed on other hardware, so it is refused unless ``allow_gpu_model_mismatch``.
+    """
+    problems = validate_sidecar(sidecar)
+    if problems:
+        return [f"sidecar malformed: {p}" for p in problems]
+    opts = sidecar.get("build_options") or {}
+    built_trt = sidecar["tensorrt_version"]
+    if env.tensorrt_version is None:
+        problems.append("TensorRT is not installed here (pip install tensorrt, or on JetPack 6 "
+                        "the python3-libnvinfer package); the engine needs TensorRT "
+                        f"{built_trt}")
+    elif not _trt_compatible(str(built_trt), env.tensorrt_version,
+                             bool(opts.get("version_compatible"))):
+        problems.append(f"TensorRT version mismatch: engine built with {built_trt}, this "
+                        f"machine has {env.tensorrt_version}; rebuild it here with "
+                        f"`python cli.py build-engine` (engines do not move between "
+                        f"TensorRT versions)")
+    gpu = sidecar["gpu"]
+    built_cc, built_name = gpu.get("compute_capability"), gpu.get("name")
+    if env.compute_capability is None:
+        problems.append(f"no CUDA GPU found here; the engine was built for {built_name} "
+                        f"(compute capability {built_cc})")
+    else:
+        hw = str(opts.get("hardware_compatibility") or "none").lower()
+        cc_ok = (_cc_tuple(env.compute_capability) >= (8, 0) and
+                 _cc_tuple(built_cc) >= (8, 0)) if hw in ("ampere_plus", "ampere+") else (
+            _cc_tuple(env.compute_capability) == _cc_tuple(built_cc))
+        if not cc_ok:
+            problems.append(f"GPU architecture mismatch: engine built for compute capability "
+                            f"{built_cc} ({built_name}), this GPU is {env.gpu_name} "
+                            f"(compute capability {env.compute_capability}); rebuild the "
+                            f"engine on this device")
+        elif (built_name and env.gpu_name and built_name != env.gpu_name
+              and not allow_gpu_model_mismatch and hw == "none"):
+            problems.append(f"GPU model mismatch: engine built and timed on {built_name}, "
+                            f"this GPU is {env.gpu_name} (same compute capability "
+                            f"{built_cc}); rebuild it here for correct tactics, or pass "
+                            f"allow_gpu_model_mismatch=True to run it anyway")
+    plug = sidecar["plugins"]
+    if plug is not None and plug.get("sha256"):
+        lib = plug.get("library") or "libvggt_mv_plugins.so"
+        if env.plugin_sha256 is None:
+            problems.append(f"the engine uses the plugin library {lib} (sha256 "
+                            f"{plug['sha256'][:12]}...) but none is loaded: pass "
+                            f"plugin_lib= / --plugins with that library")
+        elif env.plugin_sha256 != plug["sha256"]:
+            problems.append(f"plugin library mismatch: engine built with {lib} sha256 "
+                            f"{plug['sha256'][:12]}..., loaded {env.plugin_library or 'library'}"
+                            f" has sha256 {env.plugin_sha256[:12]}...; load the library the "
+                            f"engine was built with, or rebuild the engine with "
+                            f"`python cli.py build-engine --plugins "
+                            f"{env.plugin_library or 'LIB'}`")
+    side_cv, env_cv = sidecar.get("contract_version"), env.contract_version
+    if side_cv and env_cv and parse_version(side_cv)[:1] != parse_version(env_cv)[:1]:
+        problems.append(f"plugin contract mismatch: engine built against contract "
+                        f"{side_cv}, this runtime implements {env_cv}; re-export and rebuild")
+    return problems

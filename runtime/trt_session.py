@@ -1,0 +1,398 @@
+"""TensorRT backend: `TrtSession` runs a bucket engine built by `python cli.py build-engine`.
+
+Dependencies: numpy, the TensorRT Python bindings (10.3 on JetPack 6, 10.x / 11.x on x86)
+and cuda-python for memory, streams and CUDA graphs. Everything is imported when a
+session is created, never at module import.
+
+Lifecycle: the engine's sidecar is read and checked against this machine (TensorRT
+version, GPU, plugin library sha256) before a byte of the engine is deserialized, so a
+mismatch is a sentence, not a crash. One device buffer and one pinned host buffer per I/O
+tensor are allocated once and reused by every call; tensor addresses are bound once.
+
+Thread safety: one session owns one execution context and one stream, which TensorRT
+does not allow two threads to use at a time, so ``run`` holds a lock: concurrent calls are
+safe but serialised. For parallel inference create one TrtSession per thread (each gets
+its own context, stream and buffers; the GPU memory cost is per session).
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .dispatch import BucketSpec, check_feeds, engine_filename
+from .session import SessionError
+from .sidecar import (
+    PRECISIONS,
+    EnvironmentInfo,
+    GpuUnavailableError,
+    SidecarMismatchError,
+    check_sidecar,
+    detect_gpu,
+    read_sidecar,
+    resolve_plugin_library,
+    sha256_file,
+    sidecar_path_for,
+)
+
+__all__ = ["TrtSession", "TrtUnavailableError", "CudaError", "find_engine",
+           "load_plugin_library", "PRECISION_PREFERENCE", "MIN_TENSORRT"]
+
+# Without an explicit precision: FP16 is the deployment default; INT8 trades accuracy.
+PRECISION_PREFERENCE = ("fp16", "int8", "fp32")
+MIN_TENSORRT = (10, 3)  # JetPack 6; strongly typed networks + IPluginV3 + execute_async_v3
+
+
+class TrtUnavailableError(SessionError):
+    """TensorRT, cuda-python or a GPU is missing; the message says which and how to fix."""
+
+
+class CudaError(RuntimeError):
+    pass
+
+
+def find_engine(engine_dir: str | Path, precision: str | None = None) -> Path:
+    """The engine file in a bucket folder (model.<precision>.engine)."""
+    folder = Path(engine_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"engine folder not found: {folder}")
+    present = {p: folder / engine_filename(p) for p in PRECISIONS
+               if (folder / engine_filename(p)).is_file()}
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision not in present:
+            raise FileNotFoundError(
+                f"no {precision} engine in {folder} (expected {engine_filename(precision)}; "
+                f"present: {sorted(present) or 'none'}); build it with `python cli.py "
+                f"build-engine --{precision} --bucket {folder}`")
+        return present[precision]
+    for p in PRECISION_PREFERENCE:
+        if p in present:
+            return present[p]
+    raise FileNotFoundError(f"no TensorRT engine in {folder} (model.fp16.engine, "
+                            f"model.int8.engine or model.fp32.engine); build one with "
+                            f"`python cli.py build-engine --fp16 --bucket {folder}`")
+
+
+def import_tensorrt(allow_lean: bool = True):
+    """The full TensorRT bindings, else (allow_lean) the lean runtime bindings, which can
+    only deserialize version-compatible engines (`build-engine --version-compatible`)."""
+    try:
+        import tensorrt as trt  # noqa: PLC0415
+    except ImportError as e:
+        try:
+            if not allow_lean:
+                raise
+            trt = _import_lean()
+        except ImportError:
+            raise TrtUnavailableError(
+                "TensorRT Python bindings are not installed. x86: `pip install tensorrt` "
+                "(10.3+ or 11.x, matching your CUDA); JetPack 6: `sudo apt install "
+                f"python3-libnvinfer` (TensorRT 10.3). ({e})") from e
+    from .sidecar import parse_version
+
+    if parse_version(trt.__version__)[:2] < MIN_TENSORRT:
+        raise TrtUnavailableError(f"TensorRT {trt.__version__} is too old: this runtime "
+                                  f"needs {'.'.join(map(str, MIN_TENSORRT))} or newer")
+    return trt
+
+
+def _import_lean():
+    # The tensorrt-lean metapackage provides `tensorrt_lean`; the bare bindings wheel
+    # (tensorrt-lean-cuXX-bindings) only `tensorrt_lean_bindings`.
+    try:
+        import tensorrt_lean as trt  # noqa: PLC0415
+    except ImportError:
+        import tensorrt_lean_bindings as trt  # noqa: PLC0415
+    return trt
+
+
+def import_cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # noqa: PLC0415
+    except ImportError:
+        try:
+            from cuda import cudart  # noqa: PLC0415 - cuda-python < 12.6
+        except ImportError as e:
+            raise TrtUnavailableError(
+                "cuda-python is not installed: `pip install cuda-python` with the major "
+                "version of your CUDA (12.x on JetPack 6)") from e
+    return cudart
+
+
+def _check(result: Any, what: str) -> Any:
+    """cuda-python returns (err, *values); raise on error, return the value(s)."""
+    err, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+    if int(err) != 0:
+        cudart = import_cudart()
+        _, msg = cudart.cudaGetErrorString(err)
+        raise CudaError(f"{what} failed: {err} {msg.decode() if isinstance(msg, bytes) else msg}")
+    if not rest:
+        return None
+    return rest[0] if len(rest) == 1 else rest
+
+
+_PLUGIN_HANDLES: dict[tuple[str, str], Any] = {}
+_PLUGIN_LOCK = threading.Lock()
+
+
+def load_plugin_library(trt, lib: Path) -> Any:
+    """Load a plugin library into the process-wide registry once per TensorRT module.
+
+    The global registry is what deserialize_cuda_engine consults for plugin creators;
+    loading the same library again for a second session would register its creators
+    twice, and the cached handle keeps it loaded for the life of the process."""
+    key = (trt.__name__, str(lib))
+    with _PLUGIN_LOCK:
+        handle = _PLUGIN_HANDLES.get(key)
+        if handle is None:
+            handle = trt.get_plugin_registry().load_library(str(lib))
+            if handle is None:
+                raise SessionError(f"TensorRT could not load the plugin library {lib} (see "
+                                   f"the TensorRT log); was it built for this TensorRT?")
+            _PLUGIN_HANDLES[key] = handle
+        return handle
+
+
+class TrtSession:
+    """A TensorRT engine with its sidecar checked; see the module docstring."""
+
+    backend = "tensorrt"
+
+    def __init__(self, engine_dir: str | Path, plugin_lib: str | Path | None = None,
+                 use_cuda_graph: bool = False, precision: str | None = None,
+                 device: int = 0, allow_gpu_model_mismatch: bool = False):
+        self._closed = True
+        self._lock = threading.Lock()
+        self.folder = Path(engine_dir)
+        self.engine_path = find_engine(self.folder, precision)
+        self.sidecar = read_sidecar(sidecar_path_for(self.engine_path))
+        self.precision = self.sidecar["precision"]
+        self._bucket = BucketSpec.from_dict(self.sidecar["bucket"])
+
+        trt = import_tensorrt()
+        self.lean = trt.__name__.startswith("tensorrt_lean")
+        version_compatible = bool(self.sidecar["build_options"].get("version_compatible"))
+        if self.lean and not version_compatible:
+            raise TrtUnavailableError(
+                f"only the TensorRT lean runtime is installed, and it runs version-compatible "
+                f"engines only; {self.engine_path.name} was built without "
+                f"--version-compatible. Install the full tensorrt package or rebuild with "
+                f"`python cli.py build-engine --version-compatible`")
+        cudart = import_cudart()
+        try:
+            gpu = detect_gpu(device)
+        except GpuUnavailableError as e:
+            raise TrtUnavailableError(f"cannot run {self.engine_path}: {e}") from e
+        lib = resolve_plugin_library(plugin_lib)
+        env = EnvironmentInfo(str(trt.__version__), gpu.name, gpu.compute_capability,
+                              sha256_file(lib) if lib else None, str(lib) if lib else None)
+        problems = check_sidecar(self.sidecar, env,
+                                 allow_gpu_model_mismatch=allow_gpu_model_mismatch)
+        data = self.engine_path.read_bytes()
+        want = self.sidecar.get("engine_sha256")
+        if want and _sha256_bytes(data) != want:
+            problems.append(f"{self.engine_path.name} is not the engine its sidecar describes "
+                            f"(sha256 differs); rebuild it with `python cli.py build-engine`")
+        if problems:
+            raise SidecarMismatchError(self.engine_path, problems)
+        self.environment = env
+
+        _check(cudart.cudaSetDevice(device), "cudaSetDevice")
+        self._trt, self._cudart = trt, cudart
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        if hasattr(trt, "init_libnvinfer_plugins"):  # absent from the lean runtime
+            trt.init_libnvinfer_plugins(self._logger, "")
+        self._plugin_handle = load_plugin_library(trt, lib) if lib is not None else None
+        self._runtime = trt.Runtime(self._logger)
+        if version_compatible and not self.sidecar["build_options"].get(
+                "exclude_lean_runtime", False):
+            # The plan embeds a lean runtime (host code); we only get here after its
+            # sidecar and sha256 matched, i.e. it is the engine build-engine wrote.
+            self._runtime.engine_host_code_allowed = True
+        self._engine = self._runtime.deserialize_cuda_engine(data)
+        if self._engine is None:
+            raise SessionError(f"TensorRT could not deserialize {self.engine_path} (see the "
+                               f"TensorRT log above); rebuild it with `python cli.py "
+                               f"build-engine`")
+        self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise SessionError("TensorRT could not create an execution context (out of GPU "
+                               "memory?)")
+        self._io = self._read_io(trt)
+        self._compare_io_with_sidecar()
+        self._device: dict[str, int] = {}
+        self._host_ptr: dict[str, int] = {}
+        self._host: dict[str, np.ndarray] = {}
+        self._graph = self._graph_exec = self._stream = None
+        self._closed = False  # from here on close() frees whatever was allocated
+        self._stream = _check(cudart.cudaStreamCreateWithFlags(
+            cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
+        for name, spec in self._io.items():
+            nbytes = max(1, int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize)
+            self._device[name] = int(_check(cudart.cudaMalloc(nbytes), f"cudaMalloc {name}"))
+            ptr = int(_check(cudart.cudaMallocHost(nbytes), f"cudaMallocHost {name}"))
+            self._host_ptr[name] = ptr
+            buf = (ctypes.c_char * nbytes).from_address(ptr)
+            self._host[name] = np.frombuffer(buf, dtype=spec["dtype"],
+                                             count=int(np.prod(spec["shape"]))
+                                             ).reshape(spec["shape"])
+            if not self._context.set_tensor_address(name, self._device[name]):
+                raise SessionError(f"set_tensor_address({name}) rejected by TensorRT")
+        self.use_cuda_graph = use_cuda_graph
+        self.last_timing: dict[str, float] = {}
+
+    # -------------------------------------------------------------------------- I/O
+    def _read_io(self, trt) -> dict[str, dict[str, Any]]:
+        io = {}
+        for i in range(self._engine.num_io_tensors):
+            name = self._engine.get_tensor_name(i)
+            shape = [int(d) for d in self._engine.get_tensor_shape(name)]
+            if any(d < 0 for d in shape):
+                raise SessionError(f"engine tensor {name} has a dynamic shape {shape}; bucket "
+                                   f"engines are built with fixed shapes, rebuild it")
+            io[name] = {"shape": shape,
+                        "dtype": np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))).name,
+                        "input": self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT}
+        return io
+
+    def _compare_io_with_sidecar(self) -> None:
+        problems = []
+        for kind, want in (("inputs", True), ("outputs", False)):
+            declared = self.sidecar[kind]
+            actual = {n: s for n, s in self._io.items() if s["input"] is want}
+            if set(declared) != set(actual):
+                problems.append(f"engine {kind} {sorted(actual)} != sidecar {sorted(declared)}")
+                continue
+            for n, s in declared.items():
+                if [int(d) for d in s["shape"]] != actual[n]["shape"]:
+                    problems.append(f"{n}: engine shape {actual[n]['shape']} != sidecar "
+                                    f"{s['shape']}")
+        if problems:
+            raise SidecarMismatchError(self.engine_path, problems)
+
+    @property
+    def inputs(self) -> dict[str, dict[str, Any]]:
+        return {n: {"shape": s["shape"], "dtype": s["dtype"]}
+                for n, s in self._io.items() if s["input"]}
+
+    @property
+    def outputs(self) -> dict[str, dict[str, Any]]:
+        return {n: {"shape": s["shape"], "dtype": s["dtype"]}
+                for n, s in self._io.items() if not s["input"]}
+
+    @property
+    def bucket(self) -> BucketSpec:
+        return self._bucket
+
+    # -------------------------------------------------------------------------- run
+    def _enqueue(self) -> None:
+        cudart = self._cudart
+        if self._graph_exec is not None:
+            _check(cudart.cudaGraphLaunch(self._graph_exec, self._stream), "cudaGraphLaunch")
+            return
+        if not self._context.execute_async_v3(int(self._stream)):
+            raise SessionError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        if self.use_cuda_graph and self._graph is None:
+            self._capture()
+
+    def _capture(self) -> None:
+        # Captured after one plain enqueue: TensorRT finishes its lazy per-context setup
+        # in the first enqueue, which must not end up inside the graph.
+        cudart = self._cudart
+        _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        try:
+            _check(cudart.cudaStreamBeginCapture(
+                self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+                "cudaStreamBeginCapture")
+            ok = self._context.execute_async_v3(int(self._stream))
+            graph = _check(cudart.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
+            if not ok:
+                raise CudaError("execute_async_v3 failed during capture")
+            self._graph = graph
+            self._graph_exec = _check(cudart.cudaGraphInstantiate(graph, 0),
+                                      "cudaGraphInstantiate")
+        except CudaError as e:
+            # Some plugins or TensorRT versions refuse capture; plain enqueue still works.
+            warnings.warn(f"CUDA graph capture failed, running without it: {e}",
+                          RuntimeWarning, stacklevel=3)
+            self.use_cuda_graph = False
+            self._graph = self._graph_exec = None
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Copy inputs in, execute on this session's stream, copy outputs out.
+
+        Returns fresh arrays (the pinned buffers are reused by the next call)."""
+        arrays = check_feeds(self.inputs, feeds)
+        cudart = self._cudart
+        with self._lock:
+            if self._closed:
+                raise SessionError("session is closed")
+            t0 = time.perf_counter()
+            h2d, d2h = (cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                        cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+            for name, a in arrays.items():
+                np.copyto(self._host[name], a)
+                _check(cudart.cudaMemcpyAsync(self._device[name], self._host_ptr[name],
+                                              self._host[name].nbytes, h2d, self._stream),
+                       f"copy {name} to device")
+            self._enqueue()
+            for name in self.outputs:
+                _check(cudart.cudaMemcpyAsync(self._host_ptr[name], self._device[name],
+                                              self._host[name].nbytes, d2h, self._stream),
+                       f"copy {name} to host")
+            _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+            result = {n: self._host[n].copy() for n in self.outputs}
+            self.last_timing = {"run": time.perf_counter() - t0}
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            cudart = self._cudart
+            if self._graph_exec is not None:
+                cudart.cudaGraphExecDestroy(self._graph_exec)
+            if self._graph is not None:
+                cudart.cudaGraphDestroy(self._graph)
+            self._host.clear()  # drop numpy views before the pinned memory goes away
+            for ptr in self._host_ptr.values():
+                cudart.cudaFreeHost(ptr)
+            for ptr in self._device.values():
+                cudart.cudaFree(ptr)
+            if self._stream is not None:
+                cudart.cudaStreamDestroy(self._stream)
+            # Context before engine before runtime: TensorRT's documented teardown order.
+            self._context = None
+            self._engine = None
+            self._runtime = None
+
+    def __enter__(self) -> "TrtSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown may have freed CUDA
+            pass
+
+    def __repr__(self) -> str:
+        return (f"TrtSession({self.engine_path}, {self.precision}, "
+                f"cuda_graph={self.use_cuda_graph})")
+
+
+def _sha256_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
