@@ -34,7 +34,6 @@ if backend == "pytorch":
         with torch.no_grad():
             model(*args)
 else:
-    from export.validate import run_onnx
     import onnxruntime as ort
     graph = Path(folder) / backend
     if backend.endswith("plugins.onnx"):

@@ -168,3 +168,20 @@ def test_no_float64_in_forward(tiny):
     with torch.no_grad(), Spy():
         tiny(torch.rand(1, 2, 2, 3, 28, 28))
     assert not seen, f"float64 produced by {sorted(seen)}"
+
+
+def test_tiny_forward_on_real_frames(tiny, mv_scene):
+    """Real frames of the scene through the same preprocessing the runtime uses."""
+    from runtime.preprocess import load_clip
+
+    clip = load_clip(mv_scene, 0, 2, 4, (56, 70), with_masks=True)
+    images = torch.from_numpy(clip["images"]).float()
+    masks = torch.from_numpy(clip["ext_mask"]).float()
+    assert images.shape == (1, 2, 4, 3, 56, 70) and 0.0 <= images.min() < images.max() <= 1.0
+    with torch.no_grad():
+        out = tiny(images, ext_mask=masks)
+    check_shapes(out, (1, 2, 4), 56, 70)
+    with torch.no_grad():
+        no_mask = tiny(images)
+    # the SAM2 masks move the fused dynamic mask where they cover the object
+    assert (out["dynamic_mask"] - no_mask["dynamic_mask"]).abs().max() > 1e-3
