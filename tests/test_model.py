@@ -60,7 +60,9 @@ def check_shapes(out, lead, H, W):
                                     {"sparse_global": True, "sparse_strategy": "dilated"},
                                     {"sparse_global": True, "sparse_strategy": "memory_bank"},
                                     {"aa_order": ["view", "time"]}, {"temporal_encoding": True},
-                                    {"mask_head": False}, {"learnable_mask_fusion": True}])
+                                    {"mask_head": False}, {"learnable_mask_fusion": True},
+                                    # seed prototype layout: dual layers straddle the mask layer
+                                    {"dual_stream": True, "dual_stream_layers": [0, 1, 2]}])
 def test_multiview_shapes_every_option(option):
     torch.manual_seed(0)
     model = VGGTMV(tiny_config(**option)).eval()
