@@ -1,0 +1,251 @@
+// Fused attention kernels of the plugins: flash-style (keys visited in shared-memory
+// tiles, online softmax, fp32 statistics and accumulation), never an L x S buffer.
+//
+//   biased:  out_i = sum_j softmax_j(scale <q_i, k_j> + r_i c_j) v_j
+//   sparse:  the same without bias, over the keys contract.json allows for query i.
+//
+// One thread owns one query row; a block of kBlockQ rows shares each key tile. For the
+// sparse op a block never straddles a frame, so all its rows see the same key list, and
+// the list is enumerated (own frame, landmarks, dilated frames, memory tokens) instead
+// of scanning all L keys against a mask: cost is proportional to the visible keys.
+//
+// The same source compiles with nvcc for the GPU and, through cuda_host_shim.h, with a
+// host compiler for the CPU tests, so every line here is executed in CI.
+#pragma once
+#include "../common/attention_params.h"
+#include "../common/half_type.h"
+
+#ifndef __CUDACC__
+#include "../common/cuda_host_shim.h"
+#include <cmath>
+#endif
+
+namespace vggt
+{
+
+constexpr int kBlockQ = 32;
+constexpr int kMaxDilatedFrames = 64;
+
+template <int DMAX>
+struct TileCfg
+{
+    // Two fp32 tiles of kTileK x DMAX must fit the 48 KB static shared-memory limit.
+    static constexpr int kTileK = DMAX <= 128 ? 32 : 16;
+};
+
+struct KeyList
+{
+    // Virtual key positions 0..count-1 map to real key indices: the first `own` come from
+    // [own_start, own_start + own), then either `frames` whole frames, landmark entries or
+    // a contiguous tail starting at tail_start.
+    int count;
+    int own_start, own;
+    int tail_start;                 // memory tokens (strategy 2) or all keys (biased)
+    const int32_t* landmarks;       // strategy 0
+    int n_frames;                   // strategy 1
+    int frames[kMaxDilatedFrames];  // strategy 1
+    int frame_len;
+    int mode;                       // 0 contiguous, 1 own+landmarks, 2 frames, 3 own+tail
+};
+
+__device__ __forceinline__ int key_at(const KeyList& kl, int j, bool& valid)
+{
+    valid = true;
+    switch (kl.mode)
+    {
+    case 0: return kl.tail_start + j;
+    case 1:
+    {
+        if (j < kl.own)
+            return kl.own_start + j;
+        const int idx = kl.landmarks[j - kl.own];
+        // A landmark inside the query's own frame is already visible once.
+        valid = !(idx >= kl.own_start && idx < kl.own_start + kl.own);
+        return idx;
+    }
+    case 2: return kl.frames[j / kl.frame_len] * kl.frame_len + j % kl.frame_len;
+    default: return j < kl.own ? kl.own_start + j : kl.tail_start + (j - kl.own);
+    }
+}
+
+// Which queries a block owns and which keys they see.
+__device__ __forceinline__ void block_problem(const AttentionParams& p, int L, int S, int M, int b,
+    const int32_t* landmarks, int& q_begin, int& q_end, KeyList& kl)
+{
+    kl.mode = 0;
+    kl.tail_start = 0;
+    kl.count = S;
+    kl.own = 0;
+    kl.own_start = 0;
+    kl.frame_len = 1;
+    kl.n_frames = 0;
+    kl.landmarks = nullptr;
+    if (p.kind == OpKind::kBiased)
+    {
+        q_begin = blockIdx.x * kBlockQ;
+        q_end = q_begin + kBlockQ < L ? q_begin + kBlockQ : L;
+        return;
+    }
+    const int F = p.frame_len;
+    const int n_frames = p.num_t * p.num_n;
+    const int tiles_per_frame = (F + kBlockQ - 1) / kBlockQ;
+    const int frame_tiles = n_frames * tiles_per_frame;
+    const int tile = static_cast<int>(blockIdx.x);
+    if (tile >= frame_tiles)
+    {   // memory-token queries (strategy 2) see every key
+        q_begin = n_frames * F + (tile - frame_tiles) * kBlockQ;
+        q_end = q_begin + kBlockQ < L ? q_begin + kBlockQ : L;
+        return;
+    }
+    const int f = tile / tiles_per_frame;
+    q_begin = f * F + (tile % tiles_per_frame) * kBlockQ;
+    q_end = q_begin + kBlockQ < (f + 1) * F ? q_begin + kBlockQ : (f + 1) * F;
+    kl.own_start = f * F;
+    kl.own = F;
+    kl.frame_len = F;
+    if (p.strategy == kStrategyLandmark)
+    {
+        kl.mode = 1;
+        kl.landmarks = landmarks + static_cast<int64_t>(b) * M;
+        kl.count = F + M;
+    }
+    else if (p.strategy == kStrategyDilated)
+    {
+        kl.mode = 2;
+        const int t = f / p.num_n, n = f % p.num_n;
+        int nf = 0;
+        for (int vv = 0; vv < p.num_n && nf < kMaxDilatedFrames; ++vv)
+            kl.frames[nf++] = t * p.num_n + vv;
+        for (int tt = 0; tt < p.num_t && nf < kMaxDilatedFrames; ++tt)
+        {
+            const int dt = tt > t ? tt - t : t - tt;
+            if (dt > 0 && dt < 31 && ((p.level_mask >> dt) & 1))
+                kl.frames[nf++] = tt * p.num_n + n;
+        }
+        kl.n_frames = nf;
+        kl.count = nf * F;
+    }
+    else
+    {
+        kl.mode = 3;
+        kl.tail_start = n_frames * F;
+        kl.count = F + p.num_memory;
+    }
+}
+
+// grid: (query tiles, B*H); block: kBlockQ threads. D <= DMAX at run time.
+template <typename T, int DMAX>
+__global__ void attention_kernel(AttentionParams p, int /*B: grid.y = B*H*/, int H, int L, int S, int D, int M,
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const float* __restrict__ r,
+    const float* __restrict__ c, const int32_t* __restrict__ landmarks, T* __restrict__ out)
+{
+    constexpr int TK = TileCfg<DMAX>::kTileK;
+    __shared__ float ks[TK][DMAX];
+    __shared__ float vs[TK][DMAX];
+    __shared__ float cs[TK];
+    __shared__ int valid_s[TK];
+
+    const int bh = static_cast<int>(blockIdx.y);
+    const int b = bh / H;
+    const int tid = static_cast<int>(threadIdx.x);
+    int q_begin = 0, q_end = 0;
+    KeyList kl;
+    block_problem(p, L, S, M, b, landmarks, q_begin, q_end, kl);
+
+    const int i = q_begin + tid;
+    const bool active = i < q_end;
+    const int64_t q_off = (static_cast<int64_t>(bh) * L + (active ? i : 0)) * D;
+    const int64_t kv_base = static_cast<int64_t>(bh) * S * D;
+
+    float qr[DMAX];
+    float acc[DMAX];
+    for (int d = 0; d < DMAX; ++d)
+    {
+        qr[d] = (active && d < D) ? to_float(q[q_off + d]) * p.scale : 0.F;
+        acc[d] = 0.F;
+    }
+    const bool biased = p.kind == OpKind::kBiased && p.has_bias != 0;
+    const float r_i = (biased && active) ? r[static_cast<int64_t>(b) * L + i] : 0.F;
+    float m_run = -INFINITY;
+    float l_run = 0.F;
+
+    for (int t0 = 0; t0 < kl.count; t0 += TK)
+    {
+        // Cooperative tile load (all threads, active or not, so barriers line up).
+        for (int e = tid; e < TK * D; e += kBlockQ)
+        {
+            const int jj = e / D, d = e % D;
+            const int j = t0 + jj;
+            float kval = 0.F, vval = 0.F;
+            if (j < kl.count)
+            {
+                bool ok;
+                const int idx = key_at(kl, j, ok);
+                kval = to_float(k[kv_base + static_cast<int64_t>(idx) * D + d]);
+                vval = to_float(v[kv_base + static_cast<int64_t>(idx) * D + d]);
+            }
+            ks[jj][d] = kval;
+            vs[jj][d] = vval;
+        }
+        for (int jj = tid; jj < TK; jj += kBlockQ)
+        {
+            const int j = t0 + jj;
+            bool ok = false;
+            int idx = 0;
+            if (j < kl.count)
+                idx = key_at(kl, j, ok);
+            valid_s[jj] = ok ? 1 : 0;
+            cs[jj] = (ok && biased) ? c[static_cast<int64_t>(b) * S + idx] : 0.F;
+        }
+        __syncthreads();
+        if (active)
+        {
+            float s[TK];
+            float tile_max = -INFINITY;
+            for (int jj = 0; jj < TK; ++jj)
+            {
+                float dot = 0.F;
+                for (int d = 0; d < D; ++d)
+                    dot += qr[d] * ks[jj][d];
+                s[jj] = valid_s[jj] ? dot + r_i * cs[jj] : -INFINITY;
+                tile_max = s[jj] > tile_max ? s[jj] : tile_max;
+            }
+            const float m_new = m_run > tile_max ? m_run : tile_max;
+            if (m_new > -INFINITY)
+            {
+                const float corr = m_run > -INFINITY ? expf(m_run - m_new) : 0.F;
+                l_run *= corr;
+                for (int d = 0; d < D; ++d)
+                    acc[d] *= corr;
+                for (int jj = 0; jj < TK; ++jj)
+                {
+                    if (!valid_s[jj])
+                        continue;
+                    const float pr = expf(s[jj] - m_new);
+                    l_run += pr;
+                    for (int d = 0; d < D; ++d)
+                        acc[d] += pr * vs[jj][d];
+                }
+                m_run = m_new;
+            }
+        }
+        __syncthreads();
+    }
+    if (active)
+    {
+        const float inv = l_run > 0.F ? 1.F / l_run : 0.F;
+        for (int d = 0; d < D; ++d)
+            out[q_off + d] = from_float<T>(acc[d] * inv);
+    }
+}
+
+// Number of query tiles (grid.x) for a problem.
+inline int query_tiles(const AttentionParams& p, int L)
+{
+    if (p.kind == OpKind::kBiased)
+        return (L + kBlockQ - 1) / kBlockQ;
+    const int F = p.frame_len;
+    return p.num_t * p.num_n * ((F + kBlockQ - 1) / kBlockQ) + (p.num_memory + kBlockQ - 1) / kBlockQ;
+}
+
+} // namespace vggt
