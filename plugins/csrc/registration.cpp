@@ -1,0 +1,44 @@
+// Dynamic registration: TensorRT (trtexec --staticPlugins / --dynamicPlugins, the Python
+// registry's load_library, polygraphy --plugins, ctypes + the ONNX parser) looks up
+// getCreators / setLoggerFinder in the shared library, so no link-time dependency on
+// libnvinfer is needed and loading the library twice registers nothing twice (the
+// registry owns deduplication by name/version/namespace; our creators are singletons).
+#include "attention/attentionPlugin.h"
+
+#include <mutex>
+
+namespace vggt
+{
+namespace
+{
+nvinfer1::ILoggerFinder* gLoggerFinder = nullptr;
+std::mutex gLoggerMutex;
+} // namespace
+
+void logError(std::string const& message) noexcept
+{
+    std::lock_guard<std::mutex> lock(gLoggerMutex);
+    if (gLoggerFinder == nullptr)
+        return;
+    if (nvinfer1::ILogger* logger = gLoggerFinder->findLogger())
+        logger->log(nvinfer1::ILogger::Severity::kERROR, message.c_str());
+}
+} // namespace vggt
+
+extern "C"
+{
+void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
+{
+    std::lock_guard<std::mutex> lock(vggt::gLoggerMutex);
+    vggt::gLoggerFinder = finder;
+}
+
+nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
+{
+    static vggt::AttentionPluginCreator biased(vggt::OpKind::kBiased);
+    static vggt::AttentionPluginCreator sparse(vggt::OpKind::kSparse);
+    static nvinfer1::IPluginCreatorInterface* const creators[] = {&biased, &sparse};
+    nbCreators = 2;
+    return creators;
+}
+}
