@@ -5,6 +5,7 @@
 // registry owns deduplication by name/version/namespace; our creators are singletons).
 #include "attention/attentionPlugin.h"
 
+#include <cstdio>
 #include <mutex>
 
 namespace vggt
@@ -18,10 +19,11 @@ std::mutex gLoggerMutex;
 void logError(std::string const& message) noexcept
 {
     std::lock_guard<std::mutex> lock(gLoggerMutex);
-    if (gLoggerFinder == nullptr)
-        return;
-    if (nvinfer1::ILogger* logger = gLoggerFinder->findLogger())
+    nvinfer1::ILogger* logger = gLoggerFinder != nullptr ? gLoggerFinder->findLogger() : nullptr;
+    if (logger != nullptr)
         logger->log(nvinfer1::ILogger::Severity::kERROR, message.c_str());
+    else  // loaded outside TensorRT's registry (ctypes): still say why a plugin was refused
+        std::fprintf(stderr, "[vggt_mv plugins] %s\n", message.c_str());
 }
 } // namespace vggt
 
