@@ -1,0 +1,51 @@
+"""FLOPs and bytes per plugin call for a bucket: the yardstick a GPU run is judged by.
+
+usage: python scripts/plugin_perf_model.py [--T 8 --N 4 --height 518 --width 518]
+Counts the two matmuls of attention (4 L S D per head) and the minimum DRAM traffic (read
+q, k, v once, write out once, fp16), plus what the current kernel re-reads: each block of
+kBlockQ = 32 queries streams all its keys and values once.
+"""
+from __future__ import annotations
+
+import argparse
+
+from vggt_mv.config import get_config
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--T", type=int, default=8)
+    ap.add_argument("--N", type=int, default=4)
+    ap.add_argument("--height", type=int, default=518)
+    ap.add_argument("--width", type=int, default=518)
+    ap.add_argument("--block-q", type=int, default=32)
+    a = ap.parse_args()
+    cfg = get_config()
+    F = cfg.patch_start_idx + (a.height // 14) * (a.width // 14)
+    P1 = (a.height // 14) * (a.width // 14) + 5  # DINOv2: cls + 4 registers + patches
+    H, D = cfg.num_heads, cfg.embed_dim // cfg.num_heads
+    S = a.T * a.N
+    calls = [  # name, sequences, length, head dim, heads, calls per forward
+        ("Time-SA", a.N, a.T * F, D, H, cfg.depth),
+        ("View-SA", a.T, a.N * F, D, H, cfg.depth),
+        ("DINOv2", S, P1, D, H, cfg.encoder.depth),
+        ("camera trunk", 1, S, 2 * cfg.embed_dim // cfg.heads.camera_num_heads,
+         cfg.heads.camera_num_heads, cfg.heads.camera_trunk_depth * cfg.heads.camera_iterations),
+    ]
+    print(f"bucket T={a.T} N={a.N} {a.height}x{a.width}: {F} tokens/frame")
+    print(f"{'call':<13} {'seqs x L':>12} {'D':>4} {'GFLOP/call':>11} {'min MB/call':>12} "
+          f"{'kernel K/V reads MB':>20} {'calls':>6} {'TFLOP/forward':>14}")
+    total = 0.0
+    for name, seqs, L, d, h, n in calls:
+        flop = 4.0 * L * L * d * h * seqs
+        min_bytes = 4 * seqs * h * L * d * 2
+        tiles = -(-L // a.block_q)
+        kv_reads = tiles * seqs * h * L * d * 2 * 2
+        total += flop * n
+        print(f"{name:<13} {f'{seqs} x {L}':>12} {d:>4} {flop / 1e9:>11.1f} {min_bytes / 1e6:>12.1f} "
+              f"{kv_reads / 1e6:>20.0f} {n:>6} {flop * n / 1e12:>14.2f}")
+    print(f"attention total per forward: {total / 1e12:.1f} TFLOP")
+
+
+if __name__ == "__main__":
+    main()
