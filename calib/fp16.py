@@ -1,0 +1,78 @@
+"""FP16 graph: weight-bearing MatMul / Gemm / Conv run in FP16, everything else in FP32.
+
+TensorRT 11 has no FP16 builder flag: in a strongly typed network precision is what the
+ONNX says. So the conversion is explicit: each weight layer gets FP16 weights, a Cast of
+its activation to FP16 and a Cast of its result back to FP32. LayerNorm, Softmax,
+reductions, the head activations (exp, expp1, inv_log) and the attention sites (vggt_mv.fn
+functions, later plugins) stay FP32 — the ops that overflow or lose range in FP16 ViTs.
+Graph inputs and outputs stay FP32, so runtime/ does not change.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .graph_utils import DEFAULT_EXCLUDE, all_names, excluded, unique_name, weight_node_indices
+
+
+def convert_fp16(model: onnx.ModelProto, exclude=DEFAULT_EXCLUDE) -> tuple[onnx.ModelProto, dict]:
+    """In place; returns (model, report with converted / excluded node counts)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    taken = all_names(model)
+    candidates = weight_node_indices(model)
+    fp16_max = float(np.finfo(np.float16).max)
+
+    def representable(k: int) -> bool:
+        node = model.graph.node[k]
+        return all(float(np.abs(numpy_helper.to_array(inits[x])).max(initial=0)) < fp16_max
+                   for x in node.input[1:3] if x in inits)
+
+    targets = {k for k in candidates
+               if not excluded(model.graph.node[k], exclude) and representable(k)}
+    n_excluded = len(candidates) - len(targets)
+    fp16_of: dict[str, str] = {}      # fp32 initializer -> fp16 copy
+    cast_of: dict[str, str] = {}      # fp32 activation -> its fp16 cast
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+
+    def fp16_init(name: str) -> str:
+        if name not in fp16_of:
+            arr = numpy_helper.to_array(inits[name]).astype(np.float16)
+            new = unique_name(f"{name}_fp16", taken)
+            new_inits.append(numpy_helper.from_array(arr, new))
+            fp16_of[name] = new
+        return fp16_of[name]
+
+    for k, node in enumerate(model.graph.node):
+        if k not in targets:
+            new_nodes.append(node)
+            continue
+        ins = list(node.input)
+        x = ins[0]
+        if x not in cast_of:
+            cast_of[x] = unique_name(f"{x}_fp16", taken)
+            new_nodes.append(helper.make_node("Cast", [x], [cast_of[x]], to=TensorProto.FLOAT16,
+                                              name=unique_name(f"{node.name}_in_fp16", taken)))
+        ins[0] = cast_of[x]
+        for j in range(1, min(len(ins), 3)):  # weight and bias
+            if ins[j] in inits:
+                ins[j] = fp16_init(ins[j])
+        out = node.output[0]
+        half_out = unique_name(f"{out}_fp16", taken)
+        del node.input[:]
+        node.input.extend(ins)
+        node.output[0] = half_out
+        new_nodes.append(node)
+        new_nodes.append(helper.make_node("Cast", [half_out], [out], to=TensorProto.FLOAT,
+                                          name=unique_name(f"{node.name}_out_fp32", taken)))
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep + new_inits)
+    # Intermediate shapes recorded by the exporter may now carry the old element type.
+    del model.graph.value_info[:]
+    return model, {"converted_nodes": len(targets), "excluded_nodes": n_excluded,
+                   "fp16_initializers": len(new_inits)}
