@@ -239,12 +239,15 @@ def _register_optional_commands() -> None:
     """Commands whose modules belong to other steps; each module keeps its heavy imports
     inside the command function, so registration costs nothing."""
     from calib.commands import calibrate, quantize
+    from export.accuracy.commands import bench, check
     from runtime.commands import build_engine, infer
 
     app.command("calibrate")(calibrate)
     app.command("quantize")(quantize)
     app.command("build-engine")(build_engine)
     app.command("infer")(infer)
+    app.command("check")(check)
+    app.command("bench")(bench)
 
 
 _register_optional_commands()

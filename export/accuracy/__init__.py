@@ -1,0 +1,1 @@
+"""Accuracy checks (Polygraphy Comparator over every backend) and benchmarks."""

@@ -1,0 +1,115 @@
+"""`check` / `bench`: Polygraphy comparison over every backend, metrics that catch
+corrupted outputs, JSON that Polygraphy itself reads back."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import cli
+from export.accuracy.check import evaluate_pair, run_check
+from export.accuracy.metrics import rotation_error_deg
+from export.accuracy.profiles import PROFILES, load_profiles
+from export.buckets import Bucket
+from export.exporter import export_bucket
+from export.pipeline import validation_feeds
+from vggt_mv.config import tiny_config
+from vggt_mv.models import VGGTMV
+
+
+@pytest.fixture(scope="module")
+def bucket(tmp_path_factory):
+    root = tmp_path_factory.mktemp("acc")
+    torch.manual_seed(0)
+    res = export_bucket(VGGTMV(tiny_config()).eval(), Bucket(2, 2, 42, 56), root,
+                        weights={"source": "random init, seed 0", "seed": 0})
+    return res.folder
+
+
+@pytest.fixture(scope="module")
+def checked(bucket, tmp_path_factory, mv_scene):
+    m = json.loads((bucket / "manifest.json").read_text())
+    feeds, _ = validation_feeds(Bucket.from_dict(m["bucket"]), str(mv_scene))
+    out = tmp_path_factory.mktemp("report")
+    return run_check(bucket, [feeds], out, log=lambda s: None), out
+
+
+def test_check_writes_every_report(checked):
+    summary, out = checked
+    assert summary["passed"]
+    assert set(summary["backends"]) == {"onnxrt:model.onnx", "onnxrt:model.plugins.onnx"}
+    assert "tensorrt" in summary["skipped"] and "TensorRT" in summary["skipped"]["tensorrt"]
+    report = (out / "report.md").read_text()
+    assert "onnxrt:model.plugins.onnx" in report and "rotation_deg_max" in report
+    pngs = list(out.glob("depth_*.png"))
+    assert len(pngs) == 2 * 2 * 3  # 2 frames x 2 backends x (ref, got, error)
+    for b in summary["backends"].values():
+        assert b["task"]["depth_delta125"] == 1.0 and b["task"]["rotation_deg_max"] < 0.05
+
+
+def test_polygraphy_reads_its_json_back(checked):
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import load_json
+
+    _, out = checked
+    rr = RunResults.load(str(out / "run_results.json"))
+    assert [name for name, _ in rr][0] == "pytorch" and len(rr) == 3
+    acc = load_json(str(out / "accuracy_onnxrt_model.plugins.onnx.json"))
+    assert acc is not None
+
+
+def outputs(rng):
+    pose = rng.standard_normal((1, 2, 2, 9)).astype(np.float32)
+    return {"pose_enc": pose, "depth": (rng.random((1, 2, 2, 8, 8, 1)) + 1).astype(np.float32),
+            "world_points": rng.standard_normal((1, 2, 2, 8, 8, 3)).astype(np.float32)}
+
+
+def test_pass_fail_logic_catches_corruption():
+    rng = np.random.default_rng(0)
+    ref = outputs(rng)
+    prof = PROFILES["fp32"]
+    assert evaluate_pair(ref, {k: v.copy() for k, v in ref.items()}, prof)["passed"]
+    # quaternion sign flip: same rotation, must pass the task metric
+    flipped = {k: v.copy() for k, v in ref.items()}
+    flipped["pose_enc"][..., 3:7] *= -1
+    assert rotation_error_deg(ref["pose_enc"], flipped["pose_enc"]).max() < 1e-4
+    # scaled depth fails (tensor and AbsRel)
+    scaled = {k: v.copy() for k, v in ref.items()}
+    scaled["depth"] *= 1.1
+    res = evaluate_pair(ref, scaled, prof)
+    assert not res["passed"] and any("depth_absrel" in f for f in res["failures"])
+    # a rotated camera fails rotation error even within a loose tensor tolerance
+    rot = {k: v.copy() for k, v in ref.items()}
+    q = rot["pose_enc"][..., 3:7]
+    rot["pose_enc"][..., 3:7] = q + 0.2 * np.roll(q, 1, axis=-1)
+    loose = load_profiles()["fp32"]
+    loose.atol = loose.rtol = 10.0
+    res = evaluate_pair(ref, rot, loose)
+    assert not res["passed"] and any("rotation" in f for f in res["failures"])
+    # NaN fails
+    nan = {k: v.copy() for k, v in ref.items()}
+    nan["world_points"][0, 0, 0, 0, 0, 0] = np.nan
+    res = evaluate_pair(ref, nan, PROFILES["int8"])
+    assert not res["passed"] and any("NaN" in f for f in res["failures"])
+
+
+def test_profile_override(tmp_path):
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps({"fp16": {"atol": 0.5}}))
+    prof = load_profiles(p)
+    assert prof["fp16"].atol == 0.5 and prof["fp16"].rtol == PROFILES["fp16"].rtol
+
+
+def test_cli_check_and_bench(bucket, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(cli.app, ["check", "--bucket", str(bucket), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli.app, ["bench", "--bucket", str(bucket), "--repeats", "1",
+                                  "--warmup", "0", "--out", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "b.json").read_text())
+    names = {r["backend"] for r in data["rows"]}
+    assert {"pytorch", "onnxrt:model.onnx", "onnxrt:model.plugins.onnx"} <= names
+    assert all(r["median_s"] > 0 and r["peak_rss_mb"] > 0 for r in data["rows"])
+    assert "tensorrt" in data["skipped"]
