@@ -1,6 +1,7 @@
 """`check` and `bench` commands (registered in cli.py)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -8,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
+# Logs redirected to files should not squeeze tables to 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def check(

@@ -63,9 +63,11 @@ def available_backends(folder: Path) -> list[tuple[str, str | None]]:
     out: list[tuple[str, str | None]] = [("pytorch", None)]
     for g in ("model.onnx", "model.plugins.onnx", "model.fp16.onnx", "model.fp16.plugins.onnx",
               "model.int8.onnx", "model.int8.plugins.onnx"):
+        mode = next((m for m in ("fp16", "int8") if f".{m}." in g), None)
+        hint = f"python cli.py quantize --{mode} --bucket {folder}" if mode else \
+            "python cli.py export"
         out.append((f"onnxrt:{g}", None if (folder / g).is_file() else
-                    f"{g} not in the bucket (python cli.py "
-                    f"{'quantize --' + g.split('.')[1] if g.count('.') > 1 and 'plugins' not in g.split('.')[1] else 'export'} ...)"))
+                    f"{g} not in the bucket ({hint})"))
     engines = sorted(folder.glob("model.*.engine"))
     reason = _trt_unavailable()
     if engines:
