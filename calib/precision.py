@@ -68,7 +68,10 @@ def _feeds_from_set(images: np.ndarray, masks: np.ndarray | None, manifest: dict
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.partial")
-    large = model.ByteSize() > EXTERNAL_DATA_BYTES if not _has_external(model) else True
+    # ByteSize() itself fails beyond protobuf's 2 GB limit: count tensor bytes instead.
+    weights = sum(len(t.raw_data) or 4 * max(len(t.float_data), len(t.int32_data))
+                  for t in model.graph.initializer)
+    large = _has_external(model) or weights > EXTERNAL_DATA_BYTES
     if large:
         onnx.save(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=path.name + ".data")
