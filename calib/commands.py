@@ -20,7 +20,7 @@ def _fail(msg: str, code: int = 2) -> None:
 
 def calibrate(
     bucket: Path = typer.Option(..., help="exported bucket folder (its T, N, size are used)"),
-    scene: Path = typer.Option(Path("../shared/data/mv_scene"), help="folder of real frames laid out time_TT/viewV.png"),
+    scene: Path = typer.Option(Path("../shared/data/mv_scene"), help="folder of real frames laid out time_TT/viewV.png, or of one synchronized video per view (view0.mp4, view1.mp4, ...)"),
     clips: int = typer.Option(8, help="number of T x N clips sampled across the sequence"),
     out: Optional[Path] = typer.Option(None, help="npz to write (default: <bucket>/calib.npz)"),
     seed: int = typer.Option(0, help="clip sampling seed"),
@@ -30,13 +30,18 @@ def calibrate(
     from calib.dataset import build_calibration_set
     from export.exporter import load_manifest
 
+    from calib.videos import VideoError, extract_view_videos, find_view_videos
+
     try:
         m = load_manifest(bucket)
         b = m["bucket"]
+        if find_view_videos(scene):
+            scene = extract_view_videos(scene, bucket / "calib_frames")
+            console.print(f"extracted view videos into {scene}")
         path = build_calibration_set(scene, b["T"], 1 if b.get("single_view") else b["N"],
                                      (b["H"], b["W"]), clips, out or bucket / "calib.npz",
                                      with_masks=bool(b.get("ext_mask")), seed=seed)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError, VideoError) as e:
         _fail(str(e))
     console.print(f"wrote {path} ({clips} clips of T={b['T']}, N={b['N']}, {b['H']}x{b['W']})")
 
