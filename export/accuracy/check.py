@@ -17,6 +17,15 @@ from .profiles import Profile, load_profiles, precision_of
 from .runners import available_backends, make_runner
 
 
+def align_quaternion_sign(ref_pose: np.ndarray, got_pose: np.ndarray) -> np.ndarray:
+    """q and -q are one rotation: a backend may legitimately return either, so the
+    elementwise comparison must not count a sign flip as an error."""
+    g = np.array(got_pose, copy=True)
+    dot = np.sum(ref_pose[..., 3:7].astype(np.float64) * g[..., 3:7], axis=-1, keepdims=True)
+    g[..., 3:7] = np.where(dot < 0, -g[..., 3:7], g[..., 3:7])
+    return g
+
+
 def evaluate_pair(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], profile: Profile
                   ) -> dict[str, Any]:
     """Metrics and verdict of one backend against the reference; pure numpy (tested with
@@ -27,6 +36,8 @@ def evaluate_pair(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], profil
             failures.append(f"{name}: missing")
             continue
         g = got[name]
+        if name == "pose_enc" and g.shape == r.shape:
+            g = align_quaternion_sign(r, g)
         if g.shape != r.shape:
             failures.append(f"{name}: shape {g.shape} != {r.shape}")
             continue
