@@ -1,9 +1,13 @@
 """FLOPs and bytes per plugin call for a bucket: the yardstick a GPU run is judged by.
 
 usage: python scripts/plugin_perf_model.py [--T 8 --N 4 --height 518 --width 518]
+                                          [--peak-tflops 65]
 Counts the two matmuls of attention (4 L S D per head) and the minimum DRAM traffic (read
-q, k, v once, write out once, fp16), plus what the current kernel re-reads: each block of
-kBlockQ = 32 queries streams all its keys and values once.
+q, k, v once, write out once, fp16), plus what the kernels re-read: each block of
+kBlockQ = 32 queries streams all its keys and values once (both the CUDA-core and the
+tensor-core kernel). With --peak-tflops (the GPU's dense fp16 tensor-core rate, from its
+datasheet) it adds the compute-bound lower limit per call, the figure a measured time
+is judged against.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=518)
     ap.add_argument("--width", type=int, default=518)
     ap.add_argument("--block-q", type=int, default=32)
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="dense fp16 tensor-core TFLOPS of the target GPU (datasheet)")
     a = ap.parse_args()
     cfg = get_config()
     F = cfg.patch_start_idx + (a.height // 14) * (a.width // 14)
@@ -34,7 +40,8 @@ def main() -> None:
     ]
     print(f"bucket T={a.T} N={a.N} {a.height}x{a.width}: {F} tokens/frame")
     print(f"{'call':<13} {'seqs x L':>12} {'D':>4} {'GFLOP/call':>11} {'min MB/call':>12} "
-          f"{'kernel K/V reads MB':>20} {'calls':>6} {'TFLOP/forward':>14}")
+          f"{'kernel K/V reads MB':>20} {'calls':>6} {'TFLOP/forward':>14}"
+          + (f" {'>= ms/call':>11}" if a.peak_tflops else ""))
     total = 0.0
     for name, seqs, L, d, h, n in calls:
         flop = 4.0 * L * L * d * h * seqs
@@ -43,8 +50,12 @@ def main() -> None:
         kv_reads = tiles * seqs * h * L * d * 2 * 2
         total += flop * n
         print(f"{name:<13} {f'{seqs} x {L}':>12} {d:>4} {flop / 1e9:>11.1f} {min_bytes / 1e6:>12.1f} "
-              f"{kv_reads / 1e6:>20.0f} {n:>6} {flop * n / 1e12:>14.2f}")
+              f"{kv_reads / 1e6:>20.0f} {n:>6} {flop * n / 1e12:>14.2f}"
+              + (f" {flop / (a.peak_tflops * 1e12) * 1e3:>11.2f}" if a.peak_tflops else ""))
     print(f"attention total per forward: {total / 1e12:.1f} TFLOP")
+    if a.peak_tflops:
+        print(f"compute-bound lower limit per forward at {a.peak_tflops:g} TFLOPS: "
+              f"{total / (a.peak_tflops * 1e12):.2f} s")
 
 
 if __name__ == "__main__":

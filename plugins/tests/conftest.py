@@ -19,20 +19,34 @@ def sources_hash(paths) -> str:
     return h.hexdigest()[:16]
 
 
-@pytest.fixture(scope="session")
-def host_harness(tmp_path_factory) -> Path:
-    """The kernel source compiled for the CPU (cached by source hash)."""
+def build_host_program(name: str, srcs: list[Path]) -> Path:
+    """Compiles CUDA-flavoured sources for the CPU (cached by the hash of everything in csrc)."""
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler (g++) to build the host-executed kernel harness")
-    srcs = [CSRC / "attention" / "attention_launch.cu", CSRC / "host_tests" / "attention_host_test.cpp"]
     deps = list(CSRC.rglob("*.h")) + list(CSRC.rglob("*.cuh")) + srcs
     out_dir = ROOT / "plugins" / "build" / "host"
     out_dir.mkdir(parents=True, exist_ok=True)
-    exe = out_dir / f"attention_host_test-{sources_hash(deps)}"
+    exe = out_dir / f"{name}-{sources_hash(deps)}"
     if not exe.exists():
-        cmd = [cxx, "-std=c++20", "-O2", "-pthread", "-Wall", "-Wextra", "-Werror",
-               "-x", "c++", str(srcs[0]), "-x", "c++", str(srcs[1]), "-o", str(exe)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [cxx, "-std=c++20", "-O2", "-pthread", "-Wall", "-Wextra", "-Werror"]
+        for src in srcs:
+            cmd += ["-x", "c++", str(src)]
+        tmp = exe.with_suffix(".partial")
+        res = subprocess.run(cmd + ["-o", str(tmp)], capture_output=True, text=True)
         assert res.returncode == 0, f"host build failed:\n{' '.join(cmd)}\n{res.stderr}"
+        tmp.replace(exe)
     return exe
+
+
+@pytest.fixture(scope="session")
+def host_harness() -> Path:
+    """The kernel source compiled for the CPU."""
+    return build_host_program("attention_host_test", [CSRC / "attention" / "attention_launch.cu",
+                                                      CSRC / "host_tests" / "attention_host_test.cpp"])
+
+
+@pytest.fixture(scope="session")
+def shim_test() -> Path:
+    """Self-checks of the CUDA / wmma host shims."""
+    return build_host_program("shim_test", [CSRC / "host_tests" / "shim_test.cpp"])

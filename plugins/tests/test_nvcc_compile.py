@@ -31,3 +31,41 @@ def test_missing_tools_are_named(monkeypatch):
     assert any("cmake" in m for m in missing) and any("nvcc" in m for m in missing)
     with pytest.raises(build.PluginBuildError, match="nvcc"):
         build.build()
+
+
+def test_tensor_core_kernel_uses_wmma_and_fits_shared_memory(tmp_path):
+    """The GPU build really issues tensor-core instructions (fp16 operands, fp32
+    accumulation) for both products, and ptxas places the tensor-core kernels under the
+    48 KB static shared-memory limit with no register spills (arch: Orin's sm_87)."""
+    import re
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not installed (pip install nvidia-cuda-nvcc or the CUDA toolkit)")
+    src = ROOT / "plugins" / "csrc" / "attention" / "attention_launch.cu"
+    res = subprocess.run([nvcc, "-std=c++17", "-O3", "-arch=sm_87", "-Xptxas", "-v", "--keep",
+                          "--keep-dir", str(tmp_path), "-c", str(src), "-o",
+                          str(tmp_path / "a.o")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ptx = "".join(p.read_text() for p in tmp_path.glob("*.ptx"))
+    assert "wmma.mma.sync.aligned.row.col.m16n16k16.f32.f32" in ptx    # S = Q K^T
+    assert "wmma.mma.sync.aligned.row.row.m16n16k16.f32.f32" in ptx    # O += P V
+    assert re.search(r"wmma\.load\.a\.sync\.aligned\.row\.m16n16k16\.shared\.f16", ptx)
+    # ptxas -v: one "Compiling entry function" line, then its resource lines
+    tc = {}
+    current = None
+    for line in res.stderr.splitlines():
+        m = re.search(r"Compiling entry function '(\S+)'", line)
+        if m:
+            current = m.group(1)
+            continue
+        if current and "attention_kernel_tc" in current:
+            if "spill" in line:
+                tc.setdefault(current, {})["spill"] = line
+            m = re.search(r"(\d+) bytes smem", line)
+            if m:
+                tc.setdefault(current, {})["smem"] = int(m.group(1))
+    assert len(tc) == 2, res.stderr[-2000:]   # DMAX 64 and 128
+    for name, info in tc.items():
+        assert 0 < info["smem"] <= 48 * 1024, (name, info)
+        assert "0 bytes spill stores" in info["spill"], (name, info)

@@ -1,6 +1,7 @@
 // Dispatch on element type and head size; the only file that differs between the GPU
 // build (nvcc, <<<>>>) and the host test build (vggt_host::launch).
 #include "attention_kernel.cuh"
+#include "attention_kernel_tc.cuh"
 #include "attention_launch.h"
 
 #ifdef __CUDACC__
@@ -32,6 +33,23 @@ static int launch_typed(const AttentionParams& p, int B, int H, int L, int S, in
 #endif
 }
 
+template <int DMAX>
+static int launch_tc(const AttentionParams& p, int B, int H, int L, int S, int D, int M, const void* q,
+    const void* k, const void* v, const float* r, const float* c, const int32_t* landmarks, void* out,
+    void* stream)
+{
+    const dim3 grid(static_cast<unsigned>(query_tiles(p, L)), static_cast<unsigned>(B * H));
+    const dim3 block(kTcThreads);
+    VGGT_LAUNCH((attention_kernel_tc<DMAX>), grid, block, stream, p, H, L, S, D, M,
+        static_cast<const half_t*>(q), static_cast<const half_t*>(k), static_cast<const half_t*>(v), r, c,
+        landmarks, static_cast<half_t*>(out));
+#ifdef __CUDACC__
+    return cudaGetLastError() == cudaSuccess ? 0 : 1;
+#else
+    return 0;
+#endif
+}
+
 template <typename T>
 static int launch_dim(const AttentionParams& p, int B, int H, int L, int S, int D, int M, const void* q,
     const void* k, const void* v, const float* r, const float* c, const int32_t* landmarks, void* out,
@@ -47,10 +65,19 @@ static int launch_dim(const AttentionParams& p, int B, int H, int L, int S, int 
 
 int launch_attention(const AttentionParams& p, ElemType type, int B, int H, int L, int S, int D, int M,
     const void* q, const void* k, const void* v, const float* r, const float* c, const int32_t* landmarks,
-    void* out, void* stream)
+    void* out, void* stream, KernelPath path)
 {
     if (D < 8 || D > kMaxHeadDim || D % 8 != 0 || B < 1 || H < 1 || L < 1 || S < 1)
         return 2;
+    const bool tc = tensor_cores_apply(type, D);
+    if (path == KernelPath::kTensorCores && !tc)
+        return 4;
+    if (tc && path != KernelPath::kCudaCores)
+    {   // smallest padded tile that holds D: registers and shared memory scale with DMAX
+        if (D <= 64)
+            return launch_tc<64>(p, B, H, L, S, D, M, q, k, v, r, c, landmarks, out, stream);
+        return launch_tc<128>(p, B, H, L, S, D, M, q, k, v, r, c, landmarks, out, stream);
+    }
     if (type == ElemType::kFloat)
         return launch_dim<float>(p, B, H, L, S, D, M, q, k, v, r, c, landmarks, out, stream);
     if (type == ElemType::kHalf)

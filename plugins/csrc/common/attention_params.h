@@ -19,6 +19,19 @@ constexpr int32_t kStrategyLandmark = 0;
 constexpr int32_t kStrategyDilated = 1;
 constexpr int32_t kStrategyMemoryBank = 2;
 constexpr int32_t kMaxHeadDim = 256;
+constexpr int32_t kTensorCoreMaxHeadDim = 128;
+
+// Which kernel runs: kAuto picks the tensor-core one whenever it applies; the others are
+// for tests and for comparing the two on a GPU.
+enum class KernelPath : int32_t { kAuto = 0, kCudaCores = 1, kTensorCores = 2 };
+
+// Tensor cores take fp16 operands: fp32 engines keep exact fp32 maths on CUDA cores
+// (TF32 would silently change their numerics), and head sizes above 128 do not fit the
+// tensor-core kernel's shared-memory tiles.
+inline bool tensor_cores_apply(ElemType type, int32_t head_dim)
+{
+    return type == ElemType::kHalf && head_dim >= 8 && head_dim <= kTensorCoreMaxHeadDim && head_dim % 8 == 0;
+}
 
 struct AttentionParams
 {

@@ -1,7 +1,8 @@
 // Runs the plugin kernels on the CPU (through cuda_host_shim.h) for plugins/tests.
 //
-// usage: attention_host_test KIND DTYPE B H L S D M SCALE HAS_BIAS STRATEGY F T N MEM LEVEL_MASK DIR
-// KIND 0 biased / 1 sparse, DTYPE 0 float32 / 1 float16. DIR holds raw little-endian
+// usage: attention_host_test KIND DTYPE B H L S D M SCALE HAS_BIAS STRATEGY F T N MEM LEVEL_MASK DIR [PATH]
+// KIND 0 biased / 1 sparse, DTYPE 0 float32 / 1 float16, PATH 0 auto (default) /
+// 1 CUDA cores / 2 tensor cores (vggt::KernelPath). DIR holds raw little-endian
 // q.bin k.bin v.bin (DTYPE), r.bin c.bin (float32), lm.bin (int32); out.bin is written.
 // Also checks the TRT-free parameter rules so a bad case fails here, not silently.
 #include "../attention/attention_launch.h"
@@ -27,9 +28,9 @@ static std::vector<char> read_file(const std::string& path, size_t bytes)
 
 int main(int argc, char** argv)
 {
-    if (argc != 18)
+    if (argc != 18 && argc != 19)
     {
-        std::fprintf(stderr, "usage: %s KIND DTYPE B H L S D M SCALE HAS_BIAS STRATEGY F T N MEM LEVEL_MASK DIR\n", argv[0]);
+        std::fprintf(stderr, "usage: %s KIND DTYPE B H L S D M SCALE HAS_BIAS STRATEGY F T N MEM LEVEL_MASK DIR [PATH]\n", argv[0]);
         return 2;
     }
     auto I = [&](int i) { return std::atoi(argv[i]); };
@@ -47,6 +48,7 @@ int main(int argc, char** argv)
     p.num_memory = I(15);
     p.level_mask = I(16);
     const std::string dir = argv[17];
+    const auto path = static_cast<vggt::KernelPath>(argc == 19 ? I(18) : 0);
     std::string err = vggt::validate(p);
     if (err.empty())
     {
@@ -77,7 +79,7 @@ int main(int argc, char** argv)
     std::vector<char> out(size_t(B) * H * L * D * es);
     const int rc = vggt::launch_attention(p, type, B, H, L, S, D, M, q.data(), k.data(), v.data(),
         reinterpret_cast<const float*>(r.data()), reinterpret_cast<const float*>(c.data()),
-        reinterpret_cast<const int32_t*>(lm.data()), out.data(), nullptr);
+        reinterpret_cast<const int32_t*>(lm.data()), out.data(), nullptr, path);
     if (rc != 0)
     {
         std::fprintf(stderr, "launch_attention failed: %d\n", rc);
