@@ -19,68 +19,116 @@ def _fail(msg: str, code: int = 2) -> None:
 
 
 def calibrate(
-    bucket: Path = typer.Option(..., help="exported bucket folder (its T, N, size are used)"),
-    scene: Path = typer.Option(Path("../shared/data/mv_scene"), help="folder of real frames laid out time_TT/viewV.png, or of one synchronized video per view (view0.mp4, view1.mp4, ...)"),
-    clips: int = typer.Option(8, help="number of T x N clips sampled across the sequence"),
-    out: Optional[Path] = typer.Option(None, help="npz to write (default: <bucket>/calib.npz)"),
+    bucket: list[Path] = typer.Option(..., help="exported bucket folder(s); each one's T, N, "
+                                      "height and width shape its clips (repeat --bucket)"),
+    scene: Path = typer.Option(Path("../shared/data/mv_scene"), help="folder of real frames "
+                               "laid out time_TT/viewV.png, or of one synchronized video per "
+                               "view (view0.mp4, view1.mp4, ...)"),
+    clips: int = typer.Option(8, help="T x N clips sampled across the sequence; `quantize` "
+                              "keeps the last --holdout fraction of them for evaluation"),
+    out: Optional[Path] = typer.Option(None, help="npz to write (default: <bucket>/calib.npz; "
+                                       "only with a single --bucket)"),
     seed: int = typer.Option(0, help="clip sampling seed"),
 ) -> None:
-    """Build a calibration set of real multi-view clips for a bucket, preprocessed exactly
-    like the runtime does (reused by `quantize --int8`)."""
+    """Build a calibration set of real multi-view clips for each bucket, preprocessed exactly
+    like the runtime does (used by `quantize --int8`, and for held-out accuracy)."""
     from calib.dataset import build_calibration_set
-    from export.exporter import load_manifest
-
     from calib.videos import VideoError, extract_view_videos, find_view_videos
+    from export.exporter import load_manifest
+    from runtime.errors import RuntimeDataError
 
-    try:
-        m = load_manifest(bucket)
-        b = m["bucket"]
-        if find_view_videos(scene):
-            scene = extract_view_videos(scene, bucket / "calib_frames")
-            console.print(f"extracted view videos into {scene}")
-        path = build_calibration_set(scene, b["T"], 1 if b.get("single_view") else b["N"],
-                                     (b["H"], b["W"]), clips, out or bucket / "calib.npz",
-                                     with_masks=bool(b.get("ext_mask")), seed=seed)
-    except (FileNotFoundError, ValueError, RuntimeError, VideoError) as e:
-        _fail(str(e))
-    console.print(f"wrote {path} ({clips} clips of T={b['T']}, N={b['N']}, {b['H']}x{b['W']})")
+    if out is not None and len(bucket) > 1:
+        _fail("--out names one file; give one --bucket, or let each bucket get its calib.npz")
+    table = Table(title="calibration sets")
+    for col in ("bucket", "clips", "T x N", "H x W", "file"):
+        table.add_column(col)
+    for b_dir in bucket:
+        try:
+            m = load_manifest(b_dir)
+            b = m["bucket"]
+            frames = scene
+            if find_view_videos(scene):
+                frames = extract_view_videos(scene, b_dir / "calib_frames")
+                console.print(f"extracted view videos into {frames}")
+            n = 1 if b.get("single_view") else b["N"]
+            path = build_calibration_set(frames, b["T"], n, (b["H"], b["W"]), clips,
+                                         out or b_dir / "calib.npz",
+                                         with_masks=bool(b.get("ext_mask")), seed=seed)
+        except (FileNotFoundError, ValueError, RuntimeError, VideoError, RuntimeDataError) as e:
+            _fail(f"{b_dir}: {e}")
+        table.add_row(b_dir.name, str(clips), f"{b['T']} x {n}", f"{b['H']} x {b['W']}",
+                      str(path))
+    console.print(table)
 
 
 def quantize(
-    bucket: list[Path] = typer.Option(..., help="exported bucket folder(s)"),
-    fp16: bool = typer.Option(False, "--fp16", help="FP16 weights/matmuls, norms/softmax/attention FP32"),
-    int8: bool = typer.Option(False, "--int8", help="explicit INT8 Q/DQ calibrated on real clips"),
-    calib: Optional[Path] = typer.Option(None, help="calibration npz (default: <bucket>/calib.npz); held-out clips measure accuracy"),
-    holdout: float = typer.Option(0.34, help="fraction of the calibration clips kept for evaluation"),
-    exclude: list[str] = typer.Option([], help="extra module-path patterns to keep in FP32 (fnmatch)"),
+    bucket: list[Path] = typer.Option(..., help="exported bucket folder(s) (repeat --bucket)"),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 weight layers; LayerNorm, softmax, "
+                              "reductions, head activations and attention stay FP32"),
+    int8: bool = typer.Option(False, "--int8", help="explicit INT8 Q/DQ on MatMul/Gemm/Conv, "
+                              "calibrated on real clips; sensitive layers stay FP32"),
+    calib: Optional[Path] = typer.Option(None, help="calibration npz (default: "
+                                         "<bucket>/calib.npz, see `calibrate`)"),
+    holdout: float = typer.Option(0.34, help="fraction of the calibration clips (the last "
+                                  "ones, at least one) kept out of calibration to measure "
+                                  "accuracy vs FP32"),
+    exclude: list[str] = typer.Option([], help="extra PyTorch module-path or node-name "
+                                      "patterns (fnmatch) to keep in FP32, e.g. "
+                                      "'*camera_head*' (repeatable)"),
+    backend: str = typer.Option("auto", help="INT8 quantizer: modelopt (NVIDIA ModelOpt ONNX "
+                                "PTQ), builtin (numpy calibration), auto (ModelOpt if it "
+                                "imports and keeps the attention sites, else builtin)"),
+    method: str = typer.Option("entropy", help="ModelOpt activation calibration: entropy | max"),
 ) -> None:
-    """Make model.<fp16|int8>.onnx and model.<fp16|int8>.plugins.onnx for each bucket
-    (convert the portable graph, then surgery) and measure them against FP32 on held-out
-    real clips; writes precision_<mode>.json. Exit 1 when a tolerance is exceeded."""
+    """Make model.<fp16|int8>.onnx (runs in onnxruntime) and model.<fp16|int8>.plugins.onnx
+    (for TensorRT) for each bucket: convert the portable graph, then surgery, then measure
+    both against FP32 on held-out real clips. Writes precision_<mode>.json next to
+    manifest.json (files, sha256, calibration set and clips, excluded nodes, error table).
+    Exit 1 when a tolerance is exceeded."""
     from calib.graph_utils import DEFAULT_EXCLUDE
     from calib.precision import PrecisionError, make_precision
+    from calib.quantize import BACKENDS, CALIBRATION_METHODS, QuantizationError
 
     if fp16 == int8:
         _fail("choose exactly one of --fp16 / --int8")
+    if backend not in BACKENDS:
+        _fail(f"--backend must be one of {', '.join(BACKENDS)}")
+    if method not in CALIBRATION_METHODS:
+        _fail(f"--method must be one of {', '.join(CALIBRATION_METHODS)}")
+    if not 0.0 <= holdout < 1.0:
+        _fail("--holdout must be in [0, 1)")
     mode = "fp16" if fp16 else "int8"
-    table = Table(title=f"{mode} graphs")
-    for col in ("bucket", "converted", "kept FP32", "plugin sites", "max pose_enc err", "result"):
+    table = Table(title=f"{mode} graphs vs FP32 on held-out real clips")
+    for col in ("bucket", "backend", "converted", "kept FP32", "plugin sites", "pose rel L2",
+                "depth rel p95", "max abs (worst output)", "result"):
         table.add_column(col)
     ok = True
     for b in bucket:
         npz = calib or (b / "calib.npz")
-        npz = npz if npz.is_file() else None
+        if not npz.is_file():
+            if mode == "int8" or calib is not None:
+                _fail(f"{b}: calibration set {npz} not found; build it with "
+                      f"`python cli.py calibrate --bucket {b}`")
+            npz = None
         try:
             rec = make_precision(b, mode, npz, holdout, tuple(DEFAULT_EXCLUDE) + tuple(exclude),
-                                 log=console.print)
-        except (PrecisionError, FileNotFoundError, ValueError) as e:
+                                 log=lambda s: console.print(s, markup=False),
+                                 backend=backend, method=method)
+        except (PrecisionError, QuantizationError, FileNotFoundError, ValueError) as e:
             _fail(f"{b}: {e}")
         conv = rec["conversion"]
-        rows = rec["accuracy_vs_fp32"][f"model.{mode}.plugins.onnx"]["rows"]
-        pose = next((r["max_abs"] for r in rows if r["output"] == "pose_enc"), float("nan"))
-        table.add_row(b.name, str(conv.get("converted_nodes", conv.get("quantized_nodes"))),
-                      str(conv["excluded_nodes"]), str(sum(rec["surgery"]["totals"].values())),
-                      f"{pose:.2e}", "PASS" if rec["passed"] else "FAIL")
+        acc = rec["accuracy_vs_fp32"][f"model.{mode}.plugins.onnx"]
+        rel = acc["relative"]
+        worst = max(acc["rows"], key=lambda r: r["max_abs"])
+        fmt = lambda v: "-" if v is None else f"{v:.2e}"  # noqa: E731
+        table.add_row(b.name, conv.get("backend", "cast"),
+                      str(conv.get("converted_nodes", conv.get("quantized_nodes"))),
+                      str(conv.get("excluded_nodes", conv.get("fp32_weight_nodes"))),
+                      str(sum(rec["surgery"]["totals"].values())),
+                      fmt(rel.get("pose_enc", {}).get("rel_l2")),
+                      fmt(rel.get("depth", {}).get("rel_p95")),
+                      f"{worst['max_abs']:.2e} ({worst['output']})",
+                      "PASS" if rec["passed"] else "FAIL")
         ok &= rec["passed"]
     console.print(table)
     if not ok:

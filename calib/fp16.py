@@ -6,6 +6,14 @@ its activation to FP16 and a Cast of its result back to FP32. LayerNorm, Softmax
 reductions, the head activations (exp, expp1, inv_log) and the attention sites (vggt_mv.fn
 functions, later plugins) stay FP32 — the ops that overflow or lose range in FP16 ViTs.
 Graph inputs and outputs stay FP32, so runtime/ does not change.
+
+Why not a library converter (tried with ModelOpt 0.47 / onnxconverter-common 1.16):
+ModelOpt's autocast (modelopt.onnx.autocast.convert_to_mixed_precision) classifies the
+vggt_mv.fn calls as custom ops and asks TensorRT for their shapes, which cannot run here;
+onnxconverter-common's float16 converter, even with the calls on its block list, leaves
+a ConstantOfShape typed FP16 where FP32 is expected and onnxruntime refuses the graph.
+Casting only around weight layers is conservative (elementwise ops stay FP32) but exact
+about what is FP16; the price is a Cast pair per weight layer.
 """
 from __future__ import annotations
 
@@ -28,9 +36,12 @@ def convert_fp16(model: onnx.ModelProto, exclude=DEFAULT_EXCLUDE) -> tuple[onnx.
         return all(float(np.abs(numpy_helper.to_array(inits[x])).max(initial=0)) < fp16_max
                    for x in node.input[1:3] if x in inits)
 
-    targets = {k for k in candidates
-               if not excluded(model.graph.node[k], exclude) and representable(k)}
+    by_pattern = [k for k in candidates if excluded(model.graph.node[k], exclude)]
+    overflow = [k for k in candidates if k not in by_pattern and not representable(k)]
+    targets = set(candidates) - set(by_pattern) - set(overflow)
     n_excluded = len(candidates) - len(targets)
+    excluded_names = {"excluded_by_pattern": [model.graph.node[k].name for k in by_pattern],
+                      "excluded_fp16_overflow": [model.graph.node[k].name for k in overflow]}
     fp16_of: dict[str, str] = {}      # fp32 initializer -> fp16 copy
     cast_of: dict[str, str] = {}      # fp32 activation -> its fp16 cast
     new_nodes: list[onnx.NodeProto] = []
@@ -75,4 +86,4 @@ def convert_fp16(model: onnx.ModelProto, exclude=DEFAULT_EXCLUDE) -> tuple[onnx.
     # Intermediate shapes recorded by the exporter may now carry the old element type.
     del model.graph.value_info[:]
     return model, {"converted_nodes": len(targets), "excluded_nodes": n_excluded,
-                   "fp16_initializers": len(new_inits)}
+                   "fp16_initializers": len(new_inits), **excluded_names}

@@ -69,3 +69,50 @@ def all_names(model: onnx.ModelProto) -> set[str]:
         names.update(n.output)
         names.add(n.name)
     return names
+
+
+class AttentionSitesChanged(RuntimeError):
+    """A converter touched the vggt_mv.fn attention functions or the calls to them."""
+
+
+def attention_calls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    from plugins import contract
+
+    return [n for n in model.graph.node if n.domain == contract.FUNCTION_DOMAIN]
+
+
+def check_attention_intact(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    """Raises AttentionSitesChanged unless `after` still calls the same attention functions,
+    with bodies byte-identical to `before`, and no QuantizeLinear / DequantizeLinear sits
+    directly on a call's inputs or outputs (the plugins take FP16/FP32, not INT8)."""
+    problems = []
+    names_before = sorted(n.name for n in attention_calls(before))
+    names_after = sorted(n.name for n in attention_calls(after))
+    if names_before != names_after:
+        lost = sorted(set(names_before) - set(names_after))
+        problems.append(f"{len(names_before)} attention calls before, {len(names_after)} "
+                        f"after (missing: {', '.join(lost[:5]) or '-'})")
+    bodies = {(f.domain, f.name): _canonical(f) for f in after.functions}
+    for f in before.functions:
+        if bodies.get((f.domain, f.name)) != _canonical(f):
+            problems.append(f"function {f.domain}::{f.name} was removed or rewritten")
+    producer = {o: n.op_type for n in after.graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in after.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    for call in attention_calls(after):
+        if any(producer.get(i) == "DequantizeLinear" for i in call.input):
+            problems.append(f"{call.name}: an input comes straight from DequantizeLinear")
+        if any("QuantizeLinear" in consumers.get(o, []) for o in call.output):
+            problems.append(f"{call.name}: an output goes straight into QuantizeLinear")
+    if problems:
+        raise AttentionSitesChanged("; ".join(problems[:10]))
+
+
+def _canonical(f: onnx.FunctionProto) -> tuple:
+    # onnx-graphsurgeon re-sorts function bodies topologically: node order is not meaning.
+    return (tuple(f.input), tuple(f.output), tuple(f.attribute),
+            tuple(a.SerializeToString(deterministic=True) for a in f.attribute_proto),
+            tuple(sorted((o.domain, o.version) for o in f.opset_import)),
+            tuple(sorted(n.SerializeToString(deterministic=True) for n in f.node)))

@@ -1,29 +1,58 @@
 """INT8 explicit quantization (Q/DQ) of a bucket's portable graph, calibrated on real clips.
 
-What TensorRT 11 (and 10.3 in strongly typed mode) needs is explicit Q/DQ: here every
-weight-bearing MatMul / Gemm / Conv gets
-  activation:  QuantizeLinear -> DequantizeLinear, per-tensor symmetric, scale from the
-               calibration set (percentile of |x| over real frames),
-  weight:      int8 initializer -> DequantizeLinear, per output channel, symmetric.
-Attention sites are vggt_mv.fn function calls, not MatMul nodes of the main graph, so the
-quantizer never sees them and surgery still finds every site; they stay FP32 (and become
-FP16/FP32 plugins). Sensitive layers are excluded by module path (graph_utils).
+TensorRT 11 (and 10.3 built strongly typed) takes precision from the ONNX, so INT8 means
+explicit QuantizeLinear / DequantizeLinear: activations per tensor, symmetric, scales from
+real frames; weights int8 per output channel with a DequantizeLinear. Only weight-bearing
+MatMul / Gemm / Conv / ConvTranspose of the main graph are quantized; sensitive layers are
+excluded by PyTorch module path (graph_utils.DEFAULT_EXCLUDE: patch embedding, DPT output
+convs, camera-head pose layers, mask head) and LayerNorm / Softmax / head activations are
+never quantized (not in the op list). Everything not quantized stays FP32.
 
-ModelOpt's ONNX PTQ (TOOLCHAIN_FACTS) would need onnx/onnxruntime pins and inlines or
-rejects our local functions; this explicit pass is small, deterministic, and keeps the
-plugin sites intact by construction.
+Two backends, same contract:
+  modelopt  NVIDIA ModelOpt ONNX PTQ (`modelopt.onnx.quantization.quantize`, int8,
+            calibration_eps=["cpu"], entropy or max calibration, high_precision fp32),
+            told exactly which nodes to quantize (op_types + anchored node names).
+  builtin   a small explicit pass (percentile of |x| per activation, max per weight
+            channel) for machines without ModelOpt.
+"auto" uses ModelOpt when it imports and falls back to builtin if ModelOpt fails or breaks
+the invariant below; the record says which backend produced the graph.
+
+Keeping the plugin sites intact: attention is a call of a vggt_mv.fn local function
+(export/portable.py), not MatMul/Softmax nodes of the main graph. ModelOpt 0.47 runs the
+calibration in onnxruntime, which executes the function bodies, and its graph passes
+(onnx-graphsurgeon, ORT's QDQ quantizer) treat the calls as opaque nodes of an unknown
+op type: it neither inlines nor quantizes them, and since we pass it the weight nodes by
+name it has no reason to place Q/DQ at the calls. That is checked, not assumed:
+graph_utils.check_attention_intact compares the call names and the byte-serialized
+function bodies before/after and rejects Q/DQ directly on a call's inputs or outputs,
+then surgery re-checks the count against the manifest. (ModelOpt's *autocast* FP16 path,
+by contrast, rejects the calls as custom ops needing TensorRT; see fp16.py.)
+Quantize the portable graph, never model.plugins.onnx: ModelOpt cannot load plugin ops.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .graph_utils import (DEFAULT_EXCLUDE, all_names, excluded, unique_name, weight_node_indices,
-                          weight_nodes)
+from .graph_utils import (DEFAULT_EXCLUDE, WEIGHT_OPS, AttentionSitesChanged,
+                          check_attention_intact, all_names, excluded, unique_name,
+                          weight_node_indices, weight_nodes)
+
+BACKENDS = ("auto", "modelopt", "builtin")
+CALIBRATION_METHODS = ("entropy", "max")
+
+
+class QuantizationError(RuntimeError):
+    pass
 
 
 def activation_ranges(model_path: str | Path, feeds: Iterable[dict[str, np.ndarray]],
@@ -74,8 +103,9 @@ def _per_channel_axis(op: str, node: onnx.NodeProto) -> int:
     return 0          # Conv: W [C_out, C_in / g, ...]
 
 
-def quantize_int8(model: onnx.ModelProto, ranges: dict[str, float], exclude=DEFAULT_EXCLUDE
-                  ) -> tuple[onnx.ModelProto, dict]:
+def insert_qdq(model: onnx.ModelProto, ranges: dict[str, float], exclude=DEFAULT_EXCLUDE
+               ) -> tuple[onnx.ModelProto, dict]:
+    """Builtin backend: Q/DQ from precomputed activation ranges (activation_ranges)."""
     inits = {i.name: i for i in model.graph.initializer}
     taken = all_names(model)
     candidates = weight_node_indices(model)
@@ -141,3 +171,128 @@ def calibration_tensors(model: onnx.ModelProto, exclude=DEFAULT_EXCLUDE) -> list
             seen.add(n.input[0])
             out.append(n.input[0])
     return out
+
+
+def targets(model: onnx.ModelProto, exclude=DEFAULT_EXCLUDE) -> tuple[list[str], list[str]]:
+    """(names of weight nodes to quantize, names kept FP32 by the exclude patterns)."""
+    keep, skip = [], []
+    for n in weight_nodes(model):
+        (skip if excluded(n, exclude) else keep).append(n.name)
+    return keep, skip
+
+
+def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:
+    """What a Q/DQ graph really contains, read off the graph (not what was asked for)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+
+    def from_dq(t: str) -> bool:
+        return t in producer and producer[t].op_type == "DequantizeLinear"
+
+    quantized, fp32 = [], []
+    for n in model.graph.node:
+        if n.domain not in ("", "ai.onnx") or n.op_type not in WEIGHT_OPS or len(n.input) < 2:
+            continue
+        w = n.input[1]
+        while w in producer and producer[w].op_type in ("DequantizeLinear", "QuantizeLinear"):
+            w = producer[w].input[0]
+        if w not in inits:
+            continue  # activation x activation product: not a weight layer
+        (quantized if from_dq(n.input[0]) and from_dq(n.input[1]) else fp32).append(n.name)
+    ops = [n.op_type for n in model.graph.node]
+    return {"quantized_nodes": len(quantized), "fp32_weight_nodes": len(fp32),
+            "quantize_linear": ops.count("QuantizeLinear"),
+            "dequantize_linear": ops.count("DequantizeLinear"),
+            "int8_initializers": sum(i.data_type == TensorProto.INT8
+                                     for i in model.graph.initializer),
+            "fp32_weight_node_names": fp32}
+
+
+def _stack_feeds(feeds: Sequence[dict[str, np.ndarray]], names: list[str]
+                 ) -> dict[str, np.ndarray]:
+    # ModelOpt splits each input along axis 0 into batches of the model's batch size (1).
+    return {k: np.concatenate([f[k] for f in feeds], axis=0) for k in names}
+
+
+def quantize_modelopt(src: str | Path, feeds: Sequence[dict[str, np.ndarray]],
+                      nodes: list[str], method: str = "entropy", large: bool = False,
+                      log: Callable[[str], None] = print) -> onnx.ModelProto:
+    """ModelOpt backend: INT8 Q/DQ on exactly `nodes` (names), CPU calibration."""
+    try:
+        from modelopt.onnx.quantization import quantize as mo_quantize
+    except ImportError as e:
+        raise QuantizationError("ModelOpt is not installed: pip install nvidia-modelopt "
+                                "onnxslim onnxconverter-common lief cppimport (not the [onnx] "
+                                "extra, it downgrades onnx/onnxruntime)") from e
+    src = Path(src)
+    model = onnx.load(str(src), load_external_data=False)
+    names = [i.name for i in model.graph.input]
+    scratch = Path(tempfile.mkdtemp(prefix=".modelopt-", dir=src.parent))
+    out = scratch / "model.int8.onnx"
+    chatter = io.StringIO()
+    try:
+        # ModelOpt narrates with tqdm bars and prints; keep them for the error message only.
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            mo_quantize(str(src), quantize_mode="int8",
+                        calibration_data=_stack_feeds(feeds, names),
+                        calibration_method=method, calibration_eps=["cpu"],
+                        op_types_to_quantize=list(WEIGHT_OPS),
+                        nodes_to_quantize=[f"^{re.escape(n)}$" for n in nodes],
+                        use_external_data_format=large, output_path=str(out),
+                        high_precision_dtype="fp32", log_level="WARNING",
+                        # int8 weight initializers + DequantizeLinear: a quarter of the bytes
+                        dq_only=True)
+        q = onnx.load(str(out), load_external_data=True)
+    except Exception as e:
+        tail = "\n".join(chatter.getvalue().strip().splitlines()[-8:])
+        raise QuantizationError(f"ModelOpt INT8 quantization failed: {e}\n{tail}") from e
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    # onnxruntime 1.31 reads IR <= 13 and TensorRT 10.3's parser <= 10: keep the source's.
+    q.ir_version = model.ir_version
+    return q
+
+
+def quantize_int8(src: str | Path, feeds: Sequence[dict[str, np.ndarray]],
+                  exclude=DEFAULT_EXCLUDE, backend: str = "auto", method: str = "entropy",
+                  large: bool = False, log: Callable[[str], None] = print
+                  ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """INT8 Q/DQ graph of the portable FP32 graph at `src`, calibrated on `feeds`.
+
+    Returns (model, report); the report names the backend, the nodes kept FP32 by the
+    exclude patterns and what the graph really holds (qdq_summary).
+    """
+    if backend not in BACKENDS:
+        raise QuantizationError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if method not in CALIBRATION_METHODS:
+        raise QuantizationError(f"calibration method must be one of {CALIBRATION_METHODS}")
+    feeds = list(feeds)
+    if not feeds:
+        raise QuantizationError("INT8 calibration needs at least one clip")
+    source = onnx.load(str(src), load_external_data=not large)
+    nodes, skipped = targets(source, exclude)
+    report: dict[str, Any] = {"excluded_by_pattern": skipped}
+    q = None
+    if backend in ("auto", "modelopt"):
+        try:
+            q = quantize_modelopt(src, feeds, nodes, method, large, log)
+            check_attention_intact(source, q)
+            report["backend"] = "modelopt"
+            report["calibration_method"] = method
+        except (QuantizationError, AttentionSitesChanged) as e:
+            if backend == "modelopt":
+                raise QuantizationError(str(e)) from e
+            log(f"ModelOpt unusable here ({str(e).splitlines()[0]}); using the builtin Q/DQ pass")
+            report["modelopt_error"] = str(e).splitlines()[0]
+            q = None
+    if q is None:
+        if large:
+            source = onnx.load(str(src), load_external_data=True)
+        ranges = activation_ranges(src, feeds, calibration_tensors(source, exclude))
+        pristine = onnx.load(str(src), load_external_data=False)
+        q, _ = insert_qdq(source, ranges, exclude)
+        check_attention_intact(pristine, q)
+        report["backend"] = "builtin"
+        report["calibration_method"] = "percentile 99.99 of |x|"
+    report.update(qdq_summary(q))
+    return q, report
