@@ -271,3 +271,20 @@ def test_kernels_on_real_frame_tokens(host_harness, tmp_path, dtype, path):
     ref = numpy_ref.sparse_attention(*(a.astype(np.float32) for a in (q, k, v)),
                                      np.zeros((1, 1), np.int32), 0.125, 1, F, 4, 2, 0, 0b110)
     np.testing.assert_allclose(got.astype(np.float32), ref, atol=tol, rtol=tol)
+
+
+# --- Time-SA lengths (T=8 at 518x518: L = 8 x 1374 = 10,992 tokens per view) -------------
+@pytest.mark.parametrize("dtype,path", [(np.float32, 1), (np.float16, 2)])
+@pytest.mark.parametrize("L,S", [(40, 11_008), (11_003, 40)])
+def test_time_sa_lengths(host_harness, tmp_path, dtype, path, L, S):
+    """11k keys streamed through one block (344 tiles of online softmax), and 11k queries
+    over 344 blocks of the grid; D = 16 keeps the CPU emulation of the tensor cores short."""
+    rng = np.random.default_rng(L + S)
+    D = 16
+    q, k, v = (rng.standard_normal((1, 1, n, D)).astype(dtype) for n in (L, S, S))
+    r, c = rng.standard_normal((1, L)).astype(np.float32), rng.standard_normal((1, S)) * 3
+    got = run_harness(host_harness, tmp_path, 0, q, k, v, r=r, c=c, scale=0.25, path=path)
+    ref = numpy_ref.biased_attention(*(a.astype(np.float32) for a in (q, k, v)), r,
+                                     c.astype(np.float32), 0.25, 1)
+    tol = 2e-3 if dtype == np.float16 else 2e-5
+    np.testing.assert_allclose(got.astype(np.float32), ref, atol=tol, rtol=tol)

@@ -65,9 +65,19 @@ def test_wrappers_compile_and_run_on_cpu(tmp_path, which):
     assert res.returncode == 0, res.stderr[-3000:]
     qkv = np.random.default_rng(0).standard_normal((1, 2, 24, 8)).astype(np.float32)
     qkv.tofile(tmp_path / "qkv.bin")
+    rng = np.random.default_rng(1)
+    qkv16 = rng.standard_normal((1, 2, 24, 16)).astype(np.float16)
+    rc = rng.standard_normal((2, 24)).astype(np.float32)
+    qkv16.tofile(tmp_path / "qkv16.bin")
+    rc.tofile(tmp_path / "rc.bin")
     run = subprocess.run([str(exe)], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0 and "OK" in run.stdout, run.stderr
     out = np.fromfile(tmp_path / "out.bin", np.float32).reshape(1, 2, 24, 8)
     ref = numpy_ref.sparse_attention(qkv, qkv, qkv, np.zeros((1, 1), np.int32), 0.125, 1, 3, 4, 2,
                                      0, 0b110)
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=2e-5)
+    # fp16 through the biased wrapper runs the tensor-core kernel
+    out16 = np.fromfile(tmp_path / "out16.bin", np.float16).reshape(1, 2, 24, 16)
+    x = qkv16.astype(np.float32)
+    ref16 = numpy_ref.biased_attention(x, x, x, rc[:1], rc[1:], 0.125, 1)
+    np.testing.assert_allclose(out16.astype(np.float32), ref16, atol=2e-3, rtol=2e-3)

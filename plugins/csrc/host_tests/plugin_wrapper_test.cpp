@@ -156,6 +156,29 @@ int main()
     has_bias = 1;
     std::unique_ptr<IPluginV3> bp(bc->createPlugin("b", &bfc, TensorRTPhase::kBUILD));
     CHECK(bp != nullptr);
+
+    // fp16 enqueue through the biased wrapper: the tensor-core kernel (D = 16 <= 128).
+    // q = k = v from qkv16.bin (fp16 [1,2,24,16]), r then c from rc.bin (fp32 [1,24] each).
+    int64_t const D16 = 16;
+    std::vector<uint16_t> q16(B * H * L * D16), o16(q16.size());
+    std::vector<float> rc(2 * L);
+    FILE* f16 = std::fopen("qkv16.bin", "rb");
+    CHECK(f16 != nullptr && std::fread(q16.data(), 2, q16.size(), f16) == q16.size());
+    std::fclose(f16);
+    FILE* frc = std::fopen("rc.bin", "rb");
+    CHECK(frc != nullptr && std::fread(rc.data(), 4, rc.size(), frc) == rc.size());
+    std::fclose(frc);
+    PluginTensorDesc bin[5] = {desc({B, H, L, D16}, DataType::kHALF), desc({B, H, L, D16}, DataType::kHALF),
+        desc({B, H, L, D16}, DataType::kHALF), desc({B, L}, DataType::kFLOAT), desc({B, L}, DataType::kFLOAT)};
+    PluginTensorDesc bout[1] = {desc({B, H, L, D16}, DataType::kHALF)};
+    auto* brt = static_cast<IPluginV3OneRuntime*>(bp->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    CHECK(brt->onShapeChange(bin, 5, bout, 1) == 0);
+    void const* binputs[5] = {q16.data(), q16.data(), q16.data(), rc.data(), rc.data() + L};
+    void* boutputs[1] = {o16.data()};
+    CHECK(brt->enqueue(bin, bout, binputs, boutputs, nullptr, nullptr) == 0);
+    FILE* fo16 = std::fopen("out16.bin", "wb");
+    CHECK(fo16 != nullptr && std::fwrite(o16.data(), 2, o16.size(), fo16) == o16.size());
+    std::fclose(fo16);
     std::puts("plugin wrapper test: OK");
     return 0;
 }
