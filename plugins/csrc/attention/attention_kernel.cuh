@@ -15,6 +15,8 @@
 #include "../common/attention_params.h"
 #include "../common/half_type.h"
 
+#include <type_traits>
+
 #ifndef __CUDACC__
 #include "../common/cuda_host_shim.h"
 #include <cmath>
@@ -133,6 +135,52 @@ __device__ __forceinline__ void block_problem(const AttentionParams& p, int L, i
     }
 }
 
+template <typename Dst, typename Src>
+__device__ __forceinline__ Dst convert_elem(Src x)
+{
+    if constexpr (std::is_same_v<Dst, Src>)
+        return x;
+    else
+        return from_float<Dst>(to_float(x));
+}
+
+// Cooperative load (thread `tid` of `nthreads`) of key-list entries t0 .. t0 + TK - 1:
+// K and V rows into shared tiles of row stride `ld` (columns [D, width) and rows past
+// the list's end are zero, so padded products add nothing), their visibility flags, and
+// the bias column c_j. Every thread of the block must call it, so barriers line up.
+template <int TK, typename Src, typename Dst>
+__device__ __forceinline__ void load_key_tile(const KeyList& kl, int t0, int D, int width, int ld, int tid,
+    int nthreads, const Src* __restrict__ k, const Src* __restrict__ v, const float* __restrict__ c_row,
+    bool biased, Dst* ks, Dst* vs, int* valid_s, float* cs)
+{
+    const Dst zero = from_float<Dst>(0.F);
+    for (int e = tid; e < TK * width; e += nthreads)
+    {
+        const int jj = e / width, d = e % width;
+        const int j = t0 + jj;
+        Dst kval = zero, vval = zero;
+        if (j < kl.count && d < D)
+        {
+            bool ok;
+            const int64_t idx = key_at(kl, j, ok);
+            kval = convert_elem<Dst>(k[idx * D + d]);
+            vval = convert_elem<Dst>(v[idx * D + d]);
+        }
+        ks[jj * ld + d] = kval;
+        vs[jj * ld + d] = vval;
+    }
+    for (int jj = tid; jj < TK; jj += nthreads)
+    {
+        const int j = t0 + jj;
+        bool ok = false;
+        int idx = 0;
+        if (j < kl.count)
+            idx = key_at(kl, j, ok);
+        valid_s[jj] = ok ? 1 : 0;
+        cs[jj] = (ok && biased) ? c_row[idx] : 0.F;
+    }
+}
+
 // grid: (query tiles, B*H); block: kBlockQ threads. D <= DMAX at run time.
 template <typename T, int DMAX>
 __global__ void attention_kernel(AttentionParams p, int /*B: grid.y = B*H*/, int H, int L, int S, int D, int M,
@@ -171,32 +219,8 @@ __global__ void attention_kernel(AttentionParams p, int /*B: grid.y = B*H*/, int
 
     for (int t0 = 0; t0 < kl.count; t0 += TK)
     {
-        // Cooperative tile load (all threads, active or not, so barriers line up).
-        for (int e = tid; e < TK * D; e += kBlockQ)
-        {
-            const int jj = e / D, d = e % D;
-            const int j = t0 + jj;
-            float kval = 0.F, vval = 0.F;
-            if (j < kl.count)
-            {
-                bool ok;
-                const int idx = key_at(kl, j, ok);
-                kval = to_float(k[kv_base + static_cast<int64_t>(idx) * D + d]);
-                vval = to_float(v[kv_base + static_cast<int64_t>(idx) * D + d]);
-            }
-            ks[jj][d] = kval;
-            vs[jj][d] = vval;
-        }
-        for (int jj = tid; jj < TK; jj += kBlockQ)
-        {
-            const int j = t0 + jj;
-            bool ok = false;
-            int idx = 0;
-            if (j < kl.count)
-                idx = key_at(kl, j, ok);
-            valid_s[jj] = ok ? 1 : 0;
-            cs[jj] = (ok && biased) ? c[static_cast<int64_t>(b) * S + idx] : 0.F;
-        }
+        load_key_tile<TK>(kl, t0, D, D, DMAX, tid, kBlockQ, k + kv_base, v + kv_base,
+            biased ? c + static_cast<int64_t>(b) * S : nullptr, biased, &ks[0][0], &vs[0][0], valid_s, cs);
         __syncthreads();
         if (active)
         {

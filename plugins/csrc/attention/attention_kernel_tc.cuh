@@ -97,32 +97,8 @@ __global__ void attention_kernel_tc(AttentionParams p, int H, int L, int S, int 
 
     for (int t0 = 0; t0 < kl.count; t0 += TK)
     {
-        // Key / value tile, zero past the list end and past D (all threads, so barriers line up).
-        for (int e = tid; e < TK * DP; e += kTcThreads)
-        {
-            const int jj = e / DP, d = e % DP;
-            const int j = t0 + jj;
-            half_t kval = zero, vval = zero;
-            if (j < kl.count && d < D)
-            {
-                bool ok;
-                const int64_t idx = key_at(kl, j, ok);
-                kval = k[kv_base + idx * D + d];
-                vval = v[kv_base + idx * D + d];
-            }
-            ks[jj][d] = kval;
-            vs[jj][d] = vval;
-        }
-        for (int jj = tid; jj < TK; jj += kTcThreads)
-        {
-            const int j = t0 + jj;
-            bool ok = false;
-            int idx = 0;
-            if (j < kl.count)
-                idx = key_at(kl, j, ok);
-            valid_s[jj] = ok ? 1 : 0;
-            cs[jj] = (ok && biased) ? c[static_cast<int64_t>(b) * S + idx] : 0.F;
-        }
+        load_key_tile<TK>(kl, t0, D, DP, DMAX, tid, kTcThreads, k + kv_base, v + kv_base,
+            biased ? c + static_cast<int64_t>(b) * S : nullptr, biased, &ks[0][0], &vs[0][0], valid_s, cs);
         __syncthreads();
 
         // S = Q K^T for this warp's 16 rows (K stored [key][d] is K^T in column-major).
