@@ -17,6 +17,17 @@
 
 #include <type_traits>
 
+// Loops over compile-time extents are unrolled on the GPU so per-thread arrays indexed
+// by them (a query row, its accumulator) stay in registers instead of local memory.
+#ifdef __CUDACC__
+#define VGGT_PRAGMA(x) _Pragma(#x)
+#define VGGT_UNROLL VGGT_PRAGMA(unroll)
+#define VGGT_UNROLL_N(n) VGGT_PRAGMA(unroll n)
+#else
+#define VGGT_UNROLL
+#define VGGT_UNROLL_N(n)
+#endif
+
 #ifndef __CUDACC__
 #include "../common/cuda_host_shim.h"
 #include <cmath>
@@ -205,8 +216,14 @@ __global__ void attention_kernel(AttentionParams p, int /*B: grid.y = B*H*/, int
     const int64_t q_off = (static_cast<int64_t>(bh) * L + (active ? i : 0)) * D;
     const int64_t kv_base = static_cast<int64_t>(bh) * S * D;
 
+    // Up to D = 64 (VGGT's head size) the row and its accumulator fit in registers when
+    // the d-loops have the constant extent DMAX (columns past D are zero); larger tiles
+    // would spill anyway, so they loop to D and live in local memory.
+    constexpr bool kInRegs = DMAX <= 64;
+    const int DL = kInRegs ? DMAX : D;
     float qr[DMAX];
     float acc[DMAX];
+    VGGT_UNROLL
     for (int d = 0; d < DMAX; ++d)
     {
         qr[d] = (active && d < D) ? to_float(q[q_off + d]) * p.scale : 0.F;
@@ -219,17 +236,19 @@ __global__ void attention_kernel(AttentionParams p, int /*B: grid.y = B*H*/, int
 
     for (int t0 = 0; t0 < kl.count; t0 += TK)
     {
-        load_key_tile<TK>(kl, t0, D, D, DMAX, tid, kBlockQ, k + kv_base, v + kv_base,
+        load_key_tile<TK>(kl, t0, D, DL, DMAX, tid, kBlockQ, k + kv_base, v + kv_base,
             biased ? c + static_cast<int64_t>(b) * S : nullptr, biased, &ks[0][0], &vs[0][0], valid_s, cs);
         __syncthreads();
         if (active)
         {
             float s[TK];
             float tile_max = -INFINITY;
+            VGGT_UNROLL
             for (int jj = 0; jj < TK; ++jj)
             {
                 float dot = 0.F;
-                for (int d = 0; d < D; ++d)
+                VGGT_UNROLL_N((kInRegs ? DMAX : 1))
+                for (int d = 0; d < DL; ++d)
                     dot += qr[d] * ks[jj][d];
                 s[jj] = valid_s[jj] ? dot + r_i * cs[jj] : -INFINITY;
                 tile_max = s[jj] > tile_max ? s[jj] : tile_max;
@@ -239,15 +258,17 @@ __global__ void attention_kernel(AttentionParams p, int /*B: grid.y = B*H*/, int
             {
                 const float corr = m_run > -INFINITY ? expf(m_run - m_new) : 0.F;
                 l_run *= corr;
-                for (int d = 0; d < D; ++d)
+                VGGT_UNROLL_N((kInRegs ? DMAX : 1))
+                for (int d = 0; d < DL; ++d)
                     acc[d] *= corr;
+                VGGT_UNROLL
                 for (int jj = 0; jj < TK; ++jj)
                 {
-                    if (!valid_s[jj])
-                        continue;
-                    const float pr = expf(s[jj] - m_new);
+                    // exp(-inf) = 0 for keys that are not visible: no branch around the row
+                    const float pr = valid_s[jj] ? expf(s[jj] - m_new) : 0.F;
                     l_run += pr;
-                    for (int d = 0; d < D; ++d)
+                    VGGT_UNROLL_N((kInRegs ? DMAX : 1))
+                    for (int d = 0; d < DL; ++d)
                         acc[d] += pr * vs[jj][d];
                 }
                 m_run = m_new;
@@ -258,8 +279,10 @@ __global__ void attention_kernel(AttentionParams p, int /*B: grid.y = B*H*/, int
     if (active)
     {
         const float inv = l_run > 0.F ? 1.F / l_run : 0.F;
-        for (int d = 0; d < D; ++d)
-            out[q_off + d] = from_float<T>(acc[d] * inv);
+        VGGT_UNROLL_N((kInRegs ? DMAX : 1))
+        for (int d = 0; d < DL; ++d)
+            if (d < D)
+                out[q_off + d] = from_float<T>(acc[d] * inv);
     }
 }
 
