@@ -1,4 +1,5 @@
-"""The CUDA kernel source, executed on the CPU, against the numpy reference of the contract.
+"""The CUDA kernel sources (CUDA-core and tensor-core kernels), executed on the CPU, against
+the numpy reference of the contract.
 
 The harness compiles plugins/csrc/attention/attention_launch.cu unchanged with a host
 compiler; cuda_host_shim.h turns each CUDA thread into a std::thread and __syncthreads
@@ -63,26 +64,34 @@ BIASED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("B,H,L,S,D,has_bias,mag,dtype", BIASED_CASES)
-def test_biased_kernel_matches_reference(host_harness, tmp_path, B, H, L, S, D, has_bias, mag,
-                                         dtype):
-    rng = np.random.default_rng(L * 131 + S * 7 + D)
+CUDA_CORES, TENSOR_CORES = 1, 2   # vggt::KernelPath (0 = automatic)
+
+
+def check_biased(exe, tmp_path, B, H, L, S, D, has_bias, mag, dtype, path, seed=0):
+    rng = np.random.default_rng(L * 131 + S * 7 + D + seed)
     q = (rng.standard_normal((B, H, L, D)) * mag).astype(dtype)
     k = (rng.standard_normal((B, H, S, D)) * mag).astype(dtype)
     v = rng.standard_normal((B, H, S, D)).astype(dtype)
     r = rng.standard_normal((B, L)).astype(np.float32)
     c = (rng.standard_normal((B, S)) * 50).astype(np.float32)   # bias up to +-150
     scale = float(D) ** -0.5
-    got = run_harness(host_harness, tmp_path, 0, q, k, v, r=r, c=c, scale=scale,
-                      has_bias=has_bias)
+    got = run_harness(exe, tmp_path, 0, q, k, v, r=r, c=c, scale=scale, has_bias=has_bias,
+                      path=path)
     ref = numpy_ref.biased_attention(q.astype(np.float32), k.astype(np.float32),
                                      v.astype(np.float32), r, c, scale, has_bias)
     assert np.isfinite(got).all()
     if dtype == np.float16:
-        # inputs identical (fp16 values), fp32 maths, one fp16 rounding of the output
+        # inputs identical (fp16 values), fp32 sums, one fp16 rounding of the output (and,
+        # on tensor cores, of P: relative 2^-11)
         np.testing.assert_allclose(got.astype(np.float32), ref, atol=2e-3, rtol=2e-3)
     else:
         np.testing.assert_allclose(got, ref, atol=2e-5 * max(1.0, mag), rtol=1e-4)
+
+
+@pytest.mark.parametrize("B,H,L,S,D,has_bias,mag,dtype", BIASED_CASES)
+def test_biased_kernel_matches_reference(host_harness, tmp_path, B, H, L, S, D, has_bias, mag,
+                                         dtype):
+    check_biased(host_harness, tmp_path, B, H, L, S, D, has_bias, mag, dtype, CUDA_CORES)
 
 
 SPARSE_CASES = [
@@ -111,14 +120,12 @@ SPARSE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("strategy,T,N,F,mem,levels,M,D,dtype", SPARSE_CASES)
-def test_sparse_kernel_matches_reference(host_harness, tmp_path, strategy, T, N, F, mem, levels,
-                                         M, D, dtype):
+def check_sparse(exe, tmp_path, strategy, T, N, F, mem, levels, M, D, dtype, path, seed=0):
     from vggt_mv.layers.attention_ops import STRATEGIES, levels_to_mask
 
     L = T * N * F + mem
     B, H = 2, 2
-    rng = np.random.default_rng(L * 17 + D + M)
+    rng = np.random.default_rng(L * 17 + D + M + seed)
     q, k, v = (rng.standard_normal((B, H, L, D)).astype(dtype) for _ in range(3))
     lm = None
     if strategy == "landmark":
@@ -126,14 +133,20 @@ def test_sparse_kernel_matches_reference(host_harness, tmp_path, strategy, T, N,
         lm = np.stack([rng.choice(L, M, replace=False) for _ in range(B)]).astype(np.int32)
     sid, mask = STRATEGIES[strategy], levels_to_mask(levels)
     scale = float(D) ** -0.5
-    got = run_harness(host_harness, tmp_path, 1, q, k, v, lm=lm, scale=scale, has_bias=0,
-                      strategy=sid, F=F, T=T, N=N, mem=mem, level_mask=mask)
+    got = run_harness(exe, tmp_path, 1, q, k, v, lm=lm, scale=scale, has_bias=0, strategy=sid,
+                      F=F, T=T, N=N, mem=mem, level_mask=mask, path=path)
     ref = numpy_ref.sparse_attention(q.astype(np.float32), k.astype(np.float32),
                                      v.astype(np.float32),
                                      lm if lm is not None else np.zeros((B, 1), np.int32),
                                      scale, sid, F, T, N, mem, mask)
     tol = 2e-3 if dtype == np.float16 else 2e-5
     np.testing.assert_allclose(got.astype(np.float32), ref, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("strategy,T,N,F,mem,levels,M,D,dtype", SPARSE_CASES)
+def test_sparse_kernel_matches_reference(host_harness, tmp_path, strategy, T, N, F, mem, levels,
+                                         M, D, dtype):
+    check_sparse(host_harness, tmp_path, strategy, T, N, F, mem, levels, M, D, dtype, CUDA_CORES)
 
 
 def test_harness_rejects_invalid_problems(host_harness, tmp_path):
@@ -151,48 +164,19 @@ def test_harness_rejects_invalid_problems(host_harness, tmp_path):
 # softmax run through wmma_host_shim.h, which also enforces wmma's alignment rules.
 TC_BIASED = [c for c in BIASED_CASES if c[4] <= 128]
 TC_SPARSE = [c for c in SPARSE_CASES if c[7] <= 128]
-CUDA_CORES, TENSOR_CORES = 1, 2
 
 
 @pytest.mark.parametrize("B,H,L,S,D,has_bias,mag,_dtype", TC_BIASED)
 def test_tensor_core_biased_kernel(host_harness, tmp_path, B, H, L, S, D, has_bias, mag, _dtype):
-    rng = np.random.default_rng(L * 131 + S * 7 + D + 1)
-    q = (rng.standard_normal((B, H, L, D)) * mag).astype(np.float16)
-    k = (rng.standard_normal((B, H, S, D)) * mag).astype(np.float16)
-    v = rng.standard_normal((B, H, S, D)).astype(np.float16)
-    r = rng.standard_normal((B, L)).astype(np.float32)
-    c = (rng.standard_normal((B, S)) * 50).astype(np.float32)
-    scale = float(D) ** -0.5
-    got = run_harness(host_harness, tmp_path, 0, q, k, v, r=r, c=c, scale=scale,
-                      has_bias=has_bias, path=TENSOR_CORES).astype(np.float32)
-    ref = numpy_ref.biased_attention(q.astype(np.float32), k.astype(np.float32),
-                                     v.astype(np.float32), r, c, scale, has_bias)
-    assert np.isfinite(got).all()
-    # exact fp16 products, fp32 sums; P rounded to fp16 (rel. 2^-11) and the output once
-    np.testing.assert_allclose(got, ref, atol=2e-3, rtol=2e-3)
+    check_biased(host_harness, tmp_path, B, H, L, S, D, has_bias, mag, np.float16, TENSOR_CORES,
+                 seed=1)
 
 
 @pytest.mark.parametrize("strategy,T,N,F,mem,levels,M,D,_dtype", TC_SPARSE)
 def test_tensor_core_sparse_kernel(host_harness, tmp_path, strategy, T, N, F, mem, levels, M, D,
                                    _dtype):
-    from vggt_mv.layers.attention_ops import STRATEGIES, levels_to_mask
-
-    L = T * N * F + mem
-    B, H = 2, 2
-    rng = np.random.default_rng(L * 17 + D + M + 1)
-    q, k, v = (rng.standard_normal((B, H, L, D)).astype(np.float16) for _ in range(3))
-    lm = None
-    if strategy == "landmark":
-        lm = np.stack([rng.choice(L, M, replace=False) for _ in range(B)]).astype(np.int32)
-    sid, mask = STRATEGIES[strategy], levels_to_mask(levels)
-    scale = float(D) ** -0.5
-    got = run_harness(host_harness, tmp_path, 1, q, k, v, lm=lm, scale=scale, has_bias=0,
-                      strategy=sid, F=F, T=T, N=N, mem=mem, level_mask=mask, path=TENSOR_CORES)
-    ref = numpy_ref.sparse_attention(q.astype(np.float32), k.astype(np.float32),
-                                     v.astype(np.float32),
-                                     lm if lm is not None else np.zeros((B, 1), np.int32),
-                                     scale, sid, F, T, N, mem, mask)
-    np.testing.assert_allclose(got.astype(np.float32), ref, atol=2e-3, rtol=2e-3)
+    check_sparse(host_harness, tmp_path, strategy, T, N, F, mem, levels, M, D, np.float16,
+                 TENSOR_CORES, seed=1)
 
 
 def test_automatic_path_choice(host_harness, tmp_path):
