@@ -13,8 +13,9 @@
 // the P V product. P is rounded to fp16 for the tensor cores; the row sum is taken over
 // the rounded values so numerator and denominator see the same weights.
 //
-// Shared memory at DMAX = 128: Q 8 KB + K 8 KB + V 8 KB + O 16 KB + S 4 KB + P 2 KB, under
-// the 48 KB static limit. Head sizes that are multiples of 8 but not of 16 are padded
+// Shared memory, under the 48 KB static limit: at DMAX = 128 with 32-key tiles Q 8 KB +
+// K 8 KB + V 8 KB + O 16 KB + S 4 KB + P 2 KB; at DMAX = 64 with 64-key tiles Q 4 KB + K 8 KB
+// + V 8 KB + O 8 KB + S 8 KB + P 4 KB. Head sizes that are multiples of 8 but not of 16 are padded
 // with zero columns to the 16-wide k-step, which changes neither product.
 //
 // On the host (cuda_host_shim.h + wmma_host_shim.h) the same code runs with real
@@ -35,9 +36,15 @@ namespace wmma = nvcuda::wmma;
 
 constexpr int kTcWarps = kBlockQ / 16;
 constexpr int kTcThreads = kTcWarps * 32;
-constexpr int kTcTileK = 32;
+// Keys per tile: each tile costs one load + store of the warp's O rows in shared memory,
+// so the longest tile that fits halves that traffic per FLOP; at D = 128 only 32 fit.
+template <int DMAX>
+struct TcTileCfg
+{
+    static constexpr int kTileK = DMAX <= 64 ? 64 : 32;
+};
 constexpr int kTcMaxHeadDim = 128;
-static_assert(kBlockQ % 16 == 0 && kTcTileK % 32 == 0, "wmma tiles are 16 x 16; softmax lanes split 32 keys");
+static_assert(kBlockQ % 16 == 0, "wmma tiles are 16 x 16");
 
 // grid: same as attention_kernel (query tiles, B*H); block: kTcThreads threads.
 template <int DMAX>
@@ -47,7 +54,8 @@ __global__ void attention_kernel_tc(AttentionParams p, int H, int L, int S, int 
     half_t* __restrict__ out)
 {
     static_assert(DMAX % 16 == 0 && DMAX <= kTcMaxHeadDim, "DMAX: 16-wide k-steps, shared memory budget");
-    constexpr int TK = kTcTileK;
+    constexpr int TK = TcTileCfg<DMAX>::kTileK;
+    static_assert(TK % 32 == 0, "16-key wmma columns; the lane pair of a row splits the tile");
     constexpr int HALF_TK = TK / 2;
     alignas(32) __shared__ half_t qs[kBlockQ][DMAX];
     alignas(32) __shared__ half_t ks[TK][DMAX];
