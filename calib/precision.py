@@ -21,6 +21,7 @@ from export.validate import Tolerance, compare_outputs, format_table, run_onnx
 from plugins import contract
 
 from .graph_utils import DEFAULT_EXCLUDE
+from .quantize import stack_batches
 
 MODES = ("fp16", "int8")
 
@@ -83,10 +84,6 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 
 def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, (tuple, list)) else v
-
-
-def _stack(outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([o[k] for o in outs], axis=0) for k in outs[0]}
 
 
 def relative_errors(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -198,7 +195,7 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
     passed = True
     for graph, plugins in ((portable_name, False), (plugin_name, True)):
         gots = [run_onnx(bucket / graph, f, plugins=plugins) for f in eval_feeds]
-        ref, got = _stack(refs), _stack(gots)
+        ref, got = stack_batches(refs), stack_batches(gots)
         rows = compare_outputs(ref, got, tol)
         log(format_table(rows, f"{bucket.name}: {graph} vs FP32 model.onnx "
                                f"({len(eval_feeds)} held-out input(s))"))

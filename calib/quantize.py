@@ -208,15 +208,16 @@ def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:
             "fp32_weight_node_names": fp32}
 
 
-def _stack_feeds(feeds: Sequence[dict[str, np.ndarray]], names: list[str]
-                 ) -> dict[str, np.ndarray]:
-    # ModelOpt splits each input along axis 0 into batches of the model's batch size (1).
-    return {k: np.concatenate([f[k] for f in feeds], axis=0) for k in names}
+def stack_batches(batches: Sequence[dict[str, np.ndarray]], names: Sequence[str] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Concatenates same-named arrays along axis 0 (all names of the first, or `names`)."""
+    return {k: np.concatenate([b[k] for b in batches], axis=0)
+            for k in (batches[0] if names is None else names)}
 
 
 def quantize_modelopt(src: str | Path, feeds: Sequence[dict[str, np.ndarray]],
-                      nodes: list[str], method: str = "entropy", large: bool = False,
-                      log: Callable[[str], None] = print) -> onnx.ModelProto:
+                      nodes: list[str], method: str = "entropy", large: bool = False
+                      ) -> onnx.ModelProto:
     """ModelOpt backend: INT8 Q/DQ on exactly `nodes` (names), CPU calibration."""
     try:
         from modelopt.onnx.quantization import quantize as mo_quantize
@@ -234,7 +235,9 @@ def quantize_modelopt(src: str | Path, feeds: Sequence[dict[str, np.ndarray]],
         # ModelOpt narrates with tqdm bars and prints; keep them for the error message only.
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             mo_quantize(str(src), quantize_mode="int8",
-                        calibration_data=_stack_feeds(feeds, names),
+                        # ModelOpt splits each input along axis 0 into batches of the
+                        # model's batch size (1)
+                        calibration_data=stack_batches(feeds, names),
                         calibration_method=method, calibration_eps=["cpu"],
                         op_types_to_quantize=list(WEIGHT_OPS),
                         nodes_to_quantize=[f"^{re.escape(n)}$" for n in nodes],
@@ -275,7 +278,7 @@ def quantize_int8(src: str | Path, feeds: Sequence[dict[str, np.ndarray]],
     q = None
     if backend in ("auto", "modelopt"):
         try:
-            q = quantize_modelopt(src, feeds, nodes, method, large, log)
+            q = quantize_modelopt(src, feeds, nodes, method, large)
             check_attention_intact(source, q)
             report["backend"] = "modelopt"
             report["calibration_method"] = method

@@ -43,7 +43,6 @@ struct TcTileCfg
 {
     static constexpr int kTileK = DMAX <= 64 ? 64 : 32;
 };
-constexpr int kTcMaxHeadDim = 128;
 static_assert(kBlockQ % 16 == 0, "wmma tiles are 16 x 16");
 
 // grid: same as attention_kernel (query tiles, B*H); block: kTcThreads threads.
@@ -53,7 +52,7 @@ __global__ void attention_kernel_tc(AttentionParams p, int H, int L, int S, int 
     const float* __restrict__ r, const float* __restrict__ c, const int32_t* __restrict__ landmarks,
     half_t* __restrict__ out)
 {
-    static_assert(DMAX % 16 == 0 && DMAX <= kTcMaxHeadDim, "DMAX: 16-wide k-steps, shared memory budget");
+    static_assert(DMAX % 16 == 0 && DMAX <= kTensorCoreMaxHeadDim, "DMAX: 16-wide k-steps, shared memory budget");
     constexpr int TK = TcTileCfg<DMAX>::kTileK;
     static_assert(TK % 32 == 0, "16-key wmma columns; the lane pair of a row splits the tile");
     constexpr int HALF_TK = TK / 2;

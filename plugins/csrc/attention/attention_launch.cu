@@ -16,6 +16,16 @@
 namespace vggt
 {
 
+// 0 when the last launch was accepted, 1 otherwise (the host build runs synchronously).
+static int launch_status()
+{
+#ifdef __CUDACC__
+    return cudaGetLastError() == cudaSuccess ? 0 : 1;
+#else
+    return 0;
+#endif
+}
+
 template <typename T, int DMAX>
 static int launch_typed(const AttentionParams& p, int B, int H, int L, int S, int D, int M, const void* q,
     const void* k, const void* v, const float* r, const float* c, const int32_t* landmarks, void* out,
@@ -26,11 +36,7 @@ static int launch_typed(const AttentionParams& p, int B, int H, int L, int S, in
     VGGT_LAUNCH((attention_kernel<T, DMAX>), grid, block, stream, p, B, H, L, S, D, M,
         static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), r, c, landmarks,
         static_cast<T*>(out));
-#ifdef __CUDACC__
-    return cudaGetLastError() == cudaSuccess ? 0 : 1;
-#else
-    return 0;
-#endif
+    return launch_status();
 }
 
 template <int DMAX>
@@ -43,11 +49,7 @@ static int launch_tc(const AttentionParams& p, int B, int H, int L, int S, int D
     VGGT_LAUNCH((attention_kernel_tc<DMAX>), grid, block, stream, p, H, L, S, D, M,
         static_cast<const half_t*>(q), static_cast<const half_t*>(k), static_cast<const half_t*>(v), r, c,
         landmarks, static_cast<half_t*>(out));
-#ifdef __CUDACC__
-    return cudaGetLastError() == cudaSuccess ? 0 : 1;
-#else
-    return 0;
-#endif
+    return launch_status();
 }
 
 template <typename T>
