@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="dense fp16 tensor-core TFLOPS of the target GPU (datasheet)")
     a = ap.parse_args()
+    if a.peak_tflops is not None and not a.peak_tflops > 0:
+        ap.error("--peak-tflops must be a positive rate (the GPU's dense fp16 tensor-core TFLOPS)")
     cfg = get_config()
     F = cfg.patch_start_idx + (a.height // 14) * (a.width // 14)
     P1 = (a.height // 14) * (a.width // 14) + 5  # DINOv2: cls + 4 registers + patches
