@@ -1,32 +1,75 @@
-"""vggt-mv-deploy command line: export, inspect-checkpoint, model-info (more in later steps).
+"""vggt-mv-deploy command line: argument parsing and calls, nothing else.
 
-Every command is a thin shell over a function in export/, vggt_mv/, runtime/ or calib/;
-heavy imports happen inside the commands so `--help` is instant.
+Every command is a thin shell over a function in export/, vggt_mv/, runtime/, calib/ or
+accuracy/; heavy imports happen inside the commands so `--help` is instant. Conventions:
+--input is the frames folder, -o is a model config override, --repeats / --warmup time
+things, errors go through runtime.console.fail (exit 2: bad input, 1: a step failed).
 """
 from __future__ import annotations
 
-import sys
+import json
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from runtime.console import console, setup_logging, warn
+from runtime.console import fail as _fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Export VGGT_MV to ONNX / TensorRT, validate it, and run it.")
-# Logs redirected to files should not wrap tables at 80 columns.
-_WIDTH = None if sys.stdout.isatty() else 160
-console = Console(highlight=False, width=_WIDTH)
-err = Console(stderr=True, highlight=False, width=_WIDTH)
-
-DEFAULT_SCENE = Path(__file__).resolve().parent.parent / "shared" / "data" / "mv_scene"
 
 
-def _fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(code)
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("vggt-mv-deploy")
+        except PackageNotFoundError:  # run from a checkout without `pip install -e .`
+            import vggt_mv
+
+            v = vggt_mv.__version__
+        console.print(f"vggt-mv-deploy {v}", markup=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="print the version and exit"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True,
+                                help="more log output (-v info, -vv debug, TensorRT's too)"),
+    log_file: Optional[Path] = typer.Option(None, "--log-file",
+                                            help="also write the full log (debug level, "
+                                            "TensorRT's messages included) to this file"),
+) -> None:
+    setup_logging(verbose, log_file)
+
+
+def _overrides(options: list[str]) -> dict:
+    """-o key=value (JSON values, else strings): the one parser of config overrides."""
+    changes = {}
+    for opt in options:
+        key, sep, val = opt.partition("=")
+        if not sep or not key:
+            _fail(f"-o expects key=value, got {opt!r}")
+        try:
+            changes[key] = json.loads(val)
+        except json.JSONDecodeError:
+            changes[key] = val
+    return changes
+
+
+def _config(preset: str, options: list[str]):
+    from vggt_mv.config import get_config
+
+    try:
+        return get_config(preset, **_overrides(options))
+    except (ValueError, TypeError, KeyError) as e:
+        _fail(str(e))
 
 
 def _build_model(preset: str, options: list[str], checkpoint: Optional[Path],
@@ -34,23 +77,9 @@ def _build_model(preset: str, options: list[str], checkpoint: Optional[Path],
                  strict: bool):
     import torch
 
-    from vggt_mv.config import get_config
     from vggt_mv.models import VGGTMV
 
-    changes = {}
-    for opt in options:
-        key, _, val = opt.partition("=")
-        if not _:
-            _fail(f"--option expects key=value, got {opt!r}")
-        import json
-        try:
-            changes[key] = json.loads(val)
-        except json.JSONDecodeError:
-            changes[key] = val
-    try:
-        cfg = get_config(preset, **changes)
-    except (ValueError, TypeError) as e:
-        _fail(str(e))
+    cfg = _config(preset, options)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     model = VGGTMV(cfg).eval()
@@ -67,8 +96,8 @@ def _build_model(preset: str, options: list[str], checkpoint: Optional[Path],
         console.print(report.as_table(), markup=False, soft_wrap=True)
         weights = report.to_dict()
     else:
-        err.print(f"[bold yellow]WARNING: no checkpoint given: weights are RANDOM "
-                  f"(seed {seed}). Artifacts are only good for testing the pipeline.[/]")
+        warn(f"no checkpoint given: weights are RANDOM (seed {seed}). Artifacts are only "
+             f"good for testing the pipeline.")
         weights = {"source": f"random init, seed {seed}", "seed": seed}
     return model, weights
 
@@ -92,60 +121,40 @@ def export(
     opset: int = typer.Option(20, help="ONNX opset"),
     out: Path = typer.Option(Path("artifacts"), help="output root; one folder per bucket"),
     validate: bool = typer.Option(True, help="run both graphs in onnxruntime vs PyTorch after export"),
-    inputs: str = typer.Option("random", help="validation inputs: 'random' or a folder like ../shared/data/mv_scene"),
+    input: str = typer.Option("random", "--input", "-i", help="validation inputs: 'random' or a folder like ../shared/data/mv_scene"),
+    inputs_alias: Optional[str] = typer.Option(None, "--inputs", hidden=True, help="old spelling of --input"),
     atol: Optional[float] = typer.Option(None, help="override absolute tolerance for every output"),
     rtol: Optional[float] = typer.Option(None, help="override relative tolerance for every output"),
 ) -> None:
     """Trace VGGT_MV at fixed (T, N, H, W) buckets into model.onnx (portable) and
     model.plugins.onnx (TensorRT plugin ops), validate both, write manifest.json."""
-    from tqdm import tqdm
-
     from export.buckets import BucketError, make_buckets
-    from export.exporter import ExportError, export_bucket
-    from export.pipeline import ExportOptions, ValidationError, make_validator
-    from export.validate import Tolerance
+    from export.compare import Tolerance
+    from export.exporter import ExportError
+    from export.pipeline import ExportOptions, ValidationError, export_buckets
 
+    inputs = inputs_alias or input
     try:
         buckets = make_buckets(T, N, height, width, batch=batch, single_view=single_view,
                                ext_mask=ext_mask)
     except BucketError as e:
         _fail(str(e))
     if inputs != "random" and not Path(inputs).is_dir():
-        _fail(f"--inputs {inputs!r} is neither 'random' nor a folder")
+        _fail(f"--input {inputs!r} is neither 'random' nor a folder")
     model, weights = _build_model(preset, option, checkpoint, pi3, seed_checkpoint, seed, strict)
     tol = None
     if atol is not None or rtol is not None:
         tol = Tolerance(atol if atol is not None else 1e-3, rtol if rtol is not None else 1e-3)
     opts = ExportOptions(opset=opset, validate=validate, inputs=inputs, seed=seed, tolerance=tol)
-    results, t_all = [], time.perf_counter()
-    bar = tqdm(buckets, desc="buckets", unit="bucket", disable=len(buckets) < 2)
-    for bucket in bar:
-        console.rule(f"[bold]{bucket.name}")
-        steps = tqdm(total=4 if validate else 3, desc=bucket.name, unit="step", leave=False)
-
-        started = []
-
-        def step(name: str) -> None:
-            # Called when a step begins: the previous one is complete.
-            if started:
-                steps.update(1)
-            started.append(name)
-            steps.set_postfix_str(name)
-
-        try:
-            res = export_bucket(model, bucket, out, opset=opset, weights=weights, step=step,
-                                log=console.print,
-                                validate_fn=make_validator(model, bucket, opts, console.print)
-                                if validate else None)
-        except ValidationError as e:
-            steps.close()
-            _fail(str(e), code=1)
-        except (ExportError, BucketError, FileNotFoundError, ValueError) as e:
-            steps.close()
-            _fail(f"{bucket.name}: {e}")
-        steps.update(steps.total - steps.n)
-        steps.close()
-        results.append(res)
+    t_all = time.perf_counter()
+    try:
+        results = export_buckets(model, buckets, out, opts, weights,
+                                 log=lambda s: console.print(s, markup=False),
+                                 rule=lambda name: console.rule(name))
+    except ValidationError as e:
+        _fail(str(e), code=1)
+    except (ExportError, BucketError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
     _summary(results, time.perf_counter() - t_all)
 
 
@@ -173,22 +182,16 @@ def _summary(results, seconds: float) -> None:
 @app.command("model-info")
 def model_info(
     preset: str = typer.Option("vggt_mv_1b"),
-    option: list[str] = typer.Option([], "--option", "-o"),
+    option: list[str] = typer.Option([], "--option", "-o", help="config override key=value"),
     T: int = typer.Option(8, "--T"), N: int = typer.Option(4, "--N"),
     height: int = typer.Option(518, "--height"), width: int = typer.Option(518, "--width"),
 ) -> None:
     """Parameters, attention sites and sequence lengths for a bucket (no weights allocated)."""
     import torch
 
-    from vggt_mv.config import get_config
     from vggt_mv.models import VGGTMV
 
-    changes = {}
-    for o in option:
-        import json
-        k, _, v = o.partition("=")
-        changes[k] = json.loads(v)
-    cfg = get_config(preset, **changes)
+    cfg = _config(preset, option)
     with torch.device("meta"):
         model = VGGTMV(cfg)
     sites = model.attention_sites((1, T, N, 3, height, width))
@@ -215,20 +218,11 @@ def inspect_checkpoint_cmd(
     """What a checkpoint holds (kind, tensors, parameters, dtypes) and how it would load into
     a VGGT_MV configuration: loaded / skipped / shape-mismatched / missing / unexpected,
     grouped by module. Nothing is allocated at model size (meta device)."""
-    import json
-
-    from vggt_mv.config import get_config
     from vggt_mv.weights import CheckpointError, inspect_checkpoint
 
-    changes = {}
-    for o in option:
-        k, _, v = o.partition("=")
-        try:
-            changes[k] = json.loads(v)
-        except json.JSONDecodeError:
-            changes[k] = v
+    cfg = _config(preset, option)
     try:
-        report = inspect_checkpoint(path, config=get_config(preset, **changes), hash_file=sha256)
+        report = inspect_checkpoint(path, config=cfg, hash_file=sha256)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     text = report.as_table() if hasattr(report, "as_table") else json.dumps(report, indent=1, default=str)
@@ -239,7 +233,7 @@ def _register_optional_commands() -> None:
     """Commands whose modules belong to other steps; each module keeps its heavy imports
     inside the command function, so registration costs nothing."""
     from calib.commands import calibrate, quantize
-    from export.accuracy.commands import bench, check
+    from accuracy.commands import bench, check
     from runtime.commands import build_engine, infer
 
     app.command("calibrate")(calibrate)

@@ -1,29 +1,24 @@
 """`calibrate` and `quantize` commands (registered in cli.py); heavy imports inside."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-# Logs redirected to files should not squeeze tables to 80 columns.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(code)
+from runtime.console import console
+from runtime.console import fail as _fail
 
 
 def calibrate(
     bucket: list[Path] = typer.Option(..., help="exported bucket folder(s); each one's T, N, "
                                       "height and width shape its clips (repeat --bucket)"),
-    scene: Path = typer.Option(Path("../shared/data/mv_scene"), help="folder of real frames "
-                               "laid out time_TT/viewV.png, or of one synchronized video per "
-                               "view (view0.mp4, view1.mp4, ...)"),
+    scene: Path = typer.Option(Path("../shared/data/mv_scene"), "--input", "-i",
+                               help="folder of real frames laid out time_TT/viewV.png, or of "
+                               "one synchronized video per view (view0.mp4, view1.mp4, ...)"),
+    scene_alias: Optional[Path] = typer.Option(None, "--scene", hidden=True,
+                                               help="old spelling of --input"),
     clips: int = typer.Option(8, help="T x N clips sampled across the sequence; `quantize` "
                               "keeps the last --holdout fraction of them for evaluation"),
     out: Optional[Path] = typer.Option(None, help="npz to write (default: <bucket>/calib.npz; "
@@ -34,9 +29,10 @@ def calibrate(
     like the runtime does (used by `quantize --int8`, and for held-out accuracy)."""
     from calib.dataset import build_calibration_set
     from calib.videos import VideoError, extract_view_videos, find_view_videos
-    from export.exporter import load_manifest
+    from runtime.layout import load_manifest
     from runtime.errors import RuntimeDataError
 
+    scene = scene_alias or scene
     if out is not None and len(bucket) > 1:
         _fail("--out names one file; give one --bucket, or let each bucket get its calib.npz")
     table = Table(title="calibration sets")

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from runtime.errors import CalibrationSetError, NotEnoughFramesError, RuntimeDataError
-from runtime.outputs import atomic_write
+from runtime.layout import atomic_write
 from runtime.preprocess import (
     PREPROCESS_RULE,
     SceneIndex,
@@ -23,7 +23,7 @@ from runtime.preprocess import (
     load_clip,
 )
 
-__all__ = ["sample_clips", "split_clips", "build_calibration_set", "load_calibration_set",
+__all__ = ["sample_clips", "split_clips", "split_indices", "build_calibration_set", "load_calibration_set",
            "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
@@ -68,13 +68,15 @@ def sample_clips(scene: SceneIndex, T: int, N: int, num_clips: int, stride: int 
     return clips
 
 
-def split_clips(clips: Sequence[Clip], holdout_fraction: float) -> tuple[list[Clip], list[Clip]]:
-    """(calibration, held-out): the held-out clips are the ones that start last.
+def split_indices(clips: Sequence[Clip], holdout_fraction: float
+                  ) -> tuple[list[int], list[int]]:
+    """(calibration, held-out) indices into ``clips``: the held-out clips are the ones
+    that start last.
 
     A temporal split rather than a random one: neighbouring windows share frames, so a
     random split would leak evaluation frames into calibration. Some overlap can remain at
     the boundary when clips overlap in time; the split never leaves either side empty
-    (unless holdout_fraction is 0).
+    (unless holdout_fraction is 0). The one split: calibrate and quantize both use it.
     """
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
@@ -85,9 +87,14 @@ def split_clips(clips: Sequence[Clip], holdout_fraction: float) -> tuple[list[Cl
     elif len(clips) < 2:
         n_hold = 0
     hold = set(order[len(order) - n_hold:]) if n_hold else set()
-    calib = [tuple(clips[i]) for i in range(len(clips)) if i not in hold]
-    held = [tuple(clips[i]) for i in range(len(clips)) if i in hold]
-    return calib, held
+    return ([i for i in range(len(clips)) if i not in hold],
+            [i for i in range(len(clips)) if i in hold])
+
+
+def split_clips(clips: Sequence[Clip], holdout_fraction: float) -> tuple[list[Clip], list[Clip]]:
+    """(calibration, held-out) clips; see split_indices."""
+    calib, held = split_indices(clips, holdout_fraction)
+    return [tuple(clips[i]) for i in calib], [tuple(clips[i]) for i in held]
 
 
 def _sha256_files(paths: Sequence[str], root: Path) -> tuple[str, str]:

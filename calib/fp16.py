@@ -21,7 +21,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .graph_utils import DEFAULT_EXCLUDE, all_names, excluded, unique_name, weight_node_indices
+from .graph_utils import (
+    DEFAULT_EXCLUDE,
+    all_names,
+    excluded,
+    replace_nodes,
+    unique_name,
+    weight_node_indices,
+)
 
 
 def convert_fp16(model: onnx.ModelProto, exclude=DEFAULT_EXCLUDE) -> tuple[onnx.ModelProto, dict]:
@@ -77,12 +84,7 @@ def convert_fp16(model: onnx.ModelProto, exclude=DEFAULT_EXCLUDE) -> tuple[onnx.
         new_nodes.append(node)
         new_nodes.append(helper.make_node("Cast", [half_out], [out], to=TensorProto.FLOAT,
                                           name=unique_name(f"{node.name}_out_fp32", taken)))
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep + new_inits)
+    replace_nodes(model, new_nodes, new_inits)
     # Intermediate shapes recorded by the exporter may now carry the old element type.
     del model.graph.value_info[:]
     return model, {"converted_nodes": len(targets), "excluded_nodes": n_excluded,

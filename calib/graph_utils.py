@@ -62,6 +62,18 @@ def unique_name(base: str, taken: set[str]) -> str:
     return name
 
 
+def replace_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
+                  new_initializers: list[onnx.TensorProto]) -> None:
+    """Swap in a rewritten node list and its new initializers, dropping initializers no
+    node reads any more (the FP32 weights a conversion replaced)."""
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep + list(new_initializers))
+
+
 def all_names(model: onnx.ModelProto) -> set[str]:
     names = {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}
     for n in model.graph.node:

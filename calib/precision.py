@@ -14,35 +14,43 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from export.artifacts import file_entry, sha256_file, write_json_atomic
-from export.exporter import EXTERNAL_DATA_BYTES, load_manifest
+from export.compare import (
+    PROFILES,
+    Profile,
+    Tolerance,
+    compare_outputs,
+    format_table,
+    relative_errors,
+)
+from export.exporter import EXTERNAL_DATA_BYTES
 from export.surgery import surgery
-from export.validate import Tolerance, compare_outputs, format_table, run_onnx
+from export.validate import run_onnx
 from plugins import contract
+from runtime.layout import (
+    EXTERNAL_DATA_SUFFIX,
+    PORTABLE_GRAPH,
+    Bucket,
+    atomic_path,
+    atomic_write_json,
+    file_entry,
+    load_manifest,
+    plugin_graph,
+    portable_graph,
+    precision_report,
+    sha256_file,
+)
 
 from .graph_utils import DEFAULT_EXCLUDE
 from .quantize import stack_batches
 
 MODES = ("fp16", "int8")
 
-# Against the FP32 graph on real frames. Depth / confidences pass through exp(), points
-# through inv_log: relative error is the meaningful scale there.
-TOLERANCES = {
-    "fp16": {"pose_enc": Tolerance(5e-2, 5e-2), "depth": Tolerance(5e-2, 5e-2),
-             "depth_conf": Tolerance(5e-2, 5e-2), "world_points": Tolerance(5e-2, 5e-2),
-             "world_points_conf": Tolerance(5e-2, 5e-2), "dynamic_mask": Tolerance(2e-2, 5e-2)},
-    "int8": {"pose_enc": Tolerance(2e-1, 2e-1), "depth": Tolerance(2e-1, 2e-1),
-             "depth_conf": Tolerance(2e-1, 2e-1), "world_points": Tolerance(2e-1, 2e-1),
-             "world_points_conf": Tolerance(2e-1, 2e-1), "dynamic_mask": Tolerance(1e-1, 2e-1)},
-}
-
-
 class PrecisionError(RuntimeError):
     pass
 
 
 def graph_names(mode: str) -> tuple[str, str]:
-    return f"model.{mode}.onnx", f"model.{mode}.plugins.onnx"
+    return portable_graph(mode), plugin_graph(mode)
 
 
 def _feeds_from_set(images: np.ndarray, masks: np.ndarray | None, manifest: dict
@@ -68,45 +76,21 @@ def _feeds_from_set(images: np.ndarray, masks: np.ndarray | None, manifest: dict
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
     # ByteSize() itself fails beyond protobuf's 2 GB limit: count tensor bytes instead.
     weights = sum(len(t.raw_data) or 4 * max(len(t.float_data), len(t.int32_data))
                   for t in model.graph.initializer)
     large = _has_external(model) or weights > EXTERNAL_DATA_BYTES
-    if large:
-        onnx.save(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=path.name + ".data")
-        # external data was written next to tmp under the final name: only the graph moves
-    else:
-        onnx.save(model, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        if large:
+            # external data is written next to tmp under the final name: only the graph moves
+            onnx.save(model, str(tmp), save_as_external_data=True,
+                      all_tensors_to_one_file=True, location=path.name + EXTERNAL_DATA_SUFFIX)
+        else:
+            onnx.save(model, str(tmp))
 
 
 def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, (tuple, list)) else v
-
-
-def relative_errors(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Scale-free errors per output: ||got - ref|| / ||ref||, and for the geometric
-    outputs the quantities users look at (pose_enc split into translation / rotation /
-    field of view; depth as median and 95th percentile |d - d_ref| / d_ref)."""
-    out: dict[str, Any] = {}
-    for k, r in ref.items():
-        r64, g64 = r.astype(np.float64), got[k].astype(np.float64)
-        out[k] = {"rel_l2": float(np.linalg.norm(g64 - r64) / max(np.linalg.norm(r64), 1e-12))}
-    if "pose_enc" in ref:
-        r, g = ref["pose_enc"].astype(np.float64), got["pose_enc"].astype(np.float64)
-        for part, sl in (("translation", slice(0, 3)), ("quaternion", slice(3, 7)),
-                         ("fov", slice(7, 9))):
-            d = np.linalg.norm(g[..., sl] - r[..., sl], axis=-1)
-            n = np.linalg.norm(r[..., sl], axis=-1)
-            out["pose_enc"][f"{part}_rel_max"] = float((d / np.maximum(n, 1e-6)).max())
-    if "depth" in ref:
-        r, g = ref["depth"].astype(np.float64), got["depth"].astype(np.float64)
-        rel = np.abs(g - r) / np.maximum(np.abs(r), 1e-6)
-        out["depth"]["rel_median"] = float(np.median(rel))
-        out["depth"]["rel_p95"] = float(np.percentile(rel, 95))
-    return out
 
 
 def _has_external(model: onnx.ModelProto) -> bool:
@@ -120,21 +104,21 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
                    method: str = "entropy") -> dict[str, Any]:
     """Writes model.<mode>.onnx, model.<mode>.plugins.onnx and precision_<mode>.json.
 
-    The last `holdout_fraction` of the calibration set's clips (at least one) never reach
-    the calibrator; accuracy vs the FP32 model.onnx is measured on them. `backend` and
+    The `holdout_fraction` of the calibration set's clips that start last (at least one;
+    calib.dataset.split_indices) never reach the calibrator; accuracy vs the FP32 model.onnx is measured on them. `backend` and
     `method` apply to INT8 (quantize.BACKENDS / CALIBRATION_METHODS).
     """
     if mode not in MODES:
         raise PrecisionError(f"mode must be one of {MODES}")
     bucket = Path(bucket_dir)
     manifest = load_manifest(bucket)
-    src = bucket / "model.onnx"
+    src = bucket / PORTABLE_GRAPH
     t0 = time.perf_counter()
     clips_info: dict[str, Any] = {}
     calib_feeds: list[dict] = []
     eval_feeds: list[dict] = []
     if calib_npz is not None:
-        from .dataset import load_calibration_set
+        from .dataset import load_calibration_set, split_indices
 
         b = manifest["bucket"]
         from runtime.errors import CalibrationSetError
@@ -148,22 +132,22 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
             raise PrecisionError(f"calibration set does not fit bucket {b['name']}: {e}; "
                                  f"rebuild it: python cli.py calibrate --bucket {bucket}") from e
         feeds = _feeds_from_set(data["images"], data.get("masks"), manifest)
-        n_hold = max(1, int(round(len(feeds) * holdout_fraction))) if len(feeds) > 1 else 0
-        calib_feeds, eval_feeds = feeds[:len(feeds) - n_hold], feeds[len(feeds) - n_hold:]
+        calib_idx, held_idx = split_indices(data["clips"], holdout_fraction)
+        calib_feeds = [feeds[i] for i in calib_idx]
+        eval_feeds = [feeds[i] for i in held_idx]
         clips_info = {"calibration_set": str(calib_npz), "sha256": sha256_file(calib_npz),
                       "calibration_clips": len(calib_feeds), "held_out_clips": len(eval_feeds),
                       # (first time step, views) of each clip, as sampled by calib/dataset.py
-                      "calibration_clip_ids": [list(map(_plain, c)) for c in
-                                               data["clips"][:len(calib_feeds)]],
-                      "held_out_clip_ids": [list(map(_plain, c)) for c in
-                                            data["clips"][len(calib_feeds):]],
+                      "calibration_clip_ids": [list(map(_plain, data["clips"][i]))
+                                               for i in calib_idx],
+                      "held_out_clip_ids": [list(map(_plain, data["clips"][i]))
+                                            for i in held_idx],
                       "content_sha256": data["meta"].get("content_sha256")}
     if mode == "int8" and not calib_feeds:
-        raise PrecisionError("INT8 needs a calibration set: python cli.py calibrate "
-                             f"{bucket} --scene ../shared/data/mv_scene")
+        raise PrecisionError("INT8 needs a calibration set: python cli.py calibrate --bucket "
+                             f"{bucket} --input ../shared/data/mv_scene")
     if not eval_feeds:
         from export.exporter import example_inputs
-        from export.buckets import Bucket
 
         eval_feeds = [example_inputs(Bucket.from_dict(manifest["bucket"]), seed=1)]
         clips_info.setdefault("evaluation", "seeded random inputs (no calibration set given)")
@@ -185,18 +169,20 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
                            {contract.BIASED_OP: manifest["attention_sites"][contract.BIASED_OP],
                             contract.SPARSE_OP: manifest["attention_sites"][contract.SPARSE_OP]})
     # Same folder as the portable graph: its external-data references stay valid.
-    tmp_plug = bucket / f".{plugin_name}.partial"
-    onnx.save(plug, str(tmp_plug))
-    tmp_plug.replace(bucket / plugin_name)
+    with atomic_path(bucket / plugin_name) as tmp_plug:
+        onnx.save(plug, str(tmp_plug))
 
-    tol = {**TOLERANCES[mode], **(tolerances or {})}
+    # Against the FP32 graph on real frames: the same per-precision profile `check` uses.
+    base = PROFILES[mode]
+    profile = Profile(**{**base.to_dict(), "per_output": {
+        **base.per_output, **{k: (v.atol, v.rtol) for k, v in (tolerances or {}).items()}}})
     refs = [run_onnx(src, f, plugins=False) for f in eval_feeds]
     results: dict[str, Any] = {}
     passed = True
     for graph, plugins in ((portable_name, False), (plugin_name, True)):
         gots = [run_onnx(bucket / graph, f, plugins=plugins) for f in eval_feeds]
         ref, got = stack_batches(refs), stack_batches(gots)
-        rows = compare_outputs(ref, got, tol)
+        rows = compare_outputs(ref, got, profile)
         log(format_table(rows, f"{bucket.name}: {graph} vs FP32 model.onnx "
                                f"({len(eval_feeds)} held-out input(s))"))
         results[graph] = {"rows": [r.to_dict() for r in rows],
@@ -207,9 +193,9 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
         "mode": mode, "bucket": manifest["bucket"], "source": file_entry(src, bucket),
         "files": [file_entry(bucket / g, bucket) for g in (portable_name, plugin_name)],
         "conversion": conv, "excluded_patterns": list(exclude), "calibration": clips_info,
-        "tolerances": {k: [v.atol, v.rtol] for k, v in tol.items()},
+        "tolerances": {k: [profile.tol(k).atol, profile.tol(k).rtol] for k in refs[0]},
         "surgery": report.to_dict(), "accuracy_vs_fp32": results, "passed": passed,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    write_json_atomic(bucket / f"precision_{mode}.json", record)
+    atomic_write_json(bucket / precision_report(mode), record)
     return record

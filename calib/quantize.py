@@ -44,7 +44,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .graph_utils import (DEFAULT_EXCLUDE, WEIGHT_OPS, AttentionSitesChanged,
-                          check_attention_intact, all_names, excluded, unique_name,
+                          check_attention_intact, all_names, excluded, replace_nodes, unique_name,
                           weight_node_indices, weight_nodes)
 
 BACKENDS = ("auto", "modelopt", "builtin")
@@ -153,12 +153,7 @@ def insert_qdq(model: onnx.ModelProto, ranges: dict[str, float], exclude=DEFAULT
         node.input[0] = qdq_of[x]
         node.input[1] = wq_of[key]
         new_nodes.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep + new_inits)
+    replace_nodes(model, new_nodes, new_inits)
     return model, {"quantized_nodes": len(target),
                    "excluded_nodes": len(candidates) - len(target),
                    "activation_tensors": len(qdq_of)}

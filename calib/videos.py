@@ -8,9 +8,9 @@ dependency (pip install opencv-python-headless), imported only here.
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from pathlib import Path
+
+from runtime.layout import atomic_directory
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 _VIEW = re.compile(r"view[_-]?(\d+)$", re.IGNORECASE)
@@ -64,19 +64,11 @@ def extract_view_videos(folder: str | Path, out_dir: str | Path, every: int = 1,
     if len(sizes) != 1:
         raise VideoError(f"view videos have different frame sizes {sorted(sizes)}")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         for t in range(T):
             d = tmp / f"time_{t:02d}"
             d.mkdir()
             for v in sorted(frames):
                 if not cv2.imwrite(str(d / f"view{v}.png"), frames[v][t]):
                     raise VideoError(f"cannot write {d / f'view{v}.png'}")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -28,8 +28,18 @@ from torch import nn
 
 from plugins import contract
 
-from .artifacts import atomic_directory, file_entry, write_json_atomic
-from .buckets import Bucket
+from runtime.layout import (
+    EXTERNAL_DATA_SUFFIX,
+    MANIFEST,
+    PLUGIN_GRAPH,
+    PORTABLE_GRAPH,
+    Bucket,
+    atomic_directory,
+    atomic_write_json,
+    file_entry,
+    load_manifest,  # noqa: F401 - re-exported for export callers
+)
+
 from .portable import to_portable
 from .surgery import surgery
 
@@ -147,7 +157,7 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
                 wrapper, args, dynamo=True, opset_version=opset, optimize=True,
                 input_names=names_in, output_names=names_out,
                 custom_translation_table=translation_table(), verbose=False)
-        raw_path = tmp / "model.onnx"
+        raw_path = tmp / PORTABLE_GRAPH
         prog.save(str(raw_path), external_data=large)
         del prog
         timings["export"] = time.perf_counter() - t0
@@ -167,7 +177,7 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
 
         step("graph surgery (model.plugins.onnx)")
         pm, report = surgery(m, expected, raw_sites)
-        plug_path = tmp / "model.plugins.onnx"
+        plug_path = tmp / PLUGIN_GRAPH
         onnx.save(pm, str(plug_path))
         _check(pm, plug_path, large)
         timings["surgery"] = time.perf_counter() - t0
@@ -192,7 +202,7 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
                              "onnx_domain": contract.ONNX_DOMAIN}
                         for op in contract.op_names()},
             "contract_version": contract.CONTRACT_VERSION,
-            "external_data": "model.onnx.data" if large else None,
+            "external_data": PORTABLE_GRAPH + EXTERNAL_DATA_SUFFIX if large else None,
         }
         if validate_fn is not None:
             step("validate (onnxruntime vs PyTorch)")
@@ -202,7 +212,7 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
         manifest["files"] = [file_entry(p, tmp) for p in sorted(tmp.iterdir()) if p.is_file()]
         manifest["peak_rss_mb"] = round(_peak_rss_mb(), 1)
         manifest["seconds"] = {k: round(v, 2) for k, v in timings.items()}
-        write_json_atomic(tmp / "manifest.json", manifest)
+        atomic_write_json(tmp / MANIFEST, manifest)
     return BucketResult(bucket, final, manifest, timings, manifest.get("validation", {}))
 
 
@@ -233,16 +243,3 @@ def _toolkit_version() -> str:
     import vggt_mv
 
     return vggt_mv.__version__
-
-
-def load_manifest(folder: str | Path) -> dict[str, Any]:
-    import json
-
-    path = Path(folder) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not an exported bucket (no manifest.json); "
-                                f"run `python cli.py export` first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{path} is corrupt ({e}); re-export the bucket") from e

@@ -12,7 +12,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .buckets import Bucket
-from .validate import Tolerance, compare_outputs, format_table, run_onnx
+from .compare import PROFILES, Tolerance, compare_outputs, format_table
+from .validate import run_onnx
 
 
 class ValidationError(RuntimeError):
@@ -100,9 +101,9 @@ def make_validator(model, bucket: Bucket, opts: ExportOptions,
             got = run_onnx(folder / g, feeds, plugins=g.endswith("plugins.onnx"),
                            threads=opts.threads)
             secs = time.perf_counter() - t0
-            default = opts.tolerance or Tolerance()
-            rows = compare_outputs(ref, got, None if opts.tolerance is None else
-                                   {k: opts.tolerance for k in ref}, default)
+            profile = PROFILES["fp32"] if opts.tolerance is None else \
+                PROFILES["fp32"].override(opts.tolerance)
+            rows = compare_outputs(ref, got, profile)
             log(format_table(rows, f"{bucket.name}: {g} (onnxruntime CPU) vs PyTorch, {desc}"))
             report["graphs"][g] = {"seconds": round(secs, 2),
                                    "rows": [r.to_dict() for r in rows],
@@ -116,3 +117,40 @@ def make_validator(model, bucket: Bucket, opts: ExportOptions,
         return report
 
     return validate
+
+
+def export_buckets(model, buckets: list[Bucket], out_root: Path, opts: ExportOptions,
+                   weights: dict[str, Any], log: Callable[[str], None] = print,
+                   rule: Callable[[str], None] | None = None) -> list:
+    """The `export` command's loop: every bucket exported (and validated) atomically, with a
+    progress bar per bucket's steps. Stops at the first bucket that fails (ValidationError,
+    ExportError, ...): the buckets before it are complete, nothing of it is written."""
+    from tqdm import tqdm
+
+    from .exporter import export_bucket
+
+    results = []
+    bar = tqdm(buckets, desc="buckets", unit="bucket", disable=len(buckets) < 2)
+    for bucket in bar:
+        (rule or log)(bucket.name)
+        steps = tqdm(total=4 if opts.validate else 3, desc=bucket.name, unit="step",
+                     leave=False)
+        started: list[str] = []
+
+        def step(name: str) -> None:
+            # Called when a step begins: the previous one is complete.
+            if started:
+                steps.update(1)
+            started.append(name)
+            steps.set_postfix_str(name)
+
+        try:
+            res = export_bucket(model, bucket, out_root, opset=opts.opset, weights=weights,
+                                step=step, log=log,
+                                validate_fn=make_validator(model, bucket, opts, log)
+                                if opts.validate else None)
+        finally:
+            steps.update(steps.total - steps.n)
+            steps.close()
+        results.append(res)
+    return results

@@ -1,12 +1,14 @@
-"""Find, build and load libvggt_mv_plugins.so (the TensorRT plugins).
+"""Build libvggt_mv_plugins.so (the TensorRT plugins) with CMake into plugins/build/.
 
-Search order: $VGGT_MV_PLUGINS_LIB, plugins/build/libvggt_mv_plugins.so. Building needs
-nvcc, CMake and TensorRT headers; every missing piece is named in the error.
+Building needs nvcc, CMake and TensorRT headers; every missing piece is named in the
+error. Finding and loading the library (explicit path, $VGGT_MV_PLUGINS, then the build
+here) is runtime/trt/plugins.py's job, through TensorRT's plugin registry.
+
+    python plugins/build.py [--archs "80;86;87;89;90"]
 """
 from __future__ import annotations
 
-import ctypes
-import hashlib
+import argparse
 import os
 import shutil
 import subprocess
@@ -21,20 +23,10 @@ class PluginBuildError(RuntimeError):
     pass
 
 
-def library_path() -> Path | None:
-    """Where the library is, without building anything (None when absent)."""
-    env = os.environ.get("VGGT_MV_PLUGINS_LIB")
-    if env:
-        return Path(env) if Path(env).is_file() else None
+def built_library() -> Path | None:
+    """The library this module built, or None (nothing is built here)."""
     cand = BUILD_DIR / LIB_NAME
     return cand if cand.is_file() else None
-
-
-def sha256(path: str | Path | None = None) -> str:
-    path = Path(path) if path else library_path()
-    if path is None:
-        raise PluginBuildError("no plugin library to hash; build it first (python -c 'import plugins; plugins.load()')")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def missing_tools() -> list[str]:
@@ -72,13 +64,15 @@ def build(archs: str | None = None) -> Path:
     return lib
 
 
-def load(path: str | Path | None = None, build_if_missing: bool = True) -> ctypes.CDLL:
-    """Load the plugin library (RTLD_GLOBAL so TensorRT's registry sees getCreators)."""
-    lib = Path(path) if path else library_path()
-    if lib is None:
-        if not build_if_missing:
-            raise PluginBuildError(f"{LIB_NAME} not found (set VGGT_MV_PLUGINS_LIB or build it)")
-        lib = build()
-    if not lib.is_file():
-        raise PluginBuildError(f"plugin library {lib} does not exist")
-    return ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+def main() -> None:
+    ap = argparse.ArgumentParser(description="build " + LIB_NAME + " into " + str(BUILD_DIR))
+    ap.add_argument("--archs", help='CUDA architectures, e.g. "80;86;87;89;90"')
+    args = ap.parse_args()
+    try:
+        print(build(args.archs))
+    except PluginBuildError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

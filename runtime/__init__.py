@@ -3,6 +3,8 @@
 Importing this package imports nothing heavy: names resolve lazily, and only numpy (+
 Pillow for decoding frames) is needed until a backend is created. OnnxSession imports
 onnxruntime, TrtSession imports tensorrt and cuda-python; torch and onnx are never used.
+Layout: layout.py (the bucket folder), dispatch.py, session.py (onnxruntime),
+trt/ (everything TensorRT), preprocess / postprocess / outputs, predictor.py.
 
     from runtime import Predictor
     with Predictor("artifacts", backend="trt") as p:
@@ -19,21 +21,23 @@ _EXPORTS = {
     "Session": "session",
     "OnnxSession": "session",
     "SessionError": "session",
-    "TrtSession": "trt_session",
-    "TrtUnavailableError": "trt_session",
+    "TrtSession": "trt.session",
+    "TrtUnavailableError": "trt.env",
     "BucketIndex": "dispatch",
+    "Bucket": "layout",
     "BucketSpec": "dispatch",
+    "load_manifest": "layout",
     "Selection": "dispatch",
     "UnknownBucketError": "dispatch",
     "FeedError": "dispatch",
     "check_feeds": "dispatch",
     "pad_feeds": "dispatch",
     "trim_outputs": "dispatch",
-    "EnvironmentInfo": "sidecar",
-    "SidecarError": "sidecar",
-    "SidecarMismatchError": "sidecar",
-    "check_sidecar": "sidecar",
-    "read_sidecar": "sidecar",
+    "EnvironmentInfo": "trt.sidecar",
+    "SidecarError": "trt.sidecar",
+    "SidecarMismatchError": "trt.sidecar",
+    "check_sidecar": "trt.sidecar",
+    "read_sidecar": "trt.sidecar",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -4,7 +4,7 @@
     app.command("infer")(infer)
     app.command("build-engine")(build_engine)
 
-Heavy imports (onnxruntime, TensorRT, export/) happen inside the commands so `--help`
+Heavy imports (onnxruntime, TensorRT) happen inside the commands so `--help`
 stays instant and this module imports on a device that only has runtime/.
 """
 from __future__ import annotations
@@ -14,20 +14,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .console import console, warn
+from .console import fail as _fail
+
 __all__ = ["infer", "build_engine"]
-
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    # Text, not markup: messages quote lists like ['images'] that rich would eat as tags.
-    err.print(Text("error: ", style="bold red") + Text(msg), soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _parse_views(text: Optional[str]) -> Optional[list[int]]:
@@ -51,7 +44,7 @@ def infer(
     input: Path = typer.Option(
         ..., "--input", "-i", help="Clip folder laid out as [images/]time_TT/viewV.png "
         "(+ masks/ for ext_mask buckets)."),
-    out: Path = typer.Option(Path("outputs"), "--out", "-o",
+    out: Path = typer.Option(Path("outputs"), "--out",
                              help="Output folder (created; files are replaced atomically)."),
     T: Optional[int] = typer.Option(None, "--T", help="Time steps to run (default: all "
                                     "from --t0)."),
@@ -85,8 +78,13 @@ def infer(
                                     "'auto' (depth when both heads exist)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op "
                                           "threads."),
-    repeat: int = typer.Option(1, "--repeat", min=1, help="Run inference this many times "
-                               "and report the mean (first run = warm-up when > 1)."),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="Timed inference runs; with "
+                                "more than one, the mean of those after the first is "
+                                "reported (the first run is a warm-up)."),
+    repeat_alias: Optional[int] = typer.Option(None, "--repeat", min=1, hidden=True,
+                                               help="old spelling of --repeats"),
+    warmup: int = typer.Option(0, "--warmup", min=0, help="Untimed runs between the first "
+                               "run and the timed ones."),
     compress: bool = typer.Option(False, "--compress", help="Compress predictions.npz."),
 ) -> None:
     """Run VGGT_MV on a multi-view clip: writes predictions.npz, a colored PLY point
@@ -95,12 +93,13 @@ def infer(
     from .errors import RuntimeDataError
     from .predictor import Predictor
     from .session import SessionError
-    from .sidecar import SidecarError
+    from .trt.sidecar import SidecarError
 
     if (engine is None) == (onnx is None):
         _fail("give exactly one of --engine DIR (TensorRT) or --onnx DIR (onnxruntime)")
     if engine is not None and precision not in (None, "fp16", "int8", "fp32"):
         _fail(f"--precision must be fp16, int8 or fp32, got {precision!r}")
+    repeats = repeat_alias or repeats
     view_list = _parse_views(views)
     pct = None if conf_percentile is not None and conf_percentile < 0 else conf_percentile
     t_start = time.perf_counter()
@@ -114,10 +113,12 @@ def infer(
         with pred_obj as predictor:
             pred = predictor.predict(input, T=T, N=N, t0=t0, views=view_list)
             runs = [pred.timing["inference"]]
-            if repeat > 1:
+            if repeats > 1 or warmup:
                 entry = predictor.index[pred.bucket]
                 sel = predictor.select(pred.T, pred.N, entry.spec.H, entry.spec.W)
-                for _ in range(repeat - 1):
+                for _ in range(warmup):
+                    predictor.run_selection(sel, pred.feeds)
+                for _ in range(repeats - 1):
                     t1 = time.perf_counter()
                     predictor.run_selection(sel, pred.feeds)
                     runs.append(time.perf_counter() - t1)
@@ -137,12 +138,12 @@ def infer(
             table.add_row(k, f"{pred.timing[k]:.3f}")
     if len(runs) > 1:
         steady = runs[1:]
-        table.add_row(f"inference mean of {len(steady)} (after warm-up)",
+        table.add_row(f"inference mean of {len(steady)} (after {1 + warmup} warm-up)",
                       f"{sum(steady) / len(steady):.3f}")
     table.add_row("total", f"{time.perf_counter() - t_start:.3f}")
     console.print(table)
     for note in pred.notes:
-        err.print(Text("warning: ", style="bold yellow") + Text(note), soft_wrap=True)
+        warn(note)
     console.print(f"wrote {written['npz']}, {written['ply']} ({written['points']:,} points), "
                   f"{len(written['depth_png'])} depth + {len(written['confidence_png'])} "
                   f"confidence PNGs, {written['run_json']}", markup=False, soft_wrap=True)
@@ -182,7 +183,8 @@ def build_engine(
     precision lives in the ONNX: works the same on TensorRT 10.3 / JetPack 6 and 11.x).
     Writes model.<precision>.engine and model.<precision>.engine.json (sidecar: TensorRT
     version, GPU, compute capability, plugin sha256, bucket, source ONNX sha256, options)."""
-    from export.engine import EngineBuildError, build_engines, format_plan, plan_build
+    from .layout import TIMING_CACHE, is_bucket
+    from .trt.build import EngineBuildError, build_engines, format_plan, plan_build
 
     chosen = [p for p, on in (("fp16", fp16), ("int8", int8), ("fp32", fp32)) if on]
     if len(chosen) != 1:
@@ -195,8 +197,8 @@ def build_engine(
             cache = timing_cache
         else:
             first = dirs[0]
-            base = first.parent if (first / "manifest.json").is_file() else first
-            cache = base / "timing.cache"
+            base = first.parent if is_bucket(first) else first
+            cache = base / TIMING_CACHE
     opts = {"builder_optimization_level": opt_level} if opt_level is not None else {}
     if version_compatible:
         opts["version_compatible"] = True

@@ -11,7 +11,6 @@ numpy + stdlib only.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -19,7 +18,19 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .errors import NonFiniteError, RuntimeDataError
-from .sidecar import PRECISIONS
+from .layout import (
+    ENGINE_PATTERN,
+    PRECISIONS,
+    Bucket,
+    ManifestIO,
+    bucket_folders,
+    engine_filename,
+    is_bucket,
+    load_manifest,
+)
+
+# The manifest's bucket; one type with export's (runtime/layout.py), kept under this name.
+BucketSpec = Bucket
 
 __all__ = [
     "BucketSpec",
@@ -36,13 +47,6 @@ __all__ = [
     "load_manifest",
 ]
 
-ENGINE_PATTERN = "model.{precision}.engine"
-
-
-def engine_filename(precision: str) -> str:
-    return ENGINE_PATTERN.format(precision=precision)
-
-
 class UnknownBucketError(RuntimeDataError):
     """No exported bucket fits the requested clip; the message lists the available ones."""
 
@@ -51,34 +55,8 @@ class FeedError(RuntimeDataError):
     """Inputs do not match the bucket's names, shapes or dtypes, or hold NaN/Inf."""
 
 
-@dataclass(frozen=True)
-class BucketSpec:
-    """The bucket of a manifest (mirrors export.buckets.Bucket without importing export)."""
-
-    T: int
-    N: int
-    H: int
-    W: int
-    batch: int = 1
-    single_view: bool = False
-    ext_mask: bool = False
-    name: str = ""
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "BucketSpec":
-        return cls(int(d["T"]), int(d["N"]), int(d["H"]), int(d["W"]), int(d.get("batch", 1)),
-                   bool(d.get("single_view", False)), bool(d.get("ext_mask", False)),
-                   str(d.get("name", "")))
-
-    def describe(self) -> str:
-        layout = f"S={self.T} single-view" if self.single_view else f"T={self.T}, N={self.N}"
-        extra = ", ext_mask" if self.ext_mask else ""
-        batch = f", batch {self.batch}" if self.batch != 1 else ""
-        return f"{self.name} ({layout}, {self.H}x{self.W}{batch}{extra})"
-
-
 @dataclass
-class BucketEntry:
+class BucketEntry(ManifestIO):
     folder: Path
     manifest: dict[str, Any]
     spec: BucketSpec
@@ -88,14 +66,6 @@ class BucketEntry:
     @property
     def name(self) -> str:
         return self.spec.name
-
-    @property
-    def inputs(self) -> dict[str, dict[str, Any]]:
-        return self.manifest["inputs"]
-
-    @property
-    def outputs(self) -> dict[str, dict[str, Any]]:
-        return self.manifest["outputs"]
 
 
 @dataclass(frozen=True)
@@ -119,19 +89,6 @@ class Selection:
         return self.pad_T > 0 or self.pad_N > 0
 
 
-def load_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / "manifest.json"
-    try:
-        m = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RuntimeDataError(f"{path} is corrupt ({e}); re-export the bucket") from e
-    for key in ("bucket", "inputs", "outputs"):
-        if key not in m:
-            raise RuntimeDataError(f"{path} has no {key!r}; re-export the bucket with "
-                                   f"`python cli.py export`")
-    return m
-
-
 class BucketIndex:
     """Exported buckets found under one or more folders, keyed by bucket name."""
 
@@ -151,17 +108,10 @@ class BucketIndex:
             roots = [Path(root_or_dirs)]
         else:
             roots = [Path(p) for p in root_or_dirs]
-        folders: list[Path] = []
-        for r in roots:
-            if not r.is_dir():
-                raise FileNotFoundError(f"bucket folder not found: {r}")
-            if (r / "manifest.json").is_file():
-                folders.append(r)
-            else:
-                # Skip the scratch folders export leaves while it runs (.T2_..partial-xxx).
-                folders += sorted(d for d in r.iterdir() if d.is_dir()
-                                  and not d.name.startswith(".")
-                                  and (d / "manifest.json").is_file())
+        missing = [r for r in roots if not r.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"bucket folder not found: {missing[0]}")
+        folders = [f for f in bucket_folders(roots) if is_bucket(f)]
         if not folders:
             raise FileNotFoundError(
                 f"no exported buckets (folders with manifest.json) in "
@@ -169,9 +119,7 @@ class BucketIndex:
         entries = []
         for f in folders:
             m = load_manifest(f)
-            spec = BucketSpec.from_dict(m["bucket"])
-            if not spec.name:
-                spec = BucketSpec(**{**spec.__dict__, "name": f.name})
+            spec = Bucket.from_dict(m["bucket"])
             engines = {}
             for prec in PRECISIONS:
                 eng = f / engine_filename(prec)

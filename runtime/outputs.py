@@ -5,55 +5,16 @@ long run never leaves a truncated PLY/PNG that a later step would silently read.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
-from typing import IO, Iterator
 
 import numpy as np
 
 from .errors import RuntimeDataError
+from .layout import atomic_write  # the one atomic writer; re-exported for callers
 
 __all__ = ["atomic_write", "write_ply", "read_ply", "colorize", "save_png", "COLORMAPS"]
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``.
-
-    The temporary file lives in the same directory because os.replace is only atomic within
-    one file system. On any exception the temporary file is removed and ``path`` is left as
-    it was (absent, or its previous complete content).
-    """
-    if mode not in ("wb", "w"):
-        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; results are meant to be shared like any other output file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # Persist the rename itself; not all platforms allow opening a directory.
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 # ------------------------------------------------------------------------------------- PLY

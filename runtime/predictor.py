@@ -183,7 +183,7 @@ class Predictor:
             sess = self._sessions.get(entry.name)
             if sess is None:
                 if self.backend == "trt":
-                    from .trt_session import TrtSession  # noqa: PLC0415
+                    from .trt.session import TrtSession  # noqa: PLC0415
 
                     sess = TrtSession(entry.folder, plugin_lib=self.plugin_lib,
                                       use_cuda_graph=self.use_cuda_graph,

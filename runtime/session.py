@@ -17,13 +17,11 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .dispatch import BucketSpec, load_manifest, check_feeds
+from .dispatch import check_feeds
 from .errors import RuntimeDataError
+from .layout import PLUGIN_GRAPH, PORTABLE_GRAPH, Bucket, ManifestIO, load_manifest
 
 __all__ = ["Session", "OnnxSession", "SessionError", "PLUGIN_GRAPH", "PORTABLE_GRAPH"]
-
-PORTABLE_GRAPH = "model.onnx"
-PLUGIN_GRAPH = "model.plugins.onnx"
 
 _PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                      "tensorrt": "TensorrtExecutionProvider"}
@@ -45,7 +43,7 @@ class Session(Protocol):
     def outputs(self) -> dict[str, dict[str, Any]]: ...
 
     @property
-    def bucket(self) -> BucketSpec: ...
+    def bucket(self) -> Bucket: ...
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
@@ -65,7 +63,20 @@ def _has_plugin_nodes(path: Path, manifest: Mapping[str, Any]) -> bool:
                                            manifest.get("attention_sites", {"x": 1}).values())
 
 
-class OnnxSession:
+class ClosingSession:
+    """Context-manager behaviour every session shares: ``with`` closes it."""
+
+    def close(self) -> None:  # pragma: no cover - every session overrides it
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class OnnxSession(ClosingSession, ManifestIO):
     """A bucket graph in onnxruntime; see the module docstring for thread safety."""
 
     backend = "onnxruntime"
@@ -74,11 +85,8 @@ class OnnxSession:
                  providers: Sequence[str] | str = ("CPUExecutionProvider",),
                  threads: int | None = None):
         self.folder = Path(bucket_dir)
-        if not (self.folder / "manifest.json").is_file():
-            raise FileNotFoundError(f"{self.folder} is not an exported bucket (no "
-                                    f"manifest.json); run `python cli.py export` first")
         self.manifest = load_manifest(self.folder)
-        self._bucket = BucketSpec.from_dict(self.manifest["bucket"])
+        self._bucket = Bucket.from_dict(self.manifest["bucket"])
         self.path = self.folder / graph
         if not self.path.is_file():
             present = sorted(p.name for p in self.folder.glob("*.onnx"))
@@ -132,15 +140,7 @@ class OnnxSession:
         self._out_names = list(self.outputs)
 
     @property
-    def inputs(self) -> dict[str, dict[str, Any]]:
-        return self.manifest["inputs"]
-
-    @property
-    def outputs(self) -> dict[str, dict[str, Any]]:
-        return self.manifest["outputs"]
-
-    @property
-    def bucket(self) -> BucketSpec:
+    def bucket(self) -> Bucket:
         return self._bucket
 
     @property
@@ -161,12 +161,6 @@ class OnnxSession:
 
     def close(self) -> None:
         self._sess = None
-
-    def __enter__(self) -> "OnnxSession":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"OnnxSession({self.folder.name}/{self.path.name}, "

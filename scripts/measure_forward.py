@@ -25,7 +25,9 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=392)
     ap.add_argument("--width", type=int, default=518)
     ap.add_argument("--preset", default="vggt_mv_1b")
-    ap.add_argument("--scene", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mv_scene"))
+    ap.add_argument("--input", "--scene", dest="scene", help="frames folder (--scene: old "
+                    "spelling)", default=str(Path(__file__).resolve().parents[2] / "shared"
+                                             / "data" / "mv_scene"))
     args = ap.parse_args()
     torch.manual_seed(0)
     t0 = time.perf_counter()

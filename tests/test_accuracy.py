@@ -9,10 +9,10 @@ import torch
 from typer.testing import CliRunner
 
 import cli
-from export.accuracy.check import evaluate_pair, run_check
-from export.accuracy.metrics import rotation_error_deg
-from export.accuracy.profiles import PROFILES, load_profiles
+from accuracy.check import run_check
 from export.buckets import Bucket
+from export.compare import PROFILES, load_profiles, rotation_error_deg
+from export.compare import evaluate as evaluate_pair
 from export.exporter import export_bucket
 from export.pipeline import validation_feeds
 from vggt_mv.config import tiny_config
@@ -155,8 +155,97 @@ def test_check_covers_quantized_graphs(bucket, tmp_path, mv_scene):
     # A profile the FP16 graph cannot meet makes the command exit non-zero.
     strict = tmp_path / "strict.json"
     strict.write_text(json.dumps({"fp16": {"max_depth_absrel": 1e-9}}))
-    res = CliRunner().invoke(cli.app, ["check", "--bucket", str(folder), "--inputs",
+    res = CliRunner().invoke(cli.app, ["check", "--bucket", str(folder), "--input",
                                        str(mv_scene), "--backend", wanted[0], "--profiles",
                                        str(strict), "--out", str(tmp_path / "s")])
     assert res.exit_code == 1, res.output
     assert "depth_absrel" in json.dumps(json.loads((tmp_path / "s" / "summary.json").read_text()))
+
+
+# ------------------------------------------------- TensorRT through the runtime session
+class _FakeSession:
+    """Stands in for runtime.TrtSession (same protocol), backed by onnxruntime, so the
+    TensorRT path of `check` runs on a CPU: which class is built, with what arguments,
+    and that it is closed, are what this checks."""
+
+    made: list = []
+
+    def __init__(self, engine_dir, precision=None, **kwargs):
+        from runtime.session import OnnxSession
+
+        self._inner = OnnxSession(engine_dir, graph="model.plugins.onnx")
+        self.closed = False
+        _FakeSession.made.append(self)
+        self.args = (engine_dir, precision)
+
+    inputs = property(lambda self: self._inner.inputs)
+    outputs = property(lambda self: self._inner.outputs)
+    bucket = property(lambda self: self._inner.bucket)
+
+    def run(self, feeds):
+        return self._inner.run(feeds)
+
+    def close(self):
+        self.closed = True
+        self._inner.close()
+
+
+def test_check_runs_tensorrt_through_the_runtime_session(bucket, tmp_path, monkeypatch,
+                                                          mv_scene):
+    import accuracy.runners as runners
+    from runtime.trt import session as trt_session
+
+    folder = tmp_path / bucket.name
+    shutil.copytree(bucket, folder, ignore=shutil.ignore_patterns("check"))
+    (folder / "model.fp32.engine").write_bytes(b"stand-in: the fake session never reads it")
+    monkeypatch.setattr(trt_session, "TrtSession", _FakeSession)
+    monkeypatch.setattr(runners, "unavailable_reason", lambda device=0: None)
+    _FakeSession.made = []
+    m = json.loads((folder / "manifest.json").read_text())
+    feeds, _ = validation_feeds(Bucket.from_dict(m["bucket"]), str(mv_scene))
+    summary = run_check(folder, [feeds], tmp_path / "r", backends=["tensorrt:model.fp32.engine"],
+                        log=lambda s: None)
+    assert list(summary["backends"]) == ["tensorrt:model.fp32.engine"]
+    assert summary["backends"]["tensorrt:model.fp32.engine"]["profile"] == "fp32"
+    assert summary["passed"]
+    (made,) = _FakeSession.made
+    assert made.args == (folder, "fp32") and made.closed
+
+
+def test_tensorrt_backend_is_skipped_with_its_reason(bucket, tmp_path, monkeypatch):
+    import accuracy.runners as runners
+
+    folder = tmp_path / bucket.name
+    shutil.copytree(bucket, folder, ignore=shutil.ignore_patterns("check"))
+    (folder / "model.fp16.engine").write_bytes(b"x")
+    monkeypatch.setattr(runners, "unavailable_reason", lambda device=0: "no NVIDIA GPU visible")
+    found = dict(runners.available_backends(folder))
+    assert found["tensorrt:model.fp16.engine"] == "no NVIDIA GPU visible"
+    assert found["onnxrt:model.onnx"] is None and "quantize --fp16" in found["onnxrt:model.fp16.onnx"]
+
+
+def test_session_runner_adapts_any_session():
+    from collections import OrderedDict
+
+    from accuracy.runners import SessionRunner
+
+    class Doubler:
+        inputs = {"x": {"shape": [2, 3], "dtype": "float32"}}
+        outputs = {"y": {"shape": [2, 3], "dtype": "float32"}}
+        closed = False
+
+        def run(self, feeds):
+            return {"y": feeds["x"] * 2}
+
+        def close(self):
+            Doubler.closed = True
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with SessionRunner(Doubler, "fake") as r:
+        meta = r.get_input_metadata()
+        assert list(meta["x"].shape) == [2, 3]
+        out = r.infer(OrderedDict(x=x))
+        np.testing.assert_array_equal(out["y"], 2 * x)
+        with pytest.raises(Exception):
+            r.infer(OrderedDict(x=x[:1]))  # Polygraphy checks shapes against the session
+    assert Doubler.closed

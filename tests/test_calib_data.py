@@ -3,24 +3,19 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from calib import (  # noqa: E402
+from calib import (
     build_calibration_set,
     load_calibration_set,
     sample_clips,
     split_clips,
 )
-from runtime import errors  # noqa: E402
-from runtime.preprocess import PREPROCESS_RULE, discover_scene, load_clip  # noqa: E402
+from runtime import errors
+from runtime.preprocess import PREPROCESS_RULE, discover_scene, load_clip
 
 pytest.importorskip("PIL.Image", reason="Pillow decodes the calibration frames")
 

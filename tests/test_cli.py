@@ -16,13 +16,39 @@ def invoke(*args):
 def test_help_lists_commands():
     res = invoke("--help")
     assert res.exit_code == 0
-    for cmd in ("export", "model-info", "inspect-checkpoint"):
+    for cmd in ("export", "model-info", "inspect-checkpoint", "check", "bench", "infer",
+                "build-engine", "calibrate", "quantize"):
         assert cmd in res.output
+
+
+def test_version():
+    res = invoke("--version")
+    assert res.exit_code == 0 and res.output.startswith("vggt-mv-deploy ")
+
+
+def test_conventions_are_the_same_in_every_command():
+    """--input reads frames, --repeats / --warmup time, -o is a config override only."""
+    import re
+
+    helps = {c: re.sub(r"\x1b\[[0-9;]*m", "", invoke(c, "--help").output)
+             for c in ("export", "check", "calibrate", "infer", "bench", "model-info")}
+    for c in ("export", "check", "calibrate", "infer"):
+        assert "--input" in helps[c] and "--inputs" not in helps[c], c
+    for c in ("infer", "bench"):
+        assert "--repeats" in helps[c] and "--warmup" in helps[c], c
+    for c, text in helps.items():
+        if " -o " in text:
+            assert "--option" in text, c
+
+
+def test_bad_override_is_an_error_not_a_traceback():
+    res = invoke("model-info", "--preset", "tiny", "-o", "no_equals_sign")
+    assert res.exit_code == 2 and "key=value" in res.output
 
 
 def test_export_tiny_two_buckets_real_frames(tmp_path, mv_scene):
     res = invoke("export", "--preset", "tiny", "--T", "1,2", "--N", "2", "--height", 28,
-                 "--width", 42, "--inputs", mv_scene, "--out", tmp_path)
+                 "--width", 42, "--input", mv_scene, "--out", tmp_path)
     assert res.exit_code == 0, res.output
     assert "RANDOM" in res.output and "export summary" in res.output
     for name in ("T1_N2_28x42", "T2_N2_28x42"):
@@ -33,7 +59,7 @@ def test_export_tiny_two_buckets_real_frames(tmp_path, mv_scene):
 
 def test_export_rejects_bad_bucket_without_writing(tmp_path):
     res = invoke("export", "--preset", "tiny", "--T", "2", "--N", "2", "--height", 30,
-                 "--out", tmp_path)
+                 "--inputs", tmp_path, "--out", tmp_path)  # the old spelling still parses
     assert res.exit_code == 2 and "multiples of 14" in res.output
     assert not any(tmp_path.iterdir())
 

@@ -1,4 +1,4 @@
-"""export/engine.py: build plans and `build-engine --dry-run` (run anywhere); the real
+"""runtime/trt/build.py: build plans and `build-engine --dry-run` (run anywhere); the real
 TensorRT build is covered in test_runtime.py and skips without TensorRT and a GPU."""
 import json
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from export.engine import (
+from runtime.trt.build import (
     GRAPH_FOR_PRECISION,
     EngineBuildError,
     build_engines,
@@ -15,7 +15,7 @@ from export.engine import (
     parse_workspace,
     plan_build,
 )
-from runtime.sidecar import sha256_file
+from runtime.layout import sha256_file
 
 
 def _bucket(root: Path, name="T2_N2_42x56", graphs=("model.plugins.onnx",), sites=14,
@@ -41,12 +41,9 @@ def lib(tmp_path) -> Path:
 
 
 def cli() -> typer.Typer:
-    from runtime.commands import build_engine, infer
+    import cli as command_line  # the real command line: runtime's commands as users see them
 
-    a = typer.Typer()
-    a.command("build-engine")(build_engine)
-    a.command("infer")(infer)
-    return a
+    return command_line.app
 
 
 def test_parse_workspace():
@@ -145,13 +142,10 @@ def test_build_without_tensorrt_says_what_is_missing(tmp_path, lib):
 
 def test_build_without_gpu_says_so(tmp_path, lib):
     pytest.importorskip("tensorrt", reason="TensorRT not installed")
-    from runtime.sidecar import GpuUnavailableError, detect_gpu
+    from runtime.trt.env import detect_gpu
 
-    try:
-        detect_gpu()
+    if detect_gpu() is not None:
         pytest.skip("a GPU is present; this test covers TensorRT without a GPU")
-    except GpuUnavailableError:
-        pass
     plan = plan_build([_bucket(tmp_path)], "fp32", plugins=lib)
     with pytest.raises(EngineBuildError, match="no GPU"):
         build_engines(plan)

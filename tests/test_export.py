@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from export.buckets import Bucket, BucketError, make_buckets
-from export.exporter import ExportError, export_bucket, load_manifest
+from export.exporter import ExportError, export_bucket
+from runtime.layout import ManifestError, load_manifest
 from export.pipeline import ExportOptions, ValidationError, make_validator
 from export.surgery import SurgeryError, surgery
 from plugins import contract
@@ -183,7 +184,7 @@ def test_bad_buckets_are_explained():
 
 def test_corrupt_manifest(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ExportError, match="corrupt"):
+    with pytest.raises(ManifestError, match="corrupt"):
         load_manifest(tmp_path)
     with pytest.raises(FileNotFoundError, match="not an exported bucket"):
         load_manifest(tmp_path / "nope")

@@ -20,19 +20,14 @@ The rig is static: every time step stores identical cameras.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from runtime import errors  # noqa: E402
-from runtime.outputs import atomic_write, colorize, read_ply, save_png, write_ply  # noqa: E402
-from runtime.postprocess import (  # noqa: E402
+from runtime import errors
+from runtime.outputs import atomic_write, colorize, read_ply, save_png, write_ply
+from runtime.postprocess import (
     assert_finite,
     camera_centers,
     camera_to_world,
@@ -48,7 +43,7 @@ from runtime.postprocess import (  # noqa: E402
     unproject_pixels,
     world_to_camera,
 )
-from runtime.preprocess import map_pixels, target_size_for, transform_intrinsics  # noqa: E402
+from runtime.preprocess import map_pixels, target_size_for, transform_intrinsics
 
 SCENE = Path(os.environ.get("VGGT_MV_SCENE")
              or Path(__file__).resolve().parents[2] / "shared" / "data" / "mv_scene")

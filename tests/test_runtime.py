@@ -30,16 +30,15 @@ from runtime.errors import (
 )
 from runtime.outputs import read_ply
 from runtime.predictor import NPZ_NAME, PLY_NAME, Predictor
-from runtime.sidecar import (
+from runtime.layout import sha256_file, sidecar_path_for
+from runtime.trt.env import GpuUnavailableError, detect_gpu, require_gpu
+from runtime.trt.sidecar import (
     EnvironmentInfo,
-    GpuUnavailableError,
     SidecarError,
     SidecarMismatchError,
     check_sidecar,
-    detect_gpu,
     make_sidecar,
     read_sidecar,
-    sidecar_path_for,
     write_sidecar,
 )
 
@@ -110,12 +109,9 @@ def small_scene(mv_scene, tmp_path):
 
 
 def app() -> typer.Typer:
-    from runtime.commands import build_engine, infer
+    import cli as command_line  # the real command line: runtime's commands as users see them
 
-    a = typer.Typer()
-    a.command("infer")(infer)
-    a.command("build-engine")(build_engine)
-    return a
+    return command_line.app
 
 
 # ------------------------------------------------------------------- end to end (ORT)
@@ -457,17 +453,16 @@ def test_sidecar_refuses_other_plugin_library():
 def test_environment_detection_here(tmp_path):
     import importlib.util
 
-    from runtime.sidecar import sha256_file
-
     lib = tmp_path / "libvggt_mv_plugins.so"
     lib.write_bytes(b"stand-in")
     env = EnvironmentInfo.detect(plugin_library=lib)
     assert env.plugin_sha256 == sha256_file(lib) and env.plugin_library == str(lib)
     assert (env.tensorrt_version is None) == (importlib.util.find_spec("tensorrt") is None)
-    try:
-        gpu = detect_gpu()
-    except GpuUnavailableError:
+    gpu = detect_gpu()  # None, never an exception, where there is no GPU
+    if gpu is None:
         assert env.gpu_name is None and env.compute_capability is None
+        with pytest.raises(GpuUnavailableError):
+            require_gpu()
     else:
         assert (env.gpu_name, env.compute_capability) == (gpu.name, gpu.compute_capability)
 
@@ -496,7 +491,7 @@ def _engine_folder(tmp_path) -> Path:
 
 
 def test_trt_session_without_tensorrt_names_what_is_missing(tmp_path):
-    from runtime.trt_session import TrtSession, TrtUnavailableError
+    from runtime.trt.session import TrtSession, TrtUnavailableError
 
     try:
         import tensorrt  # noqa: F401
@@ -504,7 +499,7 @@ def test_trt_session_without_tensorrt_names_what_is_missing(tmp_path):
     except ImportError:
         pass
     d = _engine_folder(tmp_path)
-    with pytest.raises(TrtUnavailableError, match="TensorRT Python bindings are not installed"):
+    with pytest.raises(TrtUnavailableError, match="TensorRT is not installed"):
         TrtSession(d)
     with pytest.raises(FileNotFoundError, match="build-engine --int8"):
         TrtSession(d, precision="int8")
@@ -518,14 +513,14 @@ def test_trt_session_without_tensorrt_names_what_is_missing(tmp_path):
 def _require_trt_gpu():
     pytest.importorskip("tensorrt", reason="TensorRT not installed")
     try:
-        detect_gpu()
+        require_gpu()
     except GpuUnavailableError as e:
         pytest.skip(f"no GPU: {e}")
 
 
 def test_trt_session_refuses_mismatched_sidecar(tmp_path):
     _require_trt_gpu()
-    from runtime.trt_session import TrtSession
+    from runtime.trt.session import TrtSession
 
     d = _engine_folder(tmp_path)
     side = read_sidecar(d / "model.fp16.engine.json")
@@ -537,8 +532,8 @@ def test_trt_session_refuses_mismatched_sidecar(tmp_path):
 
 def test_trt_session_matches_onnxruntime(bucket_root, mv_scene):
     _require_trt_gpu()
-    from export.engine import build_engines, plan_build
-    from runtime.trt_session import TrtSession
+    from runtime.trt.build import build_engines, plan_build
+    from runtime.trt.session import TrtSession
 
     plan = plan_build([bucket_root / BUCKET], "fp32")
     if not plan.ok:
@@ -560,8 +555,9 @@ def test_trt_session_matches_onnxruntime(bucket_root, mv_scene):
 
 # ---------------------------------------------------------------------- hygiene
 def test_runtime_import_pulls_no_heavy_modules():
-    code = ("import sys, runtime, runtime.dispatch, runtime.sidecar, runtime.session, "
-            "runtime.trt_session, runtime.predictor, runtime.commands\n"
+    code = ("import sys, runtime, runtime.dispatch, runtime.layout, runtime.session, "
+            "runtime.trt.sidecar, runtime.trt.session, runtime.trt.build, runtime.trt.plugins, "
+            "runtime.predictor, runtime.commands\n"
             "from runtime import Predictor, OnnxSession, TrtSession, BucketIndex, "
             "check_sidecar\n"
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', "

@@ -26,7 +26,6 @@ def test_missing_tools_are_named(monkeypatch):
     monkeypatch.delenv("CUDACXX", raising=False)
     monkeypatch.delenv("TENSORRT_INCLUDE_DIR", raising=False)
     monkeypatch.delenv("TENSORRT_ROOT", raising=False)
-    monkeypatch.delenv("VGGT_MV_PLUGINS_LIB", raising=False)
     missing = build.missing_tools()
     assert any("cmake" in m for m in missing) and any("nvcc" in m for m in missing)
     with pytest.raises(build.PluginBuildError, match="nvcc"):

@@ -5,32 +5,46 @@ TensorRT 11 has no FP16/INT8 builder flags and no implicit calibration; TensorRT
 makes one graph mean one thing everywhere: precision lives in the ONNX (FP16 casts,
 INT8 Q/DQ), produced before the build by calib/ (quantize/convert the portable graph,
 then surgery, so plugin sites keep their FP16/FP32 I/O and the quantizer never sees a
-plugin op). This module only picks the graph for a precision and builds it.
+plugin op). This module only picks the graph for a precision and builds it. It needs only
+runtime/ and TensorRT, so engines are built on the target (a Jetson).
 
 Thin over pure functions: ``plan_build`` validates everything that can be checked without
 TensorRT (it is what ``--dry-run`` prints), ``build_engines`` does the TensorRT work.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from runtime.dispatch import engine_filename
-from runtime.sidecar import (
-    EnvironmentInfo,
-    GpuUnavailableError,
-    detect_gpu,
-    make_sidecar,
-    parse_version,
-    resolve_plugin_library,
+from ..layout import (
+    MANIFEST,
+    PRECISIONS,
+    atomic_write_bytes,
+    bucket_folders,
+    engine_filename,
+    load_manifest,
+    plugin_graph,
     sha256_file,
     sidecar_path_for,
-    write_sidecar,
 )
+from .env import (
+    GpuUnavailableError,
+    TrtUnavailableError,
+    import_tensorrt,
+    make_logger,
+    require_gpu,
+)
+from .plugins import (
+    LIB_NAME,
+    PLUGIN_LIBRARY_ENV,
+    PluginLoadError,
+    load_plugin_library,
+    resolve_plugin_library,
+)
+from .sidecar import EnvironmentInfo, make_sidecar, write_sidecar
 
 __all__ = [
     "GRAPH_FOR_PRECISION",
@@ -44,16 +58,10 @@ __all__ = [
     "plan_build",
     "format_plan",
     "build_engines",
-    "MIN_TENSORRT",
 ]
 
-PRECISIONS = ("fp32", "fp16", "int8")
 # The graph each precision builds from; fp16/int8 are written by calib/ (quantization).
-GRAPH_FOR_PRECISION = {
-    "fp32": "model.plugins.onnx",
-    "fp16": "model.fp16.plugins.onnx",
-    "int8": "model.int8.plugins.onnx",
-}
+GRAPH_FOR_PRECISION = {p: plugin_graph(p) for p in PRECISIONS}
 CREATE_GRAPH_HINT = {
     "fp32": "python cli.py export (it writes model.plugins.onnx)",
     "fp16": "the FP16 conversion in calib/ (e.g. `python cli.py quantize --fp16 --bucket "
@@ -61,8 +69,6 @@ CREATE_GRAPH_HINT = {
     "int8": "INT8 quantization in calib/ (e.g. `python cli.py quantize --int8 --calib DIR "
             "--bucket {bucket}`), which writes model.int8.plugins.onnx",
 }
-MIN_TENSORRT = (10, 3)
-DEFAULT_TIMING_CACHE = "timing.cache"
 # TensorRT 10.3's ONNX parser reads IR <= 10 and opsets it knows (<= 20).
 TRT103_MAX_IR, TRT103_MAX_OPSET = 10, 20
 
@@ -143,18 +149,6 @@ class BuildResult:
     message: str = ""
 
 
-def _bucket_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if (p / "manifest.json").is_file() or not p.is_dir():
-            out.append(p)  # a bucket (or a missing path, reported by plan_build)
-        else:
-            subs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")
-                          and (d / "manifest.json").is_file())
-            out += subs or [p]
-    return out
-
-
 def plan_build(bucket_dirs: Iterable[str | Path], precision: str, calib: str | Path | None = None,
                plugins: str | Path | None = None, workspace: str | int | None = None,
                timing_cache: str | Path | None = None, *,
@@ -167,7 +161,7 @@ def plan_build(bucket_dirs: Iterable[str | Path], precision: str, calib: str | P
     if precision not in PRECISIONS:
         raise EngineBuildError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     plan_problems: list[str] = []
-    dirs = _bucket_dirs(bucket_dirs)
+    dirs = bucket_folders(list(bucket_dirs))
     if not dirs:
         plan_problems.append("no bucket folders given (--bucket DIR, or an export root)")
     ws = None
@@ -191,15 +185,14 @@ def plan_build(bucket_dirs: Iterable[str | Path], precision: str, calib: str | P
         if not d.is_dir():
             item.problems.append(f"bucket folder {d} does not exist")
             continue
-        mpath = d / "manifest.json"
-        if not mpath.is_file():
-            item.problems.append(f"{d} has no manifest.json: not an exported bucket "
+        try:
+            manifest = load_manifest(d)
+        except FileNotFoundError:
+            item.problems.append(f"{d} has no {MANIFEST}: not an exported bucket "
                                  f"(run `python cli.py export`)")
             continue
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            item.problems.append(f"{mpath} is corrupt ({e}); re-export the bucket")
+        except ValueError as e:  # ManifestError: corrupt or incomplete
+            item.problems.append(str(e))
             continue
         item.manifest = manifest
         item.bucket = dict(manifest.get("bucket", {}))
@@ -226,9 +219,9 @@ def plan_build(bucket_dirs: Iterable[str | Path], precision: str, calib: str | P
         plan_problems.append(str(e))
     if lib is None and needs and not any("plugin library" in p for p in plan_problems):
         plan_problems.append(
-            "plugin library libvggt_mv_plugins.so not found: the plugin graphs hold "
-            "vggt_mv::Vggt*Attention nodes; build it (plugins/build.py) and pass --plugins "
-            "PATH or set $VGGT_MV_PLUGINS")
+            f"plugin library {LIB_NAME} not found: the plugin graphs hold "
+            f"vggt_mv::Vggt*Attention nodes; build it (python plugins/build.py) and pass "
+            f"--plugins PATH or set ${PLUGIN_LIBRARY_ENV}")
     if lib is not None:
         sha = sha256_file(lib)
     cache = Path(timing_cache) if timing_cache else None
@@ -272,41 +265,9 @@ def format_plan(plan: BuildPlan) -> str:
 # ------------------------------------------------------------------------- TensorRT
 def _require_tensorrt():
     try:
-        import tensorrt as trt  # noqa: PLC0415
-    except ImportError as e:
-        import importlib.util  # noqa: PLC0415
-
-        if any(importlib.util.find_spec(m) for m in ("tensorrt_lean", "tensorrt_lean_bindings")):
-            raise EngineBuildError(
-                "only the TensorRT lean runtime is installed; it runs engines but cannot "
-                "build them (no Builder/OnnxParser): install the full `tensorrt` package"
-            ) from e
-        raise EngineBuildError(
-            "TensorRT is not installed: building engines needs the full TensorRT Python "
-            "package with the builder and ONNX parser (x86: `pip install tensorrt` 10.3+ "
-            "or 11.x on a machine with an NVIDIA GPU; JetPack 6: `sudo apt install "
-            "python3-libnvinfer python3-libnvinfer-dev`). `--dry-run` works without it."
-        ) from e
-    if parse_version(trt.__version__)[:2] < MIN_TENSORRT:
-        raise EngineBuildError(f"TensorRT {trt.__version__} is too old; 10.3 (JetPack 6) or "
-                               f"newer is required (strongly typed networks, IPluginV3)")
-    if not hasattr(trt, "Builder") or not hasattr(trt, "OnnxParser"):
-        raise EngineBuildError(f"the installed TensorRT {trt.__version__} is a runtime-only "
-                               f"(lean/dispatch) package without Builder/OnnxParser; install "
-                               f"the full `tensorrt` package to build engines")
-    return trt
-
-
-def _make_logger(trt, sink: list[str]):
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity, msg) -> None:  # noqa: ANN001 - TensorRT callback
-            if int(severity) <= int(trt.ILogger.Severity.WARNING):
-                sink.append(f"[{str(severity).split('.')[-1]}] {msg}")
-
-    return _Logger()
+        return import_tensorrt(allow_lean=False, need_builder=True)
+    except TrtUnavailableError as e:
+        raise EngineBuildError(str(e)) from e
 
 
 def _make_progress_monitor(trt, bar_factory: Callable[[str, int], Any] | None):
@@ -363,22 +324,19 @@ def build_engines(plan: BuildPlan, *, log: Callable[[str], None] = print,
                                + "\n  - ".join(plan.all_problems))
     trt = _require_tensorrt()
     try:
-        gpu = detect_gpu(device)
+        gpu = require_gpu(device)
     except GpuUnavailableError as e:
         raise EngineBuildError(f"no GPU to build on: {e}. TensorRT tunes engines on the GPU "
                                f"that will run them; build on the target (e.g. the Jetson)"
                                ) from e
     messages: list[str] = []
-    logger = _make_logger(trt, messages)
+    logger = make_logger(trt, messages)
     if hasattr(trt, "init_libnvinfer_plugins"):
         trt.init_libnvinfer_plugins(logger, "")
     if plan.plugin_library is not None:
-        from runtime.session import SessionError  # noqa: PLC0415
-        from runtime.trt_session import load_plugin_library  # noqa: PLC0415
-
         try:
             load_plugin_library(trt, plan.plugin_library)
-        except SessionError as e:
+        except PluginLoadError as e:
             raise EngineBuildError(f"{e}: {'; '.join(messages[-5:])}") from e
     env = EnvironmentInfo(str(trt.__version__), gpu.name, gpu.compute_capability,
                           plan.plugin_sha256, str(plan.plugin_library or "") or None)
@@ -398,10 +356,7 @@ def build_engines(plan: BuildPlan, *, log: Callable[[str], None] = print,
             results.append(BuildResult(item, "failed", time.perf_counter() - t0, 0, str(e)))
             log(f"{item.bucket_name}: FAILED: {e}")
             continue
-        from runtime.outputs import atomic_write  # noqa: PLC0415
-
-        with atomic_write(item.engine_path) as f:
-            f.write(serialized)
+        atomic_write_bytes(item.engine_path, serialized)
         secs = time.perf_counter() - t0
         contract_version = item.manifest.get("contract_version")
         opts = {**plan.build_options(),
@@ -415,8 +370,7 @@ def build_engines(plan: BuildPlan, *, log: Callable[[str], None] = print,
             contract_version=contract_version, build_seconds=secs)
         write_sidecar(item.sidecar_path, side)
         if plan.timing_cache is not None and cache_bytes:
-            with atomic_write(plan.timing_cache) as f:
-                f.write(cache_bytes)
+            atomic_write_bytes(plan.timing_cache, cache_bytes)
         results.append(BuildResult(item, "built", secs, item.engine_path.stat().st_size))
         log(f"{item.bucket_name}: built {item.engine_path} in {secs:.1f} s")
     return results

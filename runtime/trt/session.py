@@ -1,6 +1,6 @@
 """TensorRT backend: `TrtSession` runs a bucket engine built by `python cli.py build-engine`.
 
-Dependencies: numpy, the TensorRT Python bindings (10.3 on JetPack 6, 10.x / 11.x on x86)
+Dependencies (imported through env.py): numpy, the TensorRT Python bindings (10.3 on JetPack 6, 10.x / 11.x on x86)
 and cuda-python for memory, streams and CUDA graphs. Everything is imported when a
 session is created, never at module import.
 
@@ -25,18 +25,24 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .dispatch import BucketSpec, check_feeds, engine_filename
-from .session import SessionError
-from .sidecar import (
-    PRECISIONS,
-    EnvironmentInfo,
+from ..dispatch import check_feeds
+from ..layout import PRECISIONS, Bucket, engine_filename, sha256_bytes, sha256_file
+from ..session import ClosingSession, SessionError
+from .env import (
+    MIN_TENSORRT,
     GpuUnavailableError,
+    TrtUnavailableError,
+    import_cudart,
+    import_tensorrt,
+    make_logger,
+    require_gpu,
+)
+from .plugins import PluginLoadError, load_plugin_library, resolve_plugin_library
+from .sidecar import (
+    EnvironmentInfo,
     SidecarMismatchError,
     check_sidecar,
-    detect_gpu,
     read_sidecar,
-    resolve_plugin_library,
-    sha256_file,
     sidecar_path_for,
 )
 
@@ -45,11 +51,6 @@ __all__ = ["TrtSession", "TrtUnavailableError", "CudaError", "find_engine",
 
 # Without an explicit precision: FP16 is the deployment default; INT8 trades accuracy.
 PRECISION_PREFERENCE = ("fp16", "int8", "fp32")
-MIN_TENSORRT = (10, 3)  # JetPack 6; strongly typed networks + IPluginV3 + execute_async_v3
-
-
-class TrtUnavailableError(SessionError):
-    """TensorRT, cuda-python or a GPU is missing; the message says which and how to fix."""
 
 
 class CudaError(RuntimeError):
@@ -80,52 +81,6 @@ def find_engine(engine_dir: str | Path, precision: str | None = None) -> Path:
                             f"`python cli.py build-engine --fp16 --bucket {folder}`")
 
 
-def import_tensorrt(allow_lean: bool = True):
-    """The full TensorRT bindings, else (allow_lean) the lean runtime bindings, which can
-    only deserialize version-compatible engines (`build-engine --version-compatible`)."""
-    try:
-        import tensorrt as trt  # noqa: PLC0415
-    except ImportError as e:
-        try:
-            if not allow_lean:
-                raise
-            trt = _import_lean()
-        except ImportError:
-            raise TrtUnavailableError(
-                "TensorRT Python bindings are not installed. x86: `pip install tensorrt` "
-                "(10.3+ or 11.x, matching your CUDA); JetPack 6: `sudo apt install "
-                f"python3-libnvinfer` (TensorRT 10.3). ({e})") from e
-    from .sidecar import parse_version
-
-    if parse_version(trt.__version__)[:2] < MIN_TENSORRT:
-        raise TrtUnavailableError(f"TensorRT {trt.__version__} is too old: this runtime "
-                                  f"needs {'.'.join(map(str, MIN_TENSORRT))} or newer")
-    return trt
-
-
-def _import_lean():
-    # The tensorrt-lean metapackage provides `tensorrt_lean`; the bare bindings wheel
-    # (tensorrt-lean-cuXX-bindings) only `tensorrt_lean_bindings`.
-    try:
-        import tensorrt_lean as trt  # noqa: PLC0415
-    except ImportError:
-        import tensorrt_lean_bindings as trt  # noqa: PLC0415
-    return trt
-
-
-def import_cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # noqa: PLC0415
-    except ImportError:
-        try:
-            from cuda import cudart  # noqa: PLC0415 - cuda-python < 12.6
-        except ImportError as e:
-            raise TrtUnavailableError(
-                "cuda-python is not installed: `pip install cuda-python` with the major "
-                "version of your CUDA (12.x on JetPack 6)") from e
-    return cudart
-
-
 def _check(result: Any, what: str) -> Any:
     """cuda-python returns (err, *values); raise on error, return the value(s)."""
     err, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
@@ -138,29 +93,7 @@ def _check(result: Any, what: str) -> Any:
     return rest[0] if len(rest) == 1 else rest
 
 
-_PLUGIN_HANDLES: dict[tuple[str, str], Any] = {}
-_PLUGIN_LOCK = threading.Lock()
-
-
-def load_plugin_library(trt, lib: Path) -> Any:
-    """Load a plugin library into the process-wide registry once per TensorRT module.
-
-    The global registry is what deserialize_cuda_engine consults for plugin creators;
-    loading the same library again for a second session would register its creators
-    twice, and the cached handle keeps it loaded for the life of the process."""
-    key = (trt.__name__, str(lib))
-    with _PLUGIN_LOCK:
-        handle = _PLUGIN_HANDLES.get(key)
-        if handle is None:
-            handle = trt.get_plugin_registry().load_library(str(lib))
-            if handle is None:
-                raise SessionError(f"TensorRT could not load the plugin library {lib} (see "
-                                   f"the TensorRT log); was it built for this TensorRT?")
-            _PLUGIN_HANDLES[key] = handle
-        return handle
-
-
-class TrtSession:
+class TrtSession(ClosingSession):
     """A TensorRT engine with its sidecar checked; see the module docstring."""
 
     backend = "tensorrt"
@@ -174,7 +107,7 @@ class TrtSession:
         self.engine_path = find_engine(self.folder, precision)
         self.sidecar = read_sidecar(sidecar_path_for(self.engine_path))
         self.precision = self.sidecar["precision"]
-        self._bucket = BucketSpec.from_dict(self.sidecar["bucket"])
+        self._bucket = Bucket.from_dict(self.sidecar["bucket"])
 
         trt = import_tensorrt()
         self.lean = trt.__name__.startswith("tensorrt_lean")
@@ -187,7 +120,7 @@ class TrtSession:
                 f"`python cli.py build-engine --version-compatible`")
         cudart = import_cudart()
         try:
-            gpu = detect_gpu(device)
+            gpu = require_gpu(device)
         except GpuUnavailableError as e:
             raise TrtUnavailableError(f"cannot run {self.engine_path}: {e}") from e
         lib = resolve_plugin_library(plugin_lib)
@@ -197,7 +130,7 @@ class TrtSession:
                                  allow_gpu_model_mismatch=allow_gpu_model_mismatch)
         data = self.engine_path.read_bytes()
         want = self.sidecar.get("engine_sha256")
-        if want and _sha256_bytes(data) != want:
+        if want and sha256_bytes(data) != want:
             problems.append(f"{self.engine_path.name} is not the engine its sidecar describes "
                             f"(sha256 differs); rebuild it with `python cli.py build-engine`")
         if problems:
@@ -206,10 +139,13 @@ class TrtSession:
 
         _check(cudart.cudaSetDevice(device), "cudaSetDevice")
         self._trt, self._cudart = trt, cudart
-        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._logger = make_logger(trt)
         if hasattr(trt, "init_libnvinfer_plugins"):  # absent from the lean runtime
             trt.init_libnvinfer_plugins(self._logger, "")
-        self._plugin_handle = load_plugin_library(trt, lib) if lib is not None else None
+        try:
+            self._plugin_handle = load_plugin_library(trt, lib) if lib is not None else None
+        except PluginLoadError as e:
+            raise SessionError(str(e)) from e
         self._runtime = trt.Runtime(self._logger)
         if version_compatible and not self.sidecar["build_options"].get(
                 "exclude_lean_runtime", False):
@@ -288,7 +224,7 @@ class TrtSession:
                 for n, s in self._io.items() if not s["input"]}
 
     @property
-    def bucket(self) -> BucketSpec:
+    def bucket(self) -> Bucket:
         return self._bucket
 
     # -------------------------------------------------------------------------- run
@@ -374,12 +310,6 @@ class TrtSession:
             self._engine = None
             self._runtime = None
 
-    def __enter__(self) -> "TrtSession":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def __del__(self) -> None:
         try:
             self.close()
@@ -389,10 +319,3 @@ class TrtSession:
     def __repr__(self) -> str:
         return (f"TrtSession({self.engine_path}, {self.precision}, "
                 f"cuda_graph={self.use_cuda_graph})")
-
-
-def _sha256_bytes(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-

@@ -7,20 +7,25 @@ deserialization failure, a changed plugin library silently computes something el
 every engine gets a JSON sidecar recording it, and ``check_sidecar`` turns each mismatch
 into a sentence that says what to do.
 
-Pure Python: the GPU/TensorRT probes import their libraries only when called.
+Pure Python: the GPU/TensorRT probes (env.py) import their libraries only when called.
 """
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import json
-import os
 import platform
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from ..layout import (
+    PRECISIONS,
+    SIDECAR_SUFFIX,
+    atomic_write_json,
+    sha256_file,
+    sidecar_path_for,
+)
+from .env import detect_gpu, parse_version, tensorrt_version
 
 __all__ = [
     "SIDECAR_VERSION",
@@ -28,9 +33,7 @@ __all__ = [
     "PRECISIONS",
     "SidecarError",
     "SidecarMismatchError",
-    "GpuUnavailableError",
     "EnvironmentInfo",
-    "GpuInfo",
     "sidecar_path_for",
     "make_sidecar",
     "validate_sidecar",
@@ -38,15 +41,9 @@ __all__ = [
     "read_sidecar",
     "write_sidecar",
     "sha256_file",
-    "detect_gpu",
-    "parse_version",
-    "resolve_plugin_library",
-    "PLUGIN_LIBRARY_ENV",
 ]
 
 SIDECAR_VERSION = 1
-SIDECAR_SUFFIX = ".json"
-PRECISIONS = ("fp32", "fp16", "int8")
 _REQUIRED = ("sidecar_version", "engine", "tensorrt_version", "gpu", "plugins", "bucket",
              "precision", "source_onnx", "build_options", "inputs", "outputs")
 
@@ -65,73 +62,7 @@ class SidecarMismatchError(SidecarError):
                          f"environment:\n{lines}")
 
 
-class GpuUnavailableError(RuntimeError):
-    """No CUDA driver or no CUDA device on this machine."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    """'10.3.0.26' -> (10, 3, 0, 26); non-numeric suffixes ('11.4.1.post1') are dropped."""
-    parts = []
-    for tok in str(text).strip().split("."):
-        m = re.match(r"\d+", tok)
-        if m is None:
-            break
-        parts.append(int(m.group()))
-    return tuple(parts)
-
-
-PLUGIN_LIBRARY_ENV = "VGGT_MV_PLUGINS"
-
-
-def resolve_plugin_library(explicit: str | Path | None = None) -> Path | None:
-    """The plugin library to load: explicit path, else $VGGT_MV_PLUGINS, else the one
-    plugins/build.py places in the source tree (absent on a device that only has runtime/).
-
-    An explicit path that does not exist is an error rather than a silent fallback, since
-    loading another library than the one asked for would build or run the wrong kernels.
-    """
-    if explicit is not None:
-        p = Path(explicit)
-        if not p.is_file():
-            raise FileNotFoundError(f"plugin library not found: {p}")
-        return p.resolve()
-    env = os.environ.get(PLUGIN_LIBRARY_ENV)
-    if env:
-        p = Path(env)
-        if not p.is_file():
-            raise FileNotFoundError(f"${PLUGIN_LIBRARY_ENV}={env} does not exist")
-        return p.resolve()
-    try:
-        from plugins.build import library_path  # noqa: PLC0415 - optional source tree
-
-        p = Path(library_path())
-    except Exception:  # noqa: BLE001 - plugins/ absent or unbuilt: no default library
-        return None
-    return p.resolve() if p.is_file() else None
-
-
-def sidecar_path_for(engine_path: str | Path) -> Path:
-    p = Path(engine_path)
-    return p.with_name(p.name + SIDECAR_SUFFIX)
-
-
 # ------------------------------------------------------------------------ environment
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: str  # "8.7": a string so JSON and comparisons stay exact
-    index: int = 0
-    total_memory_mb: int | None = None
-
-
 @dataclass
 class EnvironmentInfo:
     """What the engine will meet on this machine (or met on the build machine)."""
@@ -147,16 +78,8 @@ class EnvironmentInfo:
     def detect(cls, plugin_library: str | Path | None = None, device: int = 0,
                contract_version: str | None = None) -> "EnvironmentInfo":
         """Probe TensorRT, the GPU and the plugin library; missing pieces stay None."""
-        try:
-            import tensorrt as trt  # noqa: PLC0415 - lazy on purpose
-
-            trt_version = str(trt.__version__)
-        except ImportError:
-            trt_version = None
-        try:
-            gpu = detect_gpu(device)
-        except GpuUnavailableError:
-            gpu = None
+        trt_version = tensorrt_version()
+        gpu = detect_gpu(device)
         sha = None
         if plugin_library is not None and Path(plugin_library).is_file():
             sha = sha256_file(plugin_library)
@@ -166,71 +89,6 @@ class EnvironmentInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # noqa: PLC0415
-    except ImportError:
-        from cuda import cudart  # noqa: PLC0415  (cuda-python < 12.6 layout)
-    return cudart
-
-
-def detect_gpu(device: int = 0) -> GpuInfo:
-    """Name and compute capability of CUDA device ``device``.
-
-    Uses cuda-python when installed, else the driver API through ctypes, so that
-    `build-engine` can report "no GPU" precisely even where cuda-python is absent.
-    """
-    try:
-        cudart = _cudart()
-    except ImportError:
-        return _detect_gpu_ctypes(device)
-    err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or count == 0:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        raise GpuUnavailableError(f"no CUDA device visible (cudaGetDeviceCount: {err}, "
-                                  f"CUDA_VISIBLE_DEVICES={visible!r})")
-    if device >= count:
-        raise GpuUnavailableError(f"CUDA device {device} requested, {count} present")
-    err, prop = cudart.cudaGetDeviceProperties(device)
-    if int(err) != 0:
-        raise GpuUnavailableError(f"cudaGetDeviceProperties({device}) failed: {err}")
-    name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
-    return GpuInfo(name.rstrip("\x00"), f"{prop.major}.{prop.minor}", device,
-                   int(prop.totalGlobalMem // (1 << 20)))
-
-
-_CU_CC_MAJOR, _CU_CC_MINOR = 75, 76  # CUdevice_attribute values from cuda.h
-
-
-def _detect_gpu_ctypes(device: int) -> GpuInfo:
-    lib = None
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    if lib is None:
-        raise GpuUnavailableError("no CUDA driver on this machine (libcuda.so.1 not found); "
-                                  "TensorRT needs an NVIDIA GPU with its driver installed")
-    rc = lib.cuInit(0)
-    if rc != 0:
-        raise GpuUnavailableError(f"CUDA driver present but cuInit failed (CUresult {rc}): "
-                                  f"no usable GPU")
-    count = ctypes.c_int(0)
-    lib.cuDeviceGetCount(ctypes.byref(count))
-    if count.value <= device:
-        raise GpuUnavailableError(f"CUDA device {device} requested, {count.value} present")
-    dev = ctypes.c_int(0)
-    lib.cuDeviceGet(ctypes.byref(dev), device)
-    buf = ctypes.create_string_buffer(256)
-    lib.cuDeviceGetName(buf, 256, dev)
-    major, minor = ctypes.c_int(0), ctypes.c_int(0)
-    lib.cuDeviceGetAttribute(ctypes.byref(major), _CU_CC_MAJOR, dev)
-    lib.cuDeviceGetAttribute(ctypes.byref(minor), _CU_CC_MINOR, dev)
-    return GpuInfo(buf.value.decode(errors="replace"), f"{major.value}.{minor.value}", device)
 
 
 # ---------------------------------------------------------------------------- schema
@@ -314,12 +172,7 @@ def write_sidecar(path: str | Path, side: Mapping[str, Any]) -> Path:
     problems = validate_sidecar(side)
     if problems:
         raise SidecarError("refusing to write a malformed sidecar: " + "; ".join(problems))
-    from .outputs import atomic_write
-
-    with atomic_write(path, "w") as f:
-        json.dump(side, f, indent=2)
-        f.write("\n")
-    return Path(path)
+    return atomic_write_json(path, side)
 
 
 # ---------------------------------------------------------------------------- checks

@@ -1,43 +1,43 @@
-"""`check` and `bench` commands (registered in cli.py)."""
+"""`check` and `bench` commands (registered in cli.py); heavy imports inside."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-# Logs redirected to files should not squeeze tables to 80 columns.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+from runtime.console import console, fail
 
 
 def check(
     bucket: Path = typer.Option(..., help="exported bucket folder"),
-    inputs: str = typer.Option("random", help="'random' (seeded) or a folder of real frames like ../shared/data/mv_scene"),
+    input: str = typer.Option("random", "--input", "-i", help="'random' (seeded) or a folder "
+                              "of real frames like ../shared/data/mv_scene"),
+    inputs_alias: Optional[str] = typer.Option(None, "--inputs", hidden=True,
+                                               help="old spelling of --input"),
     out: Optional[Path] = typer.Option(None, help="report folder (default: <bucket>/check)"),
     profiles: Optional[Path] = typer.Option(None, help="JSON overriding tolerance profiles, e.g. {\"fp16\": {\"atol\": 0.1}}"),
     backend: list[str] = typer.Option([], help="limit to these backends (e.g. onnxrt:model.plugins.onnx); PyTorch always runs"),
     seed: int = typer.Option(0, help="seed for random inputs"),
 ) -> None:
-    """Compare every available backend of a bucket against PyTorch with Polygraphy:
-    tensor errors, camera rotation/translation, depth AbsRel / delta<1.25, point error;
-    writes Polygraphy JSON, summary.json and report.md with depth and error pictures.
-    Exit 1 when a backend fails its precision profile."""
-    from export.accuracy.check import run_check
-    from export.buckets import Bucket
-    from export.exporter import load_manifest
+    """Compare every available backend of a bucket against PyTorch with Polygraphy, each
+    through the runtime session `infer` uses: tensor errors, camera rotation/translation,
+    depth AbsRel / delta<1.25, point error; writes Polygraphy JSON, summary.json and
+    report.md with depth and error pictures. Exit 1 when a backend fails its profile."""
+    from accuracy.check import run_check
     from export.pipeline import validation_feeds
+    from runtime.layout import CHECK_DIR, Bucket, load_manifest
 
+    frames = inputs_alias or input
     try:
         m = load_manifest(bucket)
-        feeds, desc = validation_feeds(Bucket.from_dict(m["bucket"]), inputs, seed)
+        feeds, desc = validation_feeds(Bucket.from_dict(m["bucket"]), frames, seed)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(2)
-    out = out or bucket / "check"
-    summary = run_check(bucket, [feeds], out, profiles, backend or None, log=console.print)
+        fail(str(e))
+    out = out or bucket / CHECK_DIR
+    summary = run_check(bucket, [feeds], out, profiles, backend or None,
+                        log=lambda s: console.print(s, markup=False))
     table = Table(title=f"check {summary['bucket']} ({desc})")
     for col in ("backend", "profile", "max rot deg", "depth AbsRel", "delta<1.25", "result"):
         table.add_column(col)
@@ -50,29 +50,38 @@ def check(
     for name, reason in summary["skipped"].items():
         table.add_row(name, "-", "-", "-", "-", f"skipped: {reason}")
     console.print(table)
-    console.print(f"report: {out / 'report.md'}")
+    console.print(f"report: {out / 'report.md'}", markup=False)
     if not summary["passed"]:
         raise typer.Exit(1)
 
 
 def bench(
     bucket: Path = typer.Option(..., help="exported bucket folder"),
-    repeats: int = typer.Option(3, help="timed runs per backend"),
-    warmup: int = typer.Option(1, help="untimed runs first"),
-    backend: list[str] = typer.Option([], help="backends to time (default: all available)"),
+    repeats: int = typer.Option(3, min=1, help="timed runs per backend"),
+    warmup: int = typer.Option(1, min=0, help="untimed runs first"),
+    backend: list[str] = typer.Option([], help="backends to time, e.g. pytorch, "
+                                      "onnxrt:model.onnx (default: all available)"),
     out: Optional[Path] = typer.Option(None, help="JSON to write (default: <bucket>/bench.json)"),
 ) -> None:
     """Latency (median, p90), throughput and peak memory per backend, each backend in its
-    own process; GPU backends are listed as skipped without a GPU."""
-    from export.accuracy.bench import run_bench
-    from export.accuracy.runners import available_backends
-    from export.artifacts import write_json_atomic
+    own process, through the same runners as `check`; GPU backends are listed as skipped
+    without a GPU. Exit 1 when a backend fails to run."""
+    from accuracy.bench import run_bench
+    from accuracy.runners import available_backends
+    from runtime.layout import BENCH, atomic_write_json, is_bucket
 
+    if not is_bucket(bucket):
+        fail(f"{bucket} is not an exported bucket (no manifest.json); run `python cli.py "
+             f"export` first")
     found = available_backends(bucket)
+    known = {b for b, _ in found}
+    unknown = [b for b in backend if b not in known]
+    if unknown:
+        fail(f"unknown backend(s) {unknown}; this bucket has {sorted(known)}")
     names = [b for b, r in found if r is None and (not backend or b in backend)]
-    skipped = {b: r for b, r in found if r is not None}
+    skipped = {b: r for b, r in found if r is not None and (not backend or b in backend)}
     res = run_bench(bucket, names, repeats, warmup, skipped)
-    path = write_json_atomic(out or bucket / "bench.json", res)
+    path = atomic_write_json(out or bucket / BENCH, res)
     table = Table(title=f"bench {bucket.name}: {repeats} runs after {warmup} warm-up")
     for col in ("backend", "median s", "p90 s", "frames/s", "peak MB"):
         table.add_column(col)
@@ -85,4 +94,6 @@ def bench(
     for b, reason in skipped.items():
         table.add_row(b, "skipped", reason, "", "")
     console.print(table)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", markup=False)
+    if any("error" in r for r in res["rows"]):
+        raise typer.Exit(1)

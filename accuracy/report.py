@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.outputs import atomic_write, colorize, save_png
+from runtime.layout import atomic_write
+from runtime.outputs import colorize, save_png
 
 
 def _frames(depth: np.ndarray, max_frames: int = 2):

@@ -1,14 +1,19 @@
-"""Polygraphy runners for every backend of a bucket, behind one factory."""
+"""Polygraphy runners for every backend of a bucket, behind one factory: PyTorch (the
+reference) and the runtime sessions through one adapter."""
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
+
+from export.compare import precision_of
+from runtime.layout import ALL_GRAPHS, PRECISIONS, engine_filename
+from runtime.trt.env import unavailable_reason
 
 
 class TorchRunner(BaseRunner):
@@ -58,53 +63,70 @@ class TorchRunner(BaseRunner):
         self.model = None
 
 
+class SessionRunner(BaseRunner):
+    """Any runtime session (OnnxSession, TrtSession: the ``runtime.session.Session``
+    protocol) as a Polygraphy runner, so `check` and `bench` measure exactly the code
+    path `infer` deploys, sidecar checks included. The session is created on activate."""
+
+    def __init__(self, make_session: Callable[[], Any], name: str):
+        super().__init__(name=name, prefix="session-runner")
+        self._make_session = make_session
+        self.session: Any = None
+
+    def activate_impl(self) -> None:
+        self.session = self._make_session()
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        meta = TensorMetadata()
+        for name, spec in self.session.inputs.items():
+            meta.add(name, np.dtype(spec["dtype"]), list(spec["shape"]))
+        return meta
+
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict:
+        t0 = time.perf_counter()
+        out = self.session.run(feed_dict)
+        self.inference_time = time.perf_counter() - t0
+        return OrderedDict((k, out[k]) for k in self.session.outputs)
+
+    def deactivate_impl(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        self.session = None
+
+
 def available_backends(folder: Path) -> list[tuple[str, str | None]]:
     """(backend name, reason it is skipped or None) for everything a bucket may hold."""
     out: list[tuple[str, str | None]] = [("pytorch", None)]
-    for g in ("model.onnx", "model.plugins.onnx", "model.fp16.onnx", "model.fp16.plugins.onnx",
-              "model.int8.onnx", "model.int8.plugins.onnx"):
-        mode = next((m for m in ("fp16", "int8") if f".{m}." in g), None)
-        hint = f"python cli.py quantize --{mode} --bucket {folder}" if mode else \
-            "python cli.py export"
+    for g in ALL_GRAPHS:
+        mode = precision_of(g)
+        hint = (f"python cli.py quantize --{mode} --bucket {folder}" if mode != "fp32"
+                else "python cli.py export")
         out.append((f"onnxrt:{g}", None if (folder / g).is_file() else
                     f"{g} not in the bucket ({hint})"))
-    engines = sorted(folder.glob("model.*.engine"))
-    reason = _trt_unavailable()
+    engines = [engine_filename(p) for p in PRECISIONS if (folder / engine_filename(p)).is_file()]
+    reason = unavailable_reason()
     if engines:
-        out += [(f"tensorrt:{e.name}", reason) for e in engines]
+        out += [(f"tensorrt:{e}", reason) for e in engines]
     else:
         out.append(("tensorrt", reason or "no engine in the bucket (python cli.py build-engine)"))
     return out
 
 
-def _trt_unavailable() -> str | None:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "TensorRT is not installed (and needs an NVIDIA GPU)"
-    from runtime.sidecar import detect_gpu
-
-    return None if detect_gpu() else "no NVIDIA GPU visible"
-
-
 def make_runner(folder: Path, backend: str, manifest: dict[str, Any]) -> BaseRunner:
+    """pytorch, onnxrt:<graph> (runtime.OnnxSession on the CPU) or tensorrt:<engine>
+    (runtime.TrtSession)."""
     if backend == "pytorch":
         return TorchRunner(manifest)
     kind, _, target = backend.partition(":")
-    path = folder / target
     if kind == "onnxrt":
-        if target.endswith("plugins.onnx"):
-            from plugins.reference.ort_ops import polygraphy_runner
+        from runtime.session import OnnxSession
 
-            return polygraphy_runner(path, name=backend)
-        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-
-        return OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]), name=backend)
+        return SessionRunner(lambda: OnnxSession(folder, graph=target, providers="cpu"),
+                             name=backend)
     if kind == "tensorrt":
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+        from runtime.trt import session as trt_session
 
-        import plugins
-
-        plugins.load()
-        return TrtRunner(EngineFromBytes(path.read_bytes()), name=backend)
+        precision = precision_of(target) if target else None
+        return SessionRunner(lambda: trt_session.TrtSession(folder, precision=precision),
+                             name=backend)
     raise ValueError(f"unknown backend {backend!r}")

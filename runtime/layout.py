@@ -1,0 +1,337 @@
+"""The bucket folder: what a bucket is, what every artifact in it is called, how it is read
+and how anything is written into it.
+
+A bucket folder is the hand-off between the steps (export -> calib -> build-engine ->
+runtime), so its shape lives here once and every step imports it: the names below are the
+only place an artifact file name is spelled. Standard library only (runs on a Jetson
+next to TensorRT, imported by export/ and calib/ as well).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator, Mapping
+
+from .errors import RuntimeDataError
+
+__all__ = [
+    "PRECISIONS", "MANIFEST", "PORTABLE_GRAPH", "PLUGIN_GRAPH", "BENCH", "CHECK_DIR",
+    "TIMING_CACHE", "SIDECAR_SUFFIX", "EXTERNAL_DATA_SUFFIX",
+    "portable_graph", "plugin_graph", "ENGINE_PATTERN", "engine_filename", "sidecar_path_for",
+    "precision_report", "ALL_GRAPHS",
+    "Bucket", "BucketError", "ManifestError", "ManifestIO", "load_manifest", "is_bucket", "bucket_folders",
+    "sha256_file", "sha256_bytes", "file_entry",
+    "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+    "atomic_path", "atomic_directory",
+]
+
+# ------------------------------------------------------------------------- file names
+PRECISIONS = ("fp32", "fp16", "int8")
+MANIFEST = "manifest.json"
+PORTABLE_GRAPH = "model.onnx"            # standard ops + vggt_mv.fn local functions
+PLUGIN_GRAPH = "model.plugins.onnx"      # the same graph with TensorRT plugin nodes
+EXTERNAL_DATA_SUFFIX = ".data"           # model.onnx.data, shared by both graphs when large
+BENCH = "bench.json"
+CHECK_DIR = "check"
+TIMING_CACHE = "timing.cache"            # next to the bucket folders, shared by builds
+SIDECAR_SUFFIX = ".json"                 # model.fp16.engine -> model.fp16.engine.json
+ENGINE_PATTERN = "model.{precision}.engine"
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def portable_graph(precision: str = "fp32") -> str:
+    """model.onnx (fp32), model.fp16.onnx, model.int8.onnx."""
+    p = _check_precision(precision)
+    return PORTABLE_GRAPH if p == "fp32" else f"model.{p}.onnx"
+
+
+def plugin_graph(precision: str = "fp32") -> str:
+    """model.plugins.onnx (fp32), model.fp16.plugins.onnx, model.int8.plugins.onnx: the
+    graph build-engine builds each precision from."""
+    p = _check_precision(precision)
+    return PLUGIN_GRAPH if p == "fp32" else f"model.{p}.plugins.onnx"
+
+
+# Every graph a bucket may hold, in the order reports list them.
+ALL_GRAPHS = tuple(g for p in PRECISIONS for g in (portable_graph(p), plugin_graph(p)))
+
+
+def engine_filename(precision: str) -> str:
+    return ENGINE_PATTERN.format(precision=_check_precision(precision))
+
+
+def sidecar_path_for(engine_path: str | Path) -> Path:
+    p = Path(engine_path)
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def precision_report(mode: str) -> str:
+    """precision_fp16.json / precision_int8.json written by calib/precision.py."""
+    return f"precision_{_check_precision(mode)}.json"
+
+
+# ---------------------------------------------------------------------------- bucket
+class BucketError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One fixed (T, N, H, W) shape: TensorRT plugins and sparse patterns are specialised
+    to it, so every shape a user runs is its own bucket folder named ``name``."""
+
+    T: int
+    N: int
+    H: int = 518
+    W: int = 518
+    batch: int = 1
+    single_view: bool = False
+    ext_mask: bool = False
+
+    @property
+    def name(self) -> str:
+        base = f"S{self.T}" if self.single_view else f"T{self.T}_N{self.N}"
+        extra = "_mask" if self.ext_mask else ""
+        batch = f"_B{self.batch}" if self.batch != 1 else ""
+        return f"{base}_{self.H}x{self.W}{batch}{extra}"
+
+    @property
+    def views(self) -> int:
+        return 1 if self.single_view else self.N
+
+    @property
+    def images_shape(self) -> tuple[int, ...]:
+        if self.single_view:
+            return (self.batch, self.T, 3, self.H, self.W)
+        return (self.batch, self.T, self.N, 3, self.H, self.W)
+
+    @property
+    def mask_shape(self) -> tuple[int, ...]:
+        s = self.images_shape
+        return s[:-3] + s[-2:]
+
+    def validate(self, patch_size: int = 14) -> "Bucket":
+        problems = []
+        if self.T < 1 or self.N < 1 or self.batch < 1:
+            problems.append(f"T, N and batch must be >= 1 (got T={self.T}, N={self.N}, "
+                            f"batch={self.batch})")
+        if self.single_view and self.N != 1:
+            problems.append("the single-view layout has N = 1")
+        if (self.H % patch_size or self.W % patch_size or self.H < patch_size
+                or self.W < patch_size):
+            problems.append(f"height and width must be positive multiples of {patch_size} "
+                            f"(got {self.H}x{self.W}; nearest: "
+                            f"{max(1, round(self.H / patch_size)) * patch_size}x"
+                            f"{max(1, round(self.W / patch_size)) * patch_size})")
+        if problems:
+            raise BucketError(f"invalid bucket {self.name}: " + "; ".join(problems))
+        return self
+
+    def describe(self) -> str:
+        layout = f"S={self.T} single-view" if self.single_view else f"T={self.T}, N={self.N}"
+        extra = ", ext_mask" if self.ext_mask else ""
+        batch = f", batch {self.batch}" if self.batch != 1 else ""
+        return f"{self.name} ({layout}, {self.H}x{self.W}{batch}{extra})"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["name"] = self.name
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Bucket":
+        """From a manifest's or sidecar's "bucket" (its "name" is derived, not read)."""
+        try:
+            return cls(int(d["T"]), int(d["N"]), int(d["H"]), int(d["W"]),
+                       int(d.get("batch", 1)), bool(d.get("single_view", False)),
+                       bool(d.get("ext_mask", False)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise BucketError(f"not a bucket description: {dict(d)!r} ({e})") from e
+
+
+# -------------------------------------------------------------------------- manifest
+class ManifestError(RuntimeDataError):
+    """manifest.json is unreadable or lacks what every step relies on."""
+
+
+_MANIFEST_KEYS = ("bucket", "inputs", "outputs")
+
+
+class ManifestIO:
+    """The I/O of anything that holds a bucket's ``manifest`` (a dispatch entry, an
+    onnxruntime session): names -> {shape, dtype}, in graph order."""
+
+    manifest: dict[str, Any]
+
+    @property
+    def inputs(self) -> dict[str, dict[str, Any]]:
+        return self.manifest["inputs"]
+
+    @property
+    def outputs(self) -> dict[str, dict[str, Any]]:
+        return self.manifest["outputs"]
+
+
+def is_bucket(folder: str | Path) -> bool:
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def load_manifest(folder: str | Path) -> dict[str, Any]:
+    """A bucket folder's manifest.json, checked for the keys every step reads."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not an exported bucket (no {MANIFEST}); run "
+                                f"`python cli.py export` first")
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path} is corrupt ({e}); re-export the bucket") from e
+    if not isinstance(m, dict):
+        raise ManifestError(f"{path} is not a JSON object; re-export the bucket")
+    for key in _MANIFEST_KEYS:
+        if key not in m:
+            raise ManifestError(f"{path} has no {key!r}; re-export the bucket with "
+                                f"`python cli.py export`")
+    return m
+
+
+def bucket_folders(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Bucket folders in the order given: a bucket folder stays itself, a folder of bucket
+    folders becomes them (sorted). A missing path, or a folder without buckets, is kept
+    as it is so the caller can name it in its error."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if is_bucket(p) or not p.is_dir():
+            out.append(p)
+            continue
+        # Skip the scratch folders export leaves while it runs (.T2_..partial-xxx).
+        subs = sorted(d for d in p.iterdir()
+                      if d.is_dir() and not d.name.startswith(".") and is_bucket(d))
+        out += subs or [p]
+    return out
+
+
+# ------------------------------------------------------------------------ fingerprints
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Streaming digest: weights and engines are GBs and are never read whole."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_entry(path: Path, root: Path) -> dict[str, Any]:
+    return {"name": str(path.relative_to(root)), "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)}
+
+
+# ---------------------------------------------------------------------- atomic writes
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Persist the rename itself; not every platform allows opening a directory.
+    with contextlib.suppress(OSError):
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to ``path`` for writers that want a file name (onnx.save);
+    on success it is renamed over ``path``, on any exception removed. Same directory
+    because os.replace is only atomic within one file system."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        # mkstemp creates 0600; artifacts are shared like any other file (follow umask).
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """An open temporary file next to ``path``; on success fsynced and renamed over it.
+    On any exception ``path`` is left as it was (absent, or its previous content)."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | Path) -> Iterator[Path]:
+    """A scratch directory next to ``final``; on success it replaces ``final`` whole.
+
+    On any exception (KeyboardInterrupt included) the scratch directory is removed, so an
+    interrupted step never leaves a half-written bucket, and a previous good one at
+    ``final`` stays untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
+        yield tmp
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(final.parent)
