@@ -149,3 +149,54 @@ def test_build_without_gpu_says_so(tmp_path, lib):
     plan = plan_build([_bucket(tmp_path)], "fp32", plugins=lib)
     with pytest.raises(EngineBuildError, match="no GPU"):
         build_engines(plan)
+
+
+def test_tensorrt_messages_reach_python_logging(caplog):
+    """-v / --log-file reach TensorRT: its ILogger forwards to the vggt_mv.tensorrt logger
+    at the matching level, and keeps warnings for error messages (a stand-in module with
+    TensorRT's ILogger shape, since TensorRT is absent here)."""
+    import enum
+    import logging
+    import types
+
+    from runtime.trt.env import make_logger
+
+    class ILogger:
+        class Severity(enum.IntEnum):
+            INTERNAL_ERROR = 0
+            ERROR = 1
+            WARNING = 2
+            INFO = 3
+            VERBOSE = 4
+
+        def __init__(self):
+            pass
+
+    trt = types.SimpleNamespace(ILogger=ILogger)
+    sink: list[str] = []
+    logger = make_logger(trt, sink)
+    tlog = logging.getLogger("vggt_mv.tensorrt")
+    seen = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda r: seen.append((r.levelno, r.getMessage()))
+    tlog.addHandler(handler)
+    old = tlog.level
+    tlog.setLevel(logging.DEBUG)
+    try:
+        logger.log(ILogger.Severity.VERBOSE, "tactic timing")
+        logger.log(ILogger.Severity.WARNING, "weights are fp32")
+    finally:
+        tlog.removeHandler(handler)
+        tlog.setLevel(old)
+    assert seen == [(logging.DEBUG, "tactic timing"), (logging.WARNING, "weights are fp32")]
+    assert sink == ["[WARNING] weights are fp32"]
+
+
+def test_log_file_gets_the_errors(tmp_path):
+    import cli as command_line
+
+    log = tmp_path / "run.log"
+    r = CliRunner().invoke(command_line.app, ["--log-file", str(log), "build-engine", "--fp16",
+                                              "--int8", "--dry-run"])
+    assert r.exit_code == 2, r.output
+    assert "choose exactly one precision" in log.read_text()

@@ -215,6 +215,7 @@ def make_logger(trt, sink: list[str] | None = None):
             level = levels.get(int(severity), logging.INFO)
             _LOG.log(level, msg)
             if sink is not None and level >= logging.WARNING:
-                sink.append(f"[{str(severity).split('.')[-1]}] {msg}")
+                name = getattr(severity, "name", None) or str(severity).split(".")[-1]
+                sink.append(f"[{name}] {msg}")
 
     return _Logger()
