@@ -200,3 +200,16 @@ def test_log_file_gets_the_errors(tmp_path):
                                               "--int8", "--dry-run"])
     assert r.exit_code == 2, r.output
     assert "choose exactly one precision" in log.read_text()
+
+
+def test_plan_names_missing_and_corrupt_manifests(tmp_path, lib):
+    good = _bucket(tmp_path / "root")
+    bad = tmp_path / "root" / "T4_N2_42x56"
+    bad.mkdir()
+    (bad / "manifest.json").write_text("{not json")
+    plan = plan_build([good.parent, tmp_path / "nowhere"], "fp32", plugins=lib)
+    problems = "\n".join(plan.all_problems)
+    assert "corrupt" in problems and "re-export" in problems
+    assert "does not exist" in problems
+    assert not plan.ok and [i.bucket_dir.name for i in plan.items] == [
+        "T2_N2_42x56", "T4_N2_42x56", "nowhere"]

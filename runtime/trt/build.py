@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 from ..layout import (
     MANIFEST,
     PRECISIONS,
+    ManifestError,
     atomic_write_bytes,
     bucket_folders,
     engine_filename,
@@ -191,7 +192,7 @@ def plan_build(bucket_dirs: Iterable[str | Path], precision: str, calib: str | P
             item.problems.append(f"{d} has no {MANIFEST}: not an exported bucket "
                                  f"(run `python cli.py export`)")
             continue
-        except ValueError as e:  # ManifestError: corrupt or incomplete
+        except ManifestError as e:  # corrupt or incomplete
             item.problems.append(str(e))
             continue
         item.manifest = manifest
