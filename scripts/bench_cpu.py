@@ -37,11 +37,13 @@ else:
     import onnxruntime as ort
     graph = Path(folder) / backend
     if backend.endswith("plugins.onnx"):
-        from plugins.reference.ort_ops import session_options
+        from plugins.reference.ort_ops import session_options, session_source
         so = session_options()
+        src = session_source(graph, so)
     else:
         so = ort.SessionOptions()
-    sess = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
+        src = str(graph)
+    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     def run():
         sess.run(None, feeds)
 for _ in range(warmup):
