@@ -3,9 +3,15 @@
 TensorRT 11 has no FP16 builder flag: in a strongly typed network precision is what the
 ONNX says. So the conversion is explicit: each weight layer gets FP16 weights, a Cast of
 its activation to FP16 and a Cast of its result back to FP32. LayerNorm, Softmax,
-reductions, the head activations (exp, expp1, inv_log) and the attention sites (vggt_mv.fn
-functions, later plugins) stay FP32 — the ops that overflow or lose range in FP16 ViTs.
-Graph inputs and outputs stay FP32, so runtime/ does not change.
+reductions and the head activations (exp, expp1, inv_log) stay FP32 — the ops that
+overflow or lose range in FP16 ViTs. Graph inputs and outputs stay FP32, so runtime/ does
+not change.
+
+Attention sites (vggt_mv.fn calls, later the plugins) get FP16 q, k, v and give FP16 out,
+cast back to FP32: that is what lets an FP16 engine reach the tensor-core kernel, the most
+expensive part of the model. The softmax statistics and sums stay FP32 inside the kernel
+(and inside the portable function bodies, which cast to FP32 and back); the bias factors
+r, c and the sparse landmarks keep their types.
 
 Why not a library converter (tried with ModelOpt 0.47 / onnxconverter-common 1.16):
 ModelOpt's autocast (modelopt.onnx.autocast.convert_to_mixed_precision) classifies the
@@ -20,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from plugins import contract
 
 from .graph_utils import (
     DEFAULT_EXCLUDE,
@@ -62,20 +70,29 @@ def convert_fp16(model: onnx.ModelProto, exclude=DEFAULT_EXCLUDE) -> tuple[onnx.
             fp16_of[name] = new
         return fp16_of[name]
 
-    for k, node in enumerate(model.graph.node):
-        if k not in targets:
-            new_nodes.append(node)
-            continue
-        ins = list(node.input)
-        x = ins[0]
+    def half(x: str, node: onnx.NodeProto) -> str:
         if x not in cast_of:
             cast_of[x] = unique_name(f"{x}_fp16", taken)
             new_nodes.append(helper.make_node("Cast", [x], [cast_of[x]], to=TensorProto.FLOAT16,
                                               name=unique_name(f"{node.name}_in_fp16", taken)))
-        ins[0] = cast_of[x]
-        for j in range(1, min(len(ins), 3)):  # weight and bias
-            if ins[j] in inits:
-                ins[j] = fp16_init(ins[j])
+        return cast_of[x]
+
+    n_attention = 0
+    for k, node in enumerate(model.graph.node):
+        is_attention = node.domain in (contract.FUNCTION_DOMAIN, contract.ONNX_DOMAIN)
+        if k not in targets and not is_attention:
+            new_nodes.append(node)
+            continue
+        ins = list(node.input)
+        if is_attention:  # q, k, v
+            n_attention += 1
+            for j in range(3):
+                ins[j] = half(ins[j], node)
+        else:
+            ins[0] = half(ins[0], node)
+            for j in range(1, min(len(ins), 3)):  # weight and bias
+                if ins[j] in inits:
+                    ins[j] = fp16_init(ins[j])
         out = node.output[0]
         half_out = unique_name(f"{out}_fp16", taken)
         del node.input[:]
@@ -88,4 +105,5 @@ def convert_fp16(model: onnx.ModelProto, exclude=DEFAULT_EXCLUDE) -> tuple[onnx.
     # Intermediate shapes recorded by the exporter may now carry the old element type.
     del model.graph.value_info[:]
     return model, {"converted_nodes": len(targets), "excluded_nodes": n_excluded,
+                   "fp16_attention_sites": n_attention,
                    "fp16_initializers": len(new_inits), **excluded_names}

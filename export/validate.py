@@ -13,14 +13,16 @@ def run_onnx(path: str | Path, feeds: Mapping[str, np.ndarray], plugins: bool,
     """Runs a bucket graph in onnxruntime on the CPU (plugin ops via the CPU reference)."""
     import onnxruntime as ort
 
+    src: str | bytes = str(path)
     if plugins:
-        from plugins.reference.ort_ops import session_options
+        from plugins.reference.ort_ops import session_options, session_source
         so = session_options()
+        src = session_source(path, so)
     else:
         so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     inputs = {i.name for i in sess.get_inputs()}
     outs = sess.run(names, {k: v for k, v in feeds.items() if k in inputs})

@@ -106,20 +106,23 @@ class OnnxSession(ClosingSession, ManifestIO):
         self.uses_plugins = _has_plugin_nodes(self.path, self.manifest)
         if self.uses_plugins:
             try:
-                from plugins.reference.ort_ops import session_options  # noqa: PLC0415
+                from plugins.reference.ort_ops import (  # noqa: PLC0415
+                    session_options, session_source)
             except ImportError as e:
                 raise SessionError(
                     f"{graph} holds vggt_mv plugin nodes; running it in onnxruntime needs "
                     f"the CPU reference ops (plugins/reference/ort_ops.py and "
                     f"onnxruntime-extensions): {e}. Or use graph='{PORTABLE_GRAPH}'") from e
             so = session_options()
+            src = session_source(self.path, so)  # float16 plugin sites widened for the CPU
         else:
             so = ort.SessionOptions()
+            src = str(self.path)
         if threads:
             so.intra_op_num_threads = int(threads)
         t0 = time.perf_counter()
         try:
-            self._sess = ort.InferenceSession(str(self.path), so, providers=self.providers)
+            self._sess = ort.InferenceSession(src, so, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise SessionError(f"onnxruntime cannot load {self.path}: {e}") from e
         self.load_seconds = time.perf_counter() - t0

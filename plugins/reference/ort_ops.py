@@ -28,9 +28,10 @@ def register() -> None:
     common = {"plugin_version": S, "plugin_namespace": S}
     dom = contract.ONNX_DOMAIN
 
-    # A Python custom op has one fixed input type per op type, so the CPU reference takes
-    # float32 q/k/v: precision conversions (calib/) keep the plugin sites' I/O in float32
-    # for onnxruntime; the CUDA plugins accept float16 as well.
+    # onnxruntime-extensions' Python ops take no float16 ("Type float16 not supported by
+    # python customops api"), so the reference takes float32 q/k/v and make_session widens
+    # float16 sites (fp32_view): exact, since the kernel also computes in float32 from the
+    # float16 values and rounds only its output.
     T = PyCustomOpDef.dt_float
 
     def biased(q, k, v, r, c, **attrs):
@@ -62,11 +63,66 @@ def session_options():
     return so
 
 
+def _float16_tensors(graph) -> set[str]:
+    from onnx import TensorProto
+
+    half = {n.output[0] for n in graph.node if n.op_type == "Cast" and any(
+        a.name == "to" and a.i == TensorProto.FLOAT16 for a in n.attribute)}
+    half |= {i.name for i in graph.initializer if i.data_type == TensorProto.FLOAT16}
+    half |= {i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT16}
+    return half
+
+
+def fp32_view(model) -> int:
+    """In place: every plugin node whose q/k/v are float16 gets Casts to float32 in front
+    and its output cast back to float16, so the float32 reference can run it. Returns the
+    number of sites widened (0: the model is untouched)."""
+    from onnx import TensorProto, helper
+
+    half = _float16_tensors(model.graph)
+    nodes, n = [], 0
+    for node in model.graph.node:
+        if node.domain != contract.ONNX_DOMAIN or node.input[0] not in half:
+            nodes.append(node)
+            continue
+        n += 1
+        for j in range(3):
+            wide = f"{node.name}_ref_in{j}_fp32"
+            nodes.append(helper.make_node("Cast", [node.input[j]], [wide], to=TensorProto.FLOAT,
+                                          name=wide))
+            node.input[j] = wide
+        out, wide_out = node.output[0], f"{node.name}_ref_out_fp32"
+        node.output[0] = wide_out
+        nodes += [node, helper.make_node("Cast", [wide_out], [out], to=TensorProto.FLOAT16,
+                                         name=f"{node.name}_ref_out_fp16")]
+    if n:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        del model.graph.value_info[:]
+    return n
+
+
+def session_source(model: str | Path | bytes, so) -> str | bytes:
+    """What to hand to onnxruntime.InferenceSession for a plugin graph: the path itself, or
+    the serialized fp32_view when the graph has float16 plugin sites (then `so` is told
+    where the graph's external weights are)."""
+    import onnx
+
+    proto = (onnx.load_from_string(model) if isinstance(model, bytes)
+             else onnx.load(str(model), load_external_data=False))
+    if not fp32_view(proto):
+        return model if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes):  # external weights stay where the graph points
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                    str(Path(model).resolve().parent))
+    return proto.SerializeToString()
+
+
 def make_session(model: str | Path | bytes, providers: Sequence[str] = ("CPUExecutionProvider",)):
     import onnxruntime as ort
 
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, session_options(), providers=list(providers))
+    so = session_options()
+    return ort.InferenceSession(session_source(model, so), so, providers=list(providers))
 
 
 def polygraphy_runner(model_path: str | Path, name: str | None = None):

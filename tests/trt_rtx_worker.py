@@ -1,0 +1,71 @@
+"""Child process of tests/test_trt_rtx_build.py: parses and builds ONNX graphs with TensorRT
+for RTX for SM86 (no GPU needed) and reports what the parser and builder saw, as JSON.
+
+Runs in its own process because the parser needs libtensorrt_rtx.so on LD_LIBRARY_PATH
+(plugins/trt_rtx_env.py). argv: spec.json (graphs, optional plugin library) out.json."""
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(spec_path: str, out_path: str) -> None:
+    from plugins.trt_rtx_env import prepare
+
+    trt = prepare()
+    spec = json.loads(Path(spec_path).read_text())
+    if spec.get("plugin_library"):
+        ctypes.CDLL(spec["plugin_library"], mode=ctypes.RTLD_GLOBAL)  # load-time registration
+
+    class Log(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.lines: list[str] = []
+
+        def log(self, severity, msg):
+            self.lines.append(f"{severity.name}: {msg}")
+
+    reports = {}
+    for graph in spec["graphs"]:
+        log = Log()
+        builder = trt.Builder(log)
+        network = builder.create_network(0)  # TensorRT for RTX: strongly typed
+        parser = trt.OnnxParser(network, log)
+        ok = parser.parse_from_file(graph)
+        rep = {"parsed": bool(ok),
+               "parser_errors": [parser.get_error(i).desc() for i in range(parser.num_errors)]}
+        layers = [network.get_layer(i) for i in range(network.num_layers)]
+        rep["plugin_layers"] = [
+            {"name": l.name,
+             "inputs": [l.get_input(j).dtype.name for j in range(l.num_inputs)],
+             "outputs": [l.get_output(j).dtype.name for j in range(l.num_outputs)]}
+            for l in layers if l.type == trt.LayerType.PLUGIN_V3]
+        rep["qdq_layers"] = sum(l.type in (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
+                                for l in layers)
+        rep["int8_tensors"] = sum(l.get_output(j).dtype == trt.DataType.INT8
+                                  for l in layers for j in range(l.num_outputs))
+        if ok:
+            cfg = builder.create_builder_config()
+            cfg.num_compute_capabilities = 1
+            cfg.set_compute_capability(trt.ComputeCapability.SM86, 0)
+            cfg.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+            t0 = time.perf_counter()
+            engine = builder.build_serialized_network(network, cfg)
+            rep["build_seconds"] = round(time.perf_counter() - t0, 2)
+            rep["built"] = engine is not None
+            rep["engine_bytes"] = engine.nbytes if engine is not None else 0
+        text = "\n".join(log.lines)
+        rep["log_int8_mentions"] = len(re.findall(r"\bInt8\b|\bINT8\b", text))
+        rep["log_errors"] = [ln for ln in log.lines if ln.startswith(("ERROR", "INTERNAL_ERROR"))][:5]
+        reports[graph] = rep
+    Path(out_path).write_text(json.dumps(reports, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
