@@ -44,9 +44,9 @@ static int launch_tc(const AttentionParams& p, int B, int H, int L, int S, int D
     const void* k, const void* v, const float* r, const float* c, const int32_t* landmarks, void* out,
     void* stream)
 {
-    const dim3 grid(static_cast<unsigned>(query_tiles(p, L)), static_cast<unsigned>(B * H));
-    const dim3 block(kTcThreads);
-    VGGT_LAUNCH((attention_kernel_tc<DMAX>), grid, block, stream, p, H, L, S, D, M,
+    const dim3 grid(static_cast<unsigned>(query_tiles(p, L, MmaTraits<DMAX>::kBlockM)), static_cast<unsigned>(B * H));
+    const dim3 block(MmaTraits<DMAX>::kThreads);
+    VGGT_LAUNCH((attention_kernel_mma<DMAX>), grid, block, stream, p, H, L, S, D, M,
         static_cast<const half_t*>(q), static_cast<const half_t*>(k), static_cast<const half_t*>(v), r, c,
         landmarks, static_cast<half_t*>(out));
     return launch_status();
