@@ -110,6 +110,93 @@ struct alignas(8) Float2
 
 constexpr float kLog2e = 1.4426950408889634F;
 
+// First virtual key position after the contiguous run holding position j (the key list
+// is a sequence of runs: all keys; own frame then landmark singletons; whole frames; own
+// frame then the memory bank). Inside a run, key = j + (key_at(j) - j).
+__device__ __forceinline__ int run_end(const KeyList& kl, int j)
+{
+    switch (kl.mode)
+    {
+    case 0: return kl.count;
+    case 1: return j < kl.own ? kl.own : j + 1;
+    case 2: return (j / kl.frame_len + 1) * kl.frame_len;
+    default: return j < kl.own ? kl.own : kl.count;
+    }
+}
+
+// Fills one stage (K tile, V tile, c_j / scale, mask_j) of kBlockN key-list entries with
+// 16-byte cp.async. A tile inside one contiguous run (nearly every tile: VGGT's runs are
+// frames of 1,374 tokens) takes the inlined path: row j is key j + run_delta, all keys
+// visible. Any other tile (a run boundary inside, landmark singletons, the padded end of
+// the list) takes the out-of-line general path, which also looks up the run the next
+// tile starts in; keeping it out of line keeps its switch and divisions out of the hot loop.
+template <int DMAX>
+struct TileLoader
+{
+    using Tr = MmaTraits<DMAX>;
+    static constexpr int kRowStep = Tr::kThreads / Tr::kChunks;
+    static constexpr int RB = Tr::kChunks * 16;
+    const half_t* k;
+    const half_t* v;
+    const float* c_row;   // nullptr without bias
+    float inv_scale;
+    int D, tid, cp_chunk, cp_off;
+    int run_stop;         // the run of the next tile ends here (0: unknown)
+    int run_delta;        // key = position + run_delta inside it
+
+    __device__ __forceinline__ void copy_row(unsigned char* stage, int it, int64_t key, bool in_list) const
+    {
+        const bool fill = in_list && cp_chunk * 8 < D;
+        const int64_t off = key * D + cp_chunk * 8;
+        ptx::cp_async_16(stage + cp_off + it * kRowStep * RB, fill ? k + off : k, fill);
+        ptx::cp_async_16(stage + Tr::kTileBytes + cp_off + it * kRowStep * RB, fill ? v + off : v, fill);
+    }
+
+    __device__ __forceinline__ void columns(unsigned char* stage, float cj, float mj) const
+    {
+        float* cs = reinterpret_cast<float*>(stage + 2 * Tr::kTileBytes);
+        ptx::sts(cs + tid % Tr::kBlockN, cj, tid < Tr::kBlockN);
+        ptx::sts(cs + Tr::kBlockN + tid % Tr::kBlockN, mj, tid < Tr::kBlockN);
+    }
+
+    __device__ __forceinline__ void contiguous(int t0, unsigned char* stage) const
+    {
+        const int key0 = t0 + run_delta + tid / Tr::kChunks;
+        VGGT_UNROLL
+        for (int it = 0; it < Tr::kBlockN * Tr::kChunks / Tr::kThreads; ++it)
+            copy_row(stage, it, key0 + it * kRowStep, true);
+        const float cj = (c_row != nullptr && tid < Tr::kBlockN) ? c_row[t0 + run_delta + tid] * inv_scale : 0.F;
+        columns(stage, cj, 0.F);
+    }
+
+    __device__ __noinline__ void general(const KeyList& kl, int t0, unsigned char* stage)
+    {
+        VGGT_UNROLL
+        for (int it = 0; it < Tr::kBlockN * Tr::kChunks / Tr::kThreads; ++it)
+        {
+            const int j = t0 + tid / Tr::kChunks + it * kRowStep;
+            bool ok = false;
+            const int64_t key = j < kl.count ? key_at(kl, j, ok) : 0;
+            copy_row(stage, it, key, j < kl.count);
+        }
+        const int j = t0 + tid;
+        bool ok = false;
+        int key = 0;
+        if (tid < Tr::kBlockN && j < kl.count)
+            key = key_at(kl, j, ok);
+        columns(stage, (ok && c_row != nullptr) ? c_row[key] * inv_scale : 0.F, ok ? 0.F : -INFINITY);
+        // the run the next tile starts in
+        const int next = t0 + Tr::kBlockN;
+        run_stop = 0;
+        if (next < kl.count)
+        {
+            bool v_ok = false;
+            run_delta = key_at(kl, next, v_ok) - next;
+            run_stop = run_end(kl, next);
+        }
+    }
+};
+
 // grid: (query tiles of kBlockM rows, B*H); block: kThreads threads.
 template <int DMAX>
 __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel_mma(AttentionParams p, int H,
@@ -171,7 +258,7 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
         for (int ks = 0; ks < Tr::kKSteps; ++ks)
             ptx::ldmatrix<4, false>(qf[mt][ks],
                 smem + (warp * MT + mt) * 16 * RB + (ks * 2 / 8) * 128 + avoff[(ks * 2 % 8) / 2]);
-    // Per row of this lane (m-tile mt, half h: rows g and g + 8): r_i in the log2 domain.
+    // Per row of this lane (m-tile mt, half h: rows g and g + 8): r_i.
     float rb[MT][2];
     VGGT_UNROLL
     for (int mt = 0; mt < MT; ++mt)
@@ -179,41 +266,28 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
         for (int h = 0; h < 2; ++h)
         {
             const int i = q_begin + (warp * MT + mt) * 16 + g + 8 * h;
-            rb[mt][h] = (biased && i < q_end) ? r[static_cast<int64_t>(b) * L + i] * kLog2e : 0.F;
+            rb[mt][h] = (biased && i < q_end) ? r[static_cast<int64_t>(b) * L + i] : 0.F;
         }
     __syncthreads();   // Q's staging area becomes the K / V stages
 
-    // One key tile -> stage: K, V rows by 16-byte cp.async (zero fill past the list / D),
-    // and per key the bias column c_j and the mask (0 visible, -inf duplicate / padding).
-    const float* c_row = biased ? c + static_cast<int64_t>(b) * S : nullptr;
-    auto load_tile = [&](int t0, int stage) {
-        unsigned char* ks = smem + stage * Tr::kStageBytes;
-        unsigned char* vs = ks + Tr::kTileBytes;
-        VGGT_UNROLL
-        for (int it = 0; it < BN * CH / Tr::kThreads; ++it)
-        {
-            const int j = t0 + tid / CH + it * kRowStep;
-            bool ok = false;
-            const int64_t key = j < kl.count ? key_at(kl, j, ok) : 0;
-            const bool fill = j < kl.count && cp_chunk * 8 < D;
-            const int64_t off = kv_base + key * D + cp_chunk * 8;
-            ptx::cp_async_16(ks + cp_off + it * kRowStep * RB, fill ? k + off : k, fill);
-            ptx::cp_async_16(vs + cp_off + it * kRowStep * RB, fill ? v + off : v, fill);
-        }
-        float* cs = reinterpret_cast<float*>(vs + Tr::kTileBytes);
-        float* ms = cs + BN;
-        const int j = t0 + tid;
-        bool ok = false;
-        int key = 0;
-        if (tid < BN && j < kl.count)
-            key = key_at(kl, j, ok);
-        const float cj = (ok && biased) ? c_row[key] : 0.F;
-        ptx::sts(cs + (tid % BN), cj, tid < BN);
-        ptx::sts(ms + (tid % BN), ok ? 0.F : -INFINITY, tid < BN);
-    };
+    TileLoader<DMAX> ld;
+    ld.k = k + kv_base;
+    ld.v = v + kv_base;
+    ld.c_row = biased ? c + static_cast<int64_t>(b) * S : nullptr;
+    ld.inv_scale = 1.F / p.scale;
+    ld.D = D;
+    ld.tid = tid;
+    ld.cp_chunk = cp_chunk;
+    ld.cp_off = cp_off;
+    ld.run_stop = 0;
+    ld.run_delta = 0;
 
     float o[MT][Tr::kDTiles][4];
-    float m_run[MT][2], l_run[MT][2];
+    // Row sums come out of the tensor cores: P times an n8 tile of ones gives, in every
+    // lane, the full row sum of the fp16 P that also multiplies V (numerator and
+    // denominator see the same weights), with no per-element FADD and no shuffles.
+    float m_run[MT][2], l_acc[MT][4];
+    const uint32_t ones[2] = {0x3c003c00u, 0x3c003c00u};   // fp16 1.0 pairs
     VGGT_UNROLL
     for (int mt = 0; mt < MT; ++mt)
     {
@@ -222,23 +296,24 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
             VGGT_UNROLL
             for (int e = 0; e < 4; ++e)
                 o[mt][dt][e] = 0.F;
+        m_run[mt][0] = m_run[mt][1] = -INFINITY;
         VGGT_UNROLL
-        for (int h = 0; h < 2; ++h)
-        {
-            m_run[mt][h] = -INFINITY;
-            l_run[mt][h] = 0.F;
-        }
+        for (int e = 0; e < 4; ++e)
+            l_acc[mt][e] = 0.F;
     }
 
     const int n_tiles = (kl.count + BN - 1) / BN;
     if (n_tiles > 0)
-        load_tile(0, 0);
+        ld.general(kl, 0, smem);
     ptx::cp_async_commit();
     for (int tile = 0; tile < n_tiles; ++tile)
     {
         const int stage = tile & 1;
-        if (tile + 1 < n_tiles)
-            load_tile((tile + 1) * BN, stage ^ 1);   // in flight while this tile computes
+        const int t_next = (tile + 1) * BN;   // in flight while this tile computes
+        if (t_next + BN <= ld.run_stop)
+            ld.contiguous(t_next, smem + (stage ^ 1) * Tr::kStageBytes);
+        else if (tile + 1 < n_tiles)
+            ld.general(kl, t_next, smem + (stage ^ 1) * Tr::kStageBytes);
         ptx::cp_async_commit();
 #ifndef VGGT_MUTATE_NO_ASYNC_WAIT
         ptx::cp_async_wait<1>();   // this thread's copies of `tile` have landed
@@ -256,11 +331,15 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
         VGGT_UNROLL
         for (int nt = 0; nt < Tr::kNTiles; ++nt)
         {
+            // The accumulator starts at r_i c_j / scale + mask_j, so the MMAs leave
+            // s = q.k + r_i c_j / scale (-inf for masked keys): the bias costs one FFMA.
+            const Float2 cj = ptx::lds(reinterpret_cast<const Float2*>(cs + nt * 8 + 2 * t4));
+            const Float2 mj = ptx::lds(reinterpret_cast<const Float2*>(ms + nt * 8 + 2 * t4));
             VGGT_UNROLL
             for (int mt = 0; mt < MT; ++mt)
                 VGGT_UNROLL
                 for (int e = 0; e < 4; ++e)
-                    s[mt][nt][e] = 0.F;
+                    s[mt][nt][e] = fmaf(rb[mt][e / 2], e % 2 ? cj.y : cj.x, e % 2 ? mj.y : mj.x);
             VGGT_UNROLL
             for (int kk = 0; kk < Tr::kKSteps; kk += 2)
             {
@@ -276,27 +355,18 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
             }
         }
 
-        // Logits in the log2 domain: x = scale log2e s + r_i log2e c_j + mask_j.
+        // Row maxima of the raw logits (scale > 0, so the order is that of the logits).
         float tmax[MT][2];
         VGGT_UNROLL
         for (int mt = 0; mt < MT; ++mt)
-            tmax[mt][0] = tmax[mt][1] = -INFINITY;
-        VGGT_UNROLL
-        for (int nt = 0; nt < Tr::kNTiles; ++nt)
-        {
-            const Float2 cj = ptx::lds(reinterpret_cast<const Float2*>(cs + nt * 8 + 2 * t4));
-            const Float2 mj = ptx::lds(reinterpret_cast<const Float2*>(ms + nt * 8 + 2 * t4));
             VGGT_UNROLL
-            for (int mt = 0; mt < MT; ++mt)
+            for (int h = 0; h < 2; ++h)
+            {
+                tmax[mt][h] = -INFINITY;
                 VGGT_UNROLL
-                for (int e = 0; e < 4; ++e)
-                {
-                    const float bias = fmaf(rb[mt][e / 2], e % 2 ? cj.y : cj.x, e % 2 ? mj.y : mj.x);
-                    const float x = fmaf(s[mt][nt][e], scale2, bias);
-                    s[mt][nt][e] = x;
-                    tmax[mt][e / 2] = fmaxf(tmax[mt][e / 2], x);
-                }
-        }
+                for (int nt = 0; nt < Tr::kNTiles; ++nt)
+                    tmax[mt][h] = fmaxf(tmax[mt][h], fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+            }
         // Online softmax per row (a quad of lanes shares a row: two xor shuffles).
         float corr[MT][2], m_use[MT][2];
         VGGT_UNROLL
@@ -308,11 +378,11 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
                 const float m_new = fmaxf(m_run[mt][h], mx);
-                // nothing visible yet: subtract 0 (exp2(-inf) = 0 keeps P and O at 0)
-                m_use[mt][h] = m_new == -INFINITY ? 0.F : m_new;
-                corr[mt][h] = ptx::ex2(m_run[mt][h] - m_use[mt][h]);
+                // exponents in the log2 domain: p = exp2(scale log2e (s - m)); nothing visible
+                // yet: subtract 0 (exp2(-inf) = 0 keeps P and O at 0)
+                m_use[mt][h] = m_new == -INFINITY ? 0.F : m_new * scale2;
+                corr[mt][h] = ptx::ex2(m_run[mt][h] * scale2 - m_use[mt][h]);
                 m_run[mt][h] = m_new;
-                l_run[mt][h] *= corr[mt][h];
             }
 #ifndef VGGT_MUTATE_NO_O_RESCALE
         VGGT_UNROLL
@@ -323,7 +393,12 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
                 for (int e = 0; e < 4; ++e)
                     o[mt][dt][e] *= corr[mt][e / 2];
 #endif
-        // P = exp2(x - m), summed in fp32 per lane (quad sum at the end), packed to fp16:
+        VGGT_UNROLL
+        for (int mt = 0; mt < MT; ++mt)
+            VGGT_UNROLL
+            for (int e = 0; e < 4; ++e)
+                l_acc[mt][e] *= corr[mt][e / 2];
+        // P = exp2(scale log2e (s - m)), packed to fp16:
         // S tiles 2kk, 2kk+1 form the A fragment of k-step kk of P V.
         uint32_t pf[MT][Tr::kPSteps][4];
         VGGT_UNROLL
@@ -334,14 +409,16 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
                 float pe[4];
                 VGGT_UNROLL
                 for (int e = 0; e < 4; ++e)
-                {
-                    pe[e] = ptx::ex2(s[mt][nt][e] - m_use[mt][e / 2]);
-                    l_run[mt][e / 2] += pe[e];
-                }
+                    pe[e] = ptx::ex2(fmaf(s[mt][nt][e], scale2, -m_use[mt][e / 2]));
                 pf[mt][nt / 2][(nt % 2) * 2 + 0] = ptx::pack_half2(pe[0], pe[1]);
                 pf[mt][nt / 2][(nt % 2) * 2 + 1] = ptx::pack_half2(pe[2], pe[3]);
             }
         // O += P V: one ldmatrix.x4.trans of V = B fragments of two d-tiles for one k-step.
+        VGGT_UNROLL
+        for (int mt = 0; mt < MT; ++mt)
+            VGGT_UNROLL
+            for (int kk = 0; kk < Tr::kPSteps; ++kk)
+                ptx::mma_16816(l_acc[mt], pf[mt][kk], ones);
         VGGT_UNROLL
         for (int dt = 0; dt < Tr::kDTiles; dt += 2)
             VGGT_UNROLL
@@ -363,15 +440,13 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
     }
     ptx::cp_async_wait<0>();
 
-    // One write of O: row sums meet across the quad, rows past the problem are skipped.
+    // One write of O (rows past the problem are skipped).
     VGGT_UNROLL
     for (int mt = 0; mt < MT; ++mt)
         VGGT_UNROLL
         for (int h = 0; h < 2; ++h)
         {
-            float l = l_run[mt][h];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const float l = l_acc[mt][2 * h];
             const float inv = l > 0.F ? 1.F / l : 0.F;
             const int i = q_begin + (warp * MT + mt) * 16 + g + 8 * h;
             if (i < q_end)

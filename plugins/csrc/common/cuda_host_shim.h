@@ -53,6 +53,7 @@ struct dim3
 #define __restrict__
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __noinline__ __attribute__((noinline))
 
 namespace vggt_host
 {
