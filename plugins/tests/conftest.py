@@ -51,5 +51,5 @@ def host_harness() -> Path:
 
 @pytest.fixture(scope="session")
 def shim_test() -> Path:
-    """Self-checks of the CUDA / wmma host shims."""
+    """Self-checks of the CUDA / PTX host shims."""
     return build_host_program("shim_test", [CSRC / "host_tests" / "shim_test.cpp"])
