@@ -46,10 +46,35 @@ ARCH_LIMITS = {
 BLOCK_THREADS = {"attention_kernel_mma": 128, "attention_kernel": 32}
 
 TARGETS = {"instr_per_mma": 6.0, "smem_bytes_per_mma": 256.0, "min_resident_warps": 8}
-# HMMAs per hot-loop iteration that compute row sums (P times a tile of ones, MmaTraits:
-# kMTiles x kBlockN / 16) rather than Q K^T or P V: reported separately so the per-MMA
-# figures can be read against FlashAttention-2's, whose row sums are FADDs.
-ROWSUM_MMA = {64: 2 * 64 // 16, 128: 1 * 32 // 16}
+TRAITS_PROGRAM = r"""
+#include "attention/attention_kernel_tc.cuh"
+#include <cstdio>
+template <int D> void show()
+{
+    using T = vggt::MmaTraits<D>;
+    std::printf("%d %d %d\n", D, T::kSmemBytes, T::kMTiles * T::kPSteps);
+}
+int main() { show<64>(); show<128>(); }
+"""
+
+
+def mma_traits(workdir: Path) -> dict[int, dict]:
+    """From the kernel header itself (host-compiled): per head size the dynamic shared
+    memory of a block (ptxas -v reports static shared memory only) and the HMMAs per
+    iteration that compute row sums (P times a tile of ones) rather than Q K^T or P V,
+    reported apart so the per-MMA figures read like FlashAttention-2's (row sums = FADDs)."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        raise ToolMissing("g++ not found (needed to read the kernel's tile traits)")
+    src, exe = workdir / "traits.cpp", workdir / "traits"
+    src.write_text(TRAITS_PROGRAM)
+    subprocess.run([cxx, "-std=c++20", "-pthread", "-I", str(ROOT / "plugins" / "csrc"), str(src), "-o", str(exe)],
+                   check=True, capture_output=True, text=True)
+    out = {}
+    for line in subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.splitlines():
+        d, smem, rowsum = map(int, line.split())
+        out[d] = {"dynamic_smem": smem, "rowsum_mma": rowsum}
+    return out
 
 
 class ToolMissing(RuntimeError):
@@ -204,6 +229,7 @@ def report_arch(arch: int, nvcc: str, cuobjdump: str, workdir: Path, defines=())
     if res.returncode != 0:
         raise RuntimeError(f"nvcc failed for sm_{arch}:\n{res.stderr[-3000:]}")
     info = ptxas_info(res.stderr)
+    traits = mma_traits(workdir)
     sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
     out = []
     for name, instrs in sorted(parse_sass(sass).items()):
@@ -212,10 +238,11 @@ def report_arch(arch: int, nvcc: str, cuobjdump: str, workdir: Path, defines=())
             continue
         i = info[name]
         m = re.search(r"attention_kernel_mmaILi(\d+)E", name)
-        rowsum = ROWSUM_MMA.get(int(m.group(1)), 0) if m else 0
-        out.append(KernelReport(arch, short_name(name), i["regs"], i["smem"], i["spill"], i["stack"],
-                                resident_warps(arch, i["regs"], i["smem"], BLOCK_THREADS[fam]),
-                                hot_loop(instrs, rowsum)))
+        t = traits[int(m.group(1))] if m else {"dynamic_smem": 0, "rowsum_mma": 0}
+        smem = i["smem"] + t["dynamic_smem"]
+        out.append(KernelReport(arch, short_name(name), i["regs"], smem, i["spill"], i["stack"],
+                                resident_warps(arch, i["regs"], smem, BLOCK_THREADS[fam]),
+                                hot_loop(instrs, t["rowsum_mma"])))
     return out
 
 

@@ -15,7 +15,7 @@ def run(exe, mode):
     return subprocess.run([str(exe), mode], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("mode", ["shuffle", "mma", "ldmatrix", "cp_async"])
+@pytest.mark.parametrize("mode", ["shuffle", "mma", "ldmatrix", "cp_async", "dynamic_opt_in"])
 def test_shim_computes_what_cuda_defines(shim_test, mode):
     res = run(shim_test, mode)
     assert res.returncode == 0, res.stderr
@@ -37,6 +37,7 @@ def test_bank_model_counts_wavefronts(shim_test):
     ("big_grid", "launch configuration the GPU refuses"),
     ("big_block", "launch configuration the GPU refuses"),
     ("big_smem", "static shared memory above 48 KB"),
+    ("big_dynamic", "without the cudaFuncSetAttribute opt-in"),
     ("partial_warp", "full warp"),
 ])
 def test_shim_aborts_on_what_the_gpu_leaves_undefined(shim_test, mode, message):

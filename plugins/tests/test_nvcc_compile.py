@@ -35,9 +35,9 @@ def test_missing_tools_are_named(monkeypatch):
 
 def test_tensor_core_kernel_uses_mma_sync_and_fits_shared_memory(tmp_path):
     """The GPU build issues the PTX the host shim models (mma.sync m16n8k16 fp16 -> fp32,
-    ldmatrix .x4 and .x4.trans, 16-byte cp.async with commit / wait_group) and ptxas places
-    the tensor-core kernels under the 48 KB static shared-memory limit with no register
-    spills (arch: Orin's sm_87)."""
+    ldmatrix .x4 and .x4.trans, 16-byte cp.async with commit / wait_group), ptxas compiles
+    the tensor-core kernels with no register spills and only dynamic shared memory (its
+    size is a compile-time trait the launch passes; arch: Orin's sm_87)."""
     import re
 
     nvcc = shutil.which("nvcc")
@@ -71,8 +71,8 @@ def test_tensor_core_kernel_uses_mma_sync_and_fits_shared_memory(tmp_path):
             current["smem"] = int(m.group(1))
     tc = {k: v for k, v in info.items() if "attention_kernel_mma" in k}
     assert len(tc) == 2, res.stderr[-2000:]   # head sizes 64 and 128
-    for name, v in tc.items():
-        assert 0 < v["smem"] <= 48 * 1024 and v["spill"] == 0, (name, v)
+    for name, v in tc.items():   # shared memory is dynamic (MmaTraits::kSmemBytes)
+        assert v.get("smem", 0) == 0 and v["spill"] == 0, (name, v)
     # The CUDA-core kernel at VGGT's head size keeps the query row and its accumulator in
     # registers: no spills, and a stack holding only the key list (no per-thread arrays).
     d64 = {k: v for k, v in info.items() if "attention_kernelI" in k and "Li64E" in k}

@@ -5,7 +5,8 @@
 // kBlockN keys, S = Q K^T and O += P V run as warp-level mma.sync.m16n8k16 (fp16 operands,
 // fp32 accumulation) through common/mma_ptx.h, whose fragment layouts the PTX ISA
 // documents, so every value has a known owner lane:
-//   - Q is loaded once (cp.async -> shared -> ldmatrix.x4) into A fragments kept in registers;
+//   - Q is loaded once (cp.async -> shared -> ldmatrix.x4) into A fragments kept in registers
+//     (D = 64; at D = 128 Q stays in shared memory and is re-read by ldmatrix, see traits);
 //   - S stays in the accumulator registers; the bias r_i c_j and the key mask join the
 //     fp32 logits there, in the log2 domain (log2 e folded into scale and r, exp2 below);
 //   - the running max / sum are fp32, one row owned by a quad of lanes (two xor shuffles);
@@ -44,10 +45,11 @@ namespace vggt
 //     loaded by ldmatrix feeds two MMAs (two m-tiles), halving shared-memory bytes per MMA
 //     against one m-tile; kBlockN = 64 keys: S (2 x 8 x 4 = 64 fp32), O (64) and Q (32)
 //     registers fit under 255 with no spills, so 2 blocks = 8 warps are resident per SM.
-//   D = 128: two m-tiles would need O 128 + Q 64 + S registers and spill; one m-tile
-//     (kBlockM = 64) with kBlockN = 32 keys keeps O 64 + Q 32 + S 16, and the two K / V
-//     stages of 32 x 128 fp16 fit the 48 KB static shared memory. Each K / V fragment then
-//     feeds one MMA: more shared-memory bytes per MMA than at D = 64 (see the SASS report).
+//   D = 128: two m-tiles as well (the fragment reuse), but O is 128 registers, so Q stays
+//     in shared memory (32 KB, read by ldmatrix once per k-step pair and tile) instead of
+//     64 more registers, and kBlockN = 32 keys keeps S at 32 registers. Q + two K / V
+//     stages are 64.5 KB: dynamic shared memory with the opt-in above 48 KB (every target
+//     arch grants >= 99 KB per block; 2 blocks = 8 warps per SM on sm_80 / 87 / 90).
 //   kStages = 2: one tile computing while the next is in flight; Q's staging buffer is
 //     the same shared memory (Q goes to registers before the first K / V copy).
 template <int DMAX>
@@ -56,7 +58,8 @@ struct MmaTraits
     static_assert(DMAX == 64 || DMAX == 128, "compile-time head sizes 64 and 128");
     static constexpr int kWarps = 4;
     static constexpr int kThreads = kWarps * 32;
-    static constexpr int kMTiles = DMAX <= 64 ? 2 : 1;
+    static constexpr int kMTiles = 2;
+    static constexpr bool kQInRegs = DMAX <= 64;
     static constexpr int kBlockM = kWarps * kMTiles * 16;
     static constexpr int kBlockN = DMAX <= 64 ? 64 : 32;
     static constexpr int kChunks = DMAX / 8;      // 16-byte chunks per row
@@ -68,10 +71,13 @@ struct MmaTraits
     static constexpr int kTileBytes = kBlockN * DMAX * 2;
     static constexpr int kStageBytes = 2 * kTileBytes + 2 * kBlockN * 4;   // K, V, c_j, mask_j
     static constexpr int kQBytes = kBlockM * DMAX * 2;
-    static constexpr int kSmemBytes = kQBytes > kStages * kStageBytes ? kQBytes : kStages * kStageBytes;
+    // Q in registers: its staging area is reused by the stages; otherwise Q stays resident.
+    static constexpr int kStagesOffset = kQInRegs ? 0 : kQBytes;
+    static constexpr int kSmemBytes = kQInRegs ? (kQBytes > kStages * kStageBytes ? kQBytes : kStages * kStageBytes)
+                                               : kQBytes + kStages * kStageBytes;
     static_assert(kChunks >= 8, "the XOR swizzle permutes 8 chunks");
     static_assert(kKSteps % 2 == 0 && kDTiles % 2 == 0, "x4 ldmatrix covers two k-steps / two d-tiles");
-    static_assert(kSmemBytes <= 48 * 1024, "static shared-memory limit");
+    static_assert(kSmemBytes <= 99 * 1024, "dynamic shared memory every target arch grants (sm_86 / 89: 99 KB)");
 };
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a tile of `chunks` chunks per row.
@@ -206,7 +212,7 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
 {
     using Tr = MmaTraits<DMAX>;
     constexpr int BN = Tr::kBlockN, CH = Tr::kChunks, MT = Tr::kMTiles;
-    VGGT_SHARED_ARENA(smem, Tr::kSmemBytes);
+    VGGT_DYNAMIC_SHARED_ARENA(smem);   // Tr::kSmemBytes, set by the launch
 
     const int bh = static_cast<int>(blockIdx.y);
     const int b = bh / H;
@@ -251,11 +257,11 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
     ptx::cp_async_commit();
     ptx::cp_async_wait<0>();
     __syncthreads();
-    uint32_t qf[MT][Tr::kKSteps][4];
+    uint32_t qf[MT][Tr::kQInRegs ? Tr::kKSteps : 1][4];
     VGGT_UNROLL
     for (int mt = 0; mt < MT; ++mt)
         VGGT_UNROLL
-        for (int ks = 0; ks < Tr::kKSteps; ++ks)
+        for (int ks = 0; ks < (Tr::kQInRegs ? Tr::kKSteps : 0); ++ks)
             ptx::ldmatrix<4, false>(qf[mt][ks],
                 smem + (warp * MT + mt) * 16 * RB + (ks * 2 / 8) * 128 + avoff[(ks * 2 % 8) / 2]);
     // Per row of this lane (m-tile mt, half h: rows g and g + 8): r_i.
@@ -268,7 +274,8 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
             const int i = q_begin + (warp * MT + mt) * 16 + g + 8 * h;
             rb[mt][h] = (biased && i < q_end) ? r[static_cast<int64_t>(b) * L + i] : 0.F;
         }
-    __syncthreads();   // Q's staging area becomes the K / V stages
+    if (Tr::kQInRegs)
+        __syncthreads();   // Q's staging area becomes the K / V stages
 
     TileLoader<DMAX> ld;
     ld.k = k + kv_base;
@@ -304,16 +311,16 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
 
     const int n_tiles = (kl.count + BN - 1) / BN;
     if (n_tiles > 0)
-        ld.general(kl, 0, smem);
+        ld.general(kl, 0, smem + Tr::kStagesOffset);
     ptx::cp_async_commit();
     for (int tile = 0; tile < n_tiles; ++tile)
     {
         const int stage = tile & 1;
         const int t_next = (tile + 1) * BN;   // in flight while this tile computes
         if (t_next + BN <= ld.run_stop)
-            ld.contiguous(t_next, smem + (stage ^ 1) * Tr::kStageBytes);
+            ld.contiguous(t_next, smem + Tr::kStagesOffset + (stage ^ 1) * Tr::kStageBytes);
         else if (tile + 1 < n_tiles)
-            ld.general(kl, t_next, smem + (stage ^ 1) * Tr::kStageBytes);
+            ld.general(kl, t_next, smem + Tr::kStagesOffset + (stage ^ 1) * Tr::kStageBytes);
         ptx::cp_async_commit();
 #ifndef VGGT_MUTATE_NO_ASYNC_WAIT
         ptx::cp_async_wait<1>();   // this thread's copies of `tile` have landed
@@ -321,18 +328,17 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
 #if VGGT_MUTATE_DROP_BARRIER != 1
         __syncthreads();           // ... and every other thread's
 #endif
-        const unsigned char* ks = smem + stage * Tr::kStageBytes;
+        const unsigned char* ks = smem + Tr::kStagesOffset + stage * Tr::kStageBytes;
         const unsigned char* vs = ks + Tr::kTileBytes;
         const float* cs = reinterpret_cast<const float*>(vs + Tr::kTileBytes);
         const float* ms = cs + BN;
 
-        // S = Q K^T: one ldmatrix.x4 of K = B fragments of one n8 tile for two k-steps.
+        // S = Q K^T. The accumulator starts at r_i c_j / scale + mask_j, so the MMAs leave
+        // s = q.k + r_i c_j / scale (-inf for masked keys): the bias costs one FFMA.
         float s[MT][Tr::kNTiles][4];
         VGGT_UNROLL
         for (int nt = 0; nt < Tr::kNTiles; ++nt)
         {
-            // The accumulator starts at r_i c_j / scale + mask_j, so the MMAs leave
-            // s = q.k + r_i c_j / scale (-inf for masked keys): the bias costs one FFMA.
             const Float2 cj = ptx::lds(reinterpret_cast<const Float2*>(cs + nt * 8 + 2 * t4));
             const Float2 mj = ptx::lds(reinterpret_cast<const Float2*>(ms + nt * 8 + 2 * t4));
             VGGT_UNROLL
@@ -340,8 +346,31 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
                 VGGT_UNROLL
                 for (int e = 0; e < 4; ++e)
                     s[mt][nt][e] = fmaf(rb[mt][e / 2], e % 2 ? cj.y : cj.x, e % 2 ? mj.y : mj.x);
+        }
+        // Per pair of k-steps: the Q fragments (registers, or one ldmatrix.x4 each from the
+        // resident Q tile), then per n8 tile one ldmatrix.x4 of K = B fragments of both
+        // k-steps, each feeding both m-tiles.
+        VGGT_UNROLL
+        for (int kk = 0; kk < Tr::kKSteps; kk += 2)
+        {
+            uint32_t qa[MT][2][4];
             VGGT_UNROLL
-            for (int kk = 0; kk < Tr::kKSteps; kk += 2)
+            for (int mt = 0; mt < MT; ++mt)
+                VGGT_UNROLL
+                for (int h2 = 0; h2 < 2; ++h2)
+                {
+                    if constexpr (Tr::kQInRegs)
+                    {
+                        VGGT_UNROLL
+                        for (int e = 0; e < 4; ++e)
+                            qa[mt][h2][e] = qf[mt][kk + h2][e];
+                    }
+                    else
+                        ptx::ldmatrix<4, false>(qa[mt][h2], smem + (warp * MT + mt) * 16 * RB
+                                + ((kk + h2) * 2 / 8) * 128 + avoff[((kk + h2) * 2 % 8) / 2]);
+                }
+            VGGT_UNROLL
+            for (int nt = 0; nt < Tr::kNTiles; ++nt)
             {
                 uint32_t bf[4];
                 ptx::ldmatrix<4, false>(bf, ks + nt * 8 * RB + (kk * 2 / 8) * 128 + koff[(kk * 2 % 8) / 4]);
@@ -349,8 +378,8 @@ __global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel
                 VGGT_UNROLL
                 for (int mt = 0; mt < MT; ++mt)
                 {
-                    ptx::mma_16816(s[mt][nt], qf[mt][kk], b0);
-                    ptx::mma_16816(s[mt][nt], qf[mt][kk + 1], b1);
+                    ptx::mma_16816(s[mt][nt], qa[mt][0], b0);
+                    ptx::mma_16816(s[mt][nt], qa[mt][1], b1);
                 }
             }
         }

@@ -156,6 +156,25 @@ inline double bank_conflict_factor()
     return ideal == 0 ? 1.0 : static_cast<double>(g_bank.wavefronts.load()) / static_cast<double>(ideal);
 }
 
+// Dynamic shared memory: the launch's byte count, refused above 48 KB unless the kernel
+// opted in (cudaFuncSetAttribute(..., MaxDynamicSharedMemorySize)), and above 227 KB.
+inline size_t g_dynamic_bytes = 0;
+inline std::vector<std::pair<const void*, size_t>> g_dynamic_opt_in;
+constexpr size_t kMaxDynamicSmem = 227 * 1024;
+
+inline void set_max_dynamic_shared(const void* kernel, size_t bytes)
+{
+    if (bytes > kMaxDynamicSmem)
+        fail("cudaFuncSetAttribute: more dynamic shared memory than any GPU grants (227 KB)");
+    g_dynamic_opt_in.emplace_back(kernel, bytes);
+}
+
+inline unsigned char* dynamic_shared()
+{
+    g_shared->declared = g_dynamic_bytes;
+    return g_shared->bytes;
+}
+
 inline unsigned char* block_shared(size_t bytes)
 {
     if (bytes > kStaticSmemLimit)
@@ -275,6 +294,24 @@ inline void account_warp_access(const size_t* offs, const bool* active, unsigned
                 check_word(wd, a, static_cast<int32_t>(tl_warp->id));
 }
 
+template <typename Kernel, typename... Args>
+void launch(dim3 grid, dim3 block, Kernel kernel, Args... args);
+
+// launch with `smem` bytes of dynamic shared memory (<<<grid, block, smem>>>).
+template <typename Kernel, typename... Args>
+void launch_dynamic(dim3 grid, dim3 block, size_t smem, Kernel kernel, Args... args)
+{
+    size_t allowed = kStaticSmemLimit;
+    for (const auto& [k, b] : g_dynamic_opt_in)
+        if (k == reinterpret_cast<const void*>(kernel))
+            allowed = b;
+    if (smem > allowed)
+        fail("dynamic shared memory above 48 KB without the cudaFuncSetAttribute opt-in: the GPU refuses the launch");
+    g_dynamic_bytes = smem;
+    launch(grid, block, kernel, args...);
+    g_dynamic_bytes = 0;
+}
+
 // Launches kernel(args...) over grid x block, blocks sequentially, threads concurrently.
 template <typename Kernel, typename... Args>
 void launch(dim3 grid, dim3 block, Kernel kernel, Args... args)
@@ -328,6 +365,7 @@ void launch(dim3 grid, dim3 block, Kernel kernel, Args... args)
 #define gridDim (vggt_host::g_gridDim)
 // The block's shared memory as one raw array (the GPU build declares it __shared__).
 #define VGGT_SHARED_ARENA(name, bytes) unsigned char* name = vggt_host::block_shared(bytes)
+#define VGGT_DYNAMIC_SHARED_ARENA(name) unsigned char* name = vggt_host::dynamic_shared()
 
 inline void __syncthreads()
 {

@@ -20,6 +20,7 @@
 
 #ifdef __CUDACC__
 #define VGGT_SHARED_ARENA(name, bytes) __shared__ alignas(128) unsigned char name[bytes]
+#define VGGT_DYNAMIC_SHARED_ARENA(name) extern __shared__ __align__(128) unsigned char name[]
 #else
 #include "cuda_host_shim.h"
 #include <cmath>

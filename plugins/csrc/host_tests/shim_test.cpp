@@ -15,6 +15,8 @@
 //   race           warp 1 reads what warp 0 wrote without __syncthreads: must abort
 //   war            warp 1 overwrites what warp 0 read without __syncthreads: must abort
 //   big_grid / big_block / big_smem   launches the GPU refuses: must abort
+//   dynamic_opt_in 64 KB of dynamic shared memory after the opt-in: usable to its end; exit 0
+//   big_dynamic    64 KB of dynamic shared memory without the opt-in: must abort
 //   partial_warp   __shfl_xor_sync in a block of 48 threads (last warp partial): must abort
 #include "../common/cuda_host_shim.h"
 #include "../common/half_type.h"
@@ -243,6 +245,11 @@ __global__ void sharing_kernel(int mode)
 }
 
 __global__ void empty_kernel() {}
+__global__ void dynamic_kernel()
+{
+    VGGT_DYNAMIC_SHARED_ARENA(smem);
+    ptx::sts(reinterpret_cast<float*>(smem + 64 * 1024 - 128) + vggt_host::tl_lane, 1.F);
+}
 __global__ void big_smem_kernel()
 {
     VGGT_SHARED_ARENA(smem, 48 * 1024 + 16);
@@ -282,6 +289,13 @@ int main(int argc, char** argv)
         vggt_host::launch(dim3(1, 65536), dim3(32), empty_kernel);
     else if (mode == "big_block")
         vggt_host::launch(dim3(1), dim3(1025), empty_kernel);
+    else if (mode == "dynamic_opt_in")
+    {
+        vggt_host::set_max_dynamic_shared(reinterpret_cast<const void*>(dynamic_kernel), 64 * 1024);
+        vggt_host::launch_dynamic(dim3(1), dim3(32), 64 * 1024, dynamic_kernel);
+    }
+    else if (mode == "big_dynamic")
+        vggt_host::launch_dynamic(dim3(1), dim3(32), 64 * 1024, dynamic_kernel);
     else if (mode == "big_smem")
         vggt_host::launch(dim3(1), dim3(32), big_smem_kernel);
     else if (mode == "partial_warp")
