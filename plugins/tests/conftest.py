@@ -19,17 +19,20 @@ def sources_hash(paths) -> str:
     return h.hexdigest()[:16]
 
 
-def build_host_program(name: str, srcs: list[Path]) -> Path:
-    """Compiles CUDA-flavoured sources for the CPU (cached by the hash of everything in csrc)."""
+def build_host_program(name: str, srcs: list[Path], defines: tuple[str, ...] = ()) -> Path:
+    """Compiles CUDA-flavoured sources for the CPU (cached by the hash of everything in csrc
+    and the -D `defines`, which the mutation tests use to switch parts of a kernel off)."""
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler (g++) to build the host-executed kernel harness")
     deps = list(CSRC.rglob("*.h")) + list(CSRC.rglob("*.cuh")) + srcs
     out_dir = ROOT / "plugins" / "build" / "host"
     out_dir.mkdir(parents=True, exist_ok=True)
-    exe = out_dir / f"{name}-{sources_hash(deps)}"
+    tag = hashlib.sha256(" ".join(defines).encode()).hexdigest()[:8] if defines else ""
+    exe = out_dir / f"{name}-{sources_hash(deps)}{'-' + tag if tag else ''}"
     if not exe.exists():
         cmd = [cxx, "-std=c++20", "-O2", "-pthread", "-Wall", "-Wextra", "-Werror"]
+        cmd += [f"-D{d}" for d in defines]
         for src in srcs:
             cmd += ["-x", "c++", str(src)]
         tmp = exe.with_suffix(".partial")
@@ -48,5 +51,5 @@ def host_harness() -> Path:
 
 @pytest.fixture(scope="session")
 def shim_test() -> Path:
-    """Self-checks of the CUDA / wmma host shims."""
+    """Self-checks of the CUDA / PTX host shims."""
     return build_host_program("shim_test", [CSRC / "host_tests" / "shim_test.cpp"])

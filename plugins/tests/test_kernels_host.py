@@ -5,6 +5,7 @@ The harness compiles plugins/csrc/attention/attention_launch.cu unchanged with a
 compiler; cuda_host_shim.h turns each CUDA thread into a std::thread and __syncthreads
 into a barrier, so the shared-memory tiling and the online softmax run for real.
 """
+import re
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,10 @@ import numpy as np
 import pytest
 
 from plugins.reference import numpy_ref
+
+
+# Shared-memory statistics of the last harness run (the shim's wavefront count).
+LAST_STATS: dict = {}
 
 
 def run_harness(exe, tmp_path, kind, q, k, v, *, r=None, c=None, lm=None, scale=0.125,
@@ -34,6 +39,8 @@ def run_harness(exe, tmp_path, kind, q, k, v, *, r=None, c=None, lm=None, scale=
             str(tmp_path), str(path)]
     res = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
+    m = re.search(r"bank_conflict_factor=([\d.]+)", res.stdout)
+    LAST_STATS["bank_conflict_factor"] = float(m.group(1)) if m else None
     return np.frombuffer((tmp_path / "out.bin").read_bytes(),
                          np.float16 if half else np.float32).reshape(B, H, L, D)
 
@@ -158,25 +165,95 @@ def test_harness_rejects_invalid_problems(host_harness, tmp_path):
         run_harness(host_harness, tmp_path, 1, q, q, q, strategy=1, F=3, T=2, N=2)
 
 
-# --- tensor-core kernel (attention_kernel_tc.cuh, wmma m16n16k16) --------------------
+# --- tensor-core kernel (attention_kernel_tc.cuh, mma.sync m16n8k16) ------------------
 # Every case above with a head size the tensor-core kernel takes (<= 128), in fp16, forced
-# onto that kernel: the wmma products, the shared-memory O accumulator and the lane-pair
-# softmax run through wmma_host_shim.h, which also enforces wmma's alignment rules.
+# onto that kernel: mma.sync, ldmatrix and cp.async run through mma_ptx.h's host shim with
+# their documented lane layouts, shared memory starts as NaN, reads before a write / before
+# the cp.async wait / across warps without a barrier abort, and every shared-memory access
+# is counted in bank wavefronts: the kernel must be conflict-free (factor 1.0).
 TC_BIASED = [c for c in BIASED_CASES if c[4] <= 128]
 TC_SPARSE = [c for c in SPARSE_CASES if c[7] <= 128]
 
+# VGGT_MV's attention sites at small lengths (the kernel does not see the structure of a
+# sequence, only L, S, D and the key lists): Time-SA (T*F tokens of one view), View-SA
+# (N*F tokens of one time step), a DINOv2 frame (F = patches + 5 special tokens), the
+# camera trunk (D = 128), 16 heads as in the 1B model, and the sparse strategies at D = 64
+# and 128.
+SITE_BIASED = [
+    # B, H, L, S, D, has_bias, magnitude, dtype
+    (1, 16, 8 * 14, 8 * 14, 64, 1, 1.0, np.float16),    # Time-SA, T=8, F=14
+    (2, 4, 4 * 14, 4 * 14, 64, 1, 1.0, np.float16),     # View-SA, N=4
+    (2, 2, 41, 41, 64, 0, 1.0, np.float16),             # DINOv2 frame, 6x6 + 5 tokens
+    (1, 2, 160, 160, 128, 1, 1.0, np.float16),          # camera trunk, D=128
+    (1, 1, 130, 257, 128, 1, 4.0, np.float16),          # D=128, several key tiles, large logits
+]
+SITE_SPARSE = [
+    # strategy, T, N, F, mem, levels, M, D, dtype
+    ("landmark", 4, 2, 14, 0, (), 9, 128, np.float16),
+    ("dilated", 6, 2, 10, 0, (1, 2, 4), 0, 128, np.float16),
+    ("memory_bank", 2, 2, 20, 70, (), 0, 128, np.float16),
+    ("dilated", 8, 2, 9, 0, (1, 2, 4), 0, 64, np.float16),
+]
 
-@pytest.mark.parametrize("B,H,L,S,D,has_bias,mag,_dtype", TC_BIASED)
+
+def assert_conflict_free():
+    assert LAST_STATS["bank_conflict_factor"] == 1.0, LAST_STATS
+
+
+@pytest.mark.parametrize("B,H,L,S,D,has_bias,mag,_dtype", TC_BIASED + SITE_BIASED)
 def test_tensor_core_biased_kernel(host_harness, tmp_path, B, H, L, S, D, has_bias, mag, _dtype):
     check_biased(host_harness, tmp_path, B, H, L, S, D, has_bias, mag, np.float16, TENSOR_CORES,
                  seed=1)
+    assert_conflict_free()
 
 
-@pytest.mark.parametrize("strategy,T,N,F,mem,levels,M,D,_dtype", TC_SPARSE)
+@pytest.mark.parametrize("strategy,T,N,F,mem,levels,M,D,_dtype", TC_SPARSE + SITE_SPARSE)
 def test_tensor_core_sparse_kernel(host_harness, tmp_path, strategy, T, N, F, mem, levels, M, D,
                                    _dtype):
     check_sparse(host_harness, tmp_path, strategy, T, N, F, mem, levels, M, D, np.float16,
                  TENSOR_CORES, seed=1)
+    assert_conflict_free()
+
+
+# --- mutation tests: each piece of the pipeline, removed, is caught ----------------------
+def mutant(defines):
+    from plugins.tests.conftest import CSRC, build_host_program
+
+    return build_host_program("attention_host_mutant",
+                              [CSRC / "attention" / "attention_launch.cu",
+                               CSRC / "host_tests" / "attention_host_test.cpp"], tuple(defines))
+
+
+@pytest.mark.parametrize("define,message", [
+    ("VGGT_MUTATE_NO_ASYNC_WAIT", "before the cp.async.wait_group"),
+    # the reading warp may find the other warp's copy still in flight or landed: both abort
+    ("VGGT_MUTATE_DROP_BARRIER=1", "shared-memory race|before the cp.async.wait_group"),
+    ("VGGT_MUTATE_DROP_BARRIER=2", "shared-memory race"),
+])
+def test_mutation_missing_synchronisation_is_caught(tmp_path, define, message):
+    """Without the wait, the kernel reads tiles still in flight; without either barrier,
+    one warp reads what another wrote (or overwrites what another still reads) in the same
+    barrier interval: the shim aborts with the reason, deterministically."""
+    exe = mutant([define])
+    with pytest.raises(AssertionError, match=message):
+        check_biased(exe, tmp_path, 1, 1, 70, 200, 64, 1, 1.0, np.float16, TENSOR_CORES)
+
+
+def test_mutation_missing_o_rescale_is_caught(tmp_path):
+    exe = mutant(["VGGT_MUTATE_NO_O_RESCALE"])
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        check_biased(exe, tmp_path, 1, 1, 70, 200, 64, 1, 1.0, np.float16, TENSOR_CORES)
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_mutation_missing_swizzle_raises_bank_conflicts(host_harness, tmp_path, D):
+    """Row-major tiles give the same results with several-way bank conflicts on every
+    ldmatrix: the factor the shim reports rises well above 1."""
+    exe = mutant(["VGGT_MUTATE_NO_SWIZZLE"])
+    check_biased(exe, tmp_path, 1, 1, 70, 100, D, 1, 1.0, np.float16, TENSOR_CORES)
+    factor = LAST_STATS["bank_conflict_factor"]
+    check_biased(host_harness, tmp_path, 1, 1, 70, 100, D, 1, 1.0, np.float16, TENSOR_CORES)
+    assert LAST_STATS["bank_conflict_factor"] == 1.0 and factor > 2.0, factor
 
 
 def test_automatic_path_choice(host_harness, tmp_path):

@@ -81,9 +81,9 @@ __device__ __forceinline__ int key_at(const KeyList& kl, int j, bool& valid)
     }
 }
 
-// Which queries a block owns and which keys they see.
+// Which queries a block of `rows` query rows owns and which keys they see.
 __device__ __forceinline__ void block_problem(const AttentionParams& p, int L, int S, int M, int b,
-    const int32_t* landmarks, int& q_begin, int& q_end, KeyList& kl)
+    const int32_t* landmarks, int& q_begin, int& q_end, KeyList& kl, int rows = kBlockQ)
 {
     kl.mode = 0;
     kl.tail_start = 0;
@@ -95,24 +95,24 @@ __device__ __forceinline__ void block_problem(const AttentionParams& p, int L, i
     kl.landmarks = nullptr;
     if (p.kind == OpKind::kBiased)
     {
-        q_begin = blockIdx.x * kBlockQ;
-        q_end = q_begin + kBlockQ < L ? q_begin + kBlockQ : L;
+        q_begin = blockIdx.x * rows;
+        q_end = q_begin + rows < L ? q_begin + rows : L;
         return;
     }
     const int F = p.frame_len;
     const int n_frames = p.num_t * p.num_n;
-    const int tiles_per_frame = (F + kBlockQ - 1) / kBlockQ;
+    const int tiles_per_frame = (F + rows - 1) / rows;
     const int frame_tiles = n_frames * tiles_per_frame;
     const int tile = static_cast<int>(blockIdx.x);
     if (tile >= frame_tiles)
     {   // memory-token queries (strategy 2) see every key
-        q_begin = n_frames * F + (tile - frame_tiles) * kBlockQ;
-        q_end = q_begin + kBlockQ < L ? q_begin + kBlockQ : L;
+        q_begin = n_frames * F + (tile - frame_tiles) * rows;
+        q_end = q_begin + rows < L ? q_begin + rows : L;
         return;
     }
     const int f = tile / tiles_per_frame;
-    q_begin = f * F + (tile % tiles_per_frame) * kBlockQ;
-    q_end = q_begin + kBlockQ < (f + 1) * F ? q_begin + kBlockQ : (f + 1) * F;
+    q_begin = f * F + (tile % tiles_per_frame) * rows;
+    q_end = q_begin + rows < (f + 1) * F ? q_begin + rows : (f + 1) * F;
     kl.own_start = f * F;
     kl.own = F;
     kl.frame_len = F;
@@ -287,12 +287,12 @@ __global__ void attention_kernel(AttentionParams p, int /*B: grid.y = B*H*/, int
 }
 
 // Number of query tiles (grid.x) for a problem.
-inline int query_tiles(const AttentionParams& p, int L)
+inline int query_tiles(const AttentionParams& p, int L, int rows = kBlockQ)
 {
     if (p.kind == OpKind::kBiased)
-        return (L + kBlockQ - 1) / kBlockQ;
+        return (L + rows - 1) / rows;
     const int F = p.frame_len;
-    return p.num_t * p.num_n * ((F + kBlockQ - 1) / kBlockQ) + (p.num_memory + kBlockQ - 1) / kBlockQ;
+    return p.num_t * p.num_n * ((F + rows - 1) / rows) + (p.num_memory + rows - 1) / rows;
 }
 
 } // namespace vggt

@@ -1,184 +1,498 @@
-// Tensor-core variant of attention_kernel (fp16 I/O, head size <= 128): the two matrix
-// products of each key tile, S = Q K^T and O += P V, run as m16n16k16 wmma operations
-// (fp16 operands, fp32 accumulation); everything else is the kernel of
-// attention_kernel.cuh: the same block -> (queries, visible keys) mapping, the same
-// online softmax with fp32 statistics, the rank-1 bias added to the fp32 logits.
+// Tensor-core kernel (fp16 I/O, head size <= 128): FlashAttention-2's register-resident
+// forward pass with this project's rank-1 bias and sparse key lists.
 //
-// Layout of a block (kBlockQ = 32 query rows, kTcWarps = 2 warps):
-//   warp w owns rows [16w, 16w + 16); in the softmax step a lane pair owns one row, each
-//   lane half of the key tile's columns (their max and sum meet through one shuffle).
-// wmma fragments have an unspecified element -> lane layout, so the per-row rescaling of
-// the output accumulator cannot happen in registers: O lives in shared memory (fp32),
-// is rescaled there by the row's owners, and is loaded into an accumulator fragment for
-// the P V product. P is rounded to fp16 for the tensor cores; the row sum is taken over
-// the rounded values so numerator and denominator see the same weights.
+// Per block: 4 warps, kBlockM query rows (each warp two 16-row m-tiles); per key tile of
+// kBlockN keys, S = Q K^T and O += P V run as warp-level mma.sync.m16n8k16 (fp16 operands,
+// fp32 accumulation) through common/mma_ptx.h, whose fragment layouts the PTX ISA
+// documents, so every value has a known owner lane:
+//   - Q is loaded once (cp.async -> shared -> ldmatrix.x4) into A fragments kept in registers
+//     (D = 64; at D = 128 Q stays in shared memory and is re-read by ldmatrix, see traits);
+//   - S stays in the accumulator registers; the bias r_i c_j and the key mask join the
+//     fp32 logits there, in the log2 domain (log2 e folded into scale and r, exp2 below);
+//   - the running max / sum are fp32, one row owned by a quad of lanes (two xor shuffles);
+//   - P is packed to fp16 straight from the S accumulators into the A fragments of P V
+//     (the accumulator layout of an n8 pair is the A layout of one k16 step);
+//   - O lives in accumulator registers, rescaled in place, written once at the end;
+//   - K and V tiles come in with 16-byte cp.async, double buffered (the next tile is in
+//     flight while this one computes), from rows XOR-swizzled in 16-byte chunks so that
+//     the 8 row addresses of every ldmatrix phase hit 8 different bank groups;
+//   - keys are enumerated per tile row by key_at (the sparse lists are runs: a frame,
+//     landmark entries, dilated frames, the memory bank), each row copied with 16-byte
+//     vector copies; duplicates and padding are masked with -inf as in the CUDA-core kernel.
 //
-// Shared memory, under the 48 KB static limit: at DMAX = 128 with 32-key tiles Q 8 KB +
-// K 8 KB + V 8 KB + O 16 KB + S 4 KB + P 2 KB; at DMAX = 64 with 64-key tiles Q 4 KB + K 8 KB
-// + V 8 KB + O 8 KB + S 8 KB + P 4 KB. Head sizes that are multiples of 8 but not of 16 are padded
-// with zero columns to the 16-wide k-step, which changes neither product.
+// The head size is a compile-time DMAX (64 or 128) so every fragment loop is unrolled
+// and fragments stay in registers; a smaller run-time D (multiple of 8) is zero-padded
+// by the cp.async zero fill, which changes neither product.
 //
-// On the host (cuda_host_shim.h + wmma_host_shim.h) the same code runs with real
-// per-warp barriers and shuffles, and the shim enforces wmma's alignment / ldm rules.
+// Mutations for the tests (each must make the CPU run fail; see test_kernels_host.py):
+//   VGGT_MUTATE_NO_ASYNC_WAIT    drop the cp.async.wait_group before a tile is read
+//   VGGT_MUTATE_DROP_BARRIER=1|2 drop the barrier after the wait (1) / before reuse (2)
+//   VGGT_MUTATE_NO_O_RESCALE     do not rescale O when the running max grows
+//   VGGT_MUTATE_NO_SWIZZLE       plain row-major tiles (bank-conflict factor rises)
 #pragma once
 #include "attention_kernel.cuh"
+#include "../common/mma_ptx.h"
 
-#ifdef __CUDACC__
-#include <mma.h>
-#else
-#include "../common/wmma_host_shim.h"
+#ifndef VGGT_MUTATE_DROP_BARRIER
+#define VGGT_MUTATE_DROP_BARRIER 0
 #endif
 
 namespace vggt
 {
 
-namespace wmma = nvcuda::wmma;
-
-constexpr int kTcWarps = kBlockQ / 16;
-constexpr int kTcThreads = kTcWarps * 32;
-// Keys per tile: each tile costs one load + store of the warp's O rows in shared memory,
-// so the longest tile that fits halves that traffic per FLOP; at D = 128 only 32 fit.
+// Tile sizes (FlashAttention-2 style traits) and why:
+//   D = 64: kWarps = 4, kMTiles = 2 -> kBlockM = 128 query rows: every K / V fragment
+//     loaded by ldmatrix feeds two MMAs (two m-tiles), halving shared-memory bytes per MMA
+//     against one m-tile; kBlockN = 64 keys: S (2 x 8 x 4 = 64 fp32), O (64) and Q (32)
+//     registers fit under 255 with no spills, so 2 blocks = 8 warps are resident per SM.
+//   D = 128: two m-tiles as well (the fragment reuse), but O is 128 registers, so Q stays
+//     in shared memory (32 KB, read by ldmatrix once per k-step pair and tile) instead of
+//     64 more registers, and kBlockN = 32 keys keeps S at 32 registers. Q + two K / V
+//     stages are 64.5 KB: dynamic shared memory with the opt-in above 48 KB (every target
+//     arch grants >= 99 KB per block; 2 blocks = 8 warps per SM on sm_80 / 87 / 90).
+//   kStages = 2: one tile computing while the next is in flight; Q's staging buffer is
+//     the same shared memory (Q goes to registers before the first K / V copy).
 template <int DMAX>
-struct TcTileCfg
+struct MmaTraits
 {
-    static constexpr int kTileK = DMAX <= 64 ? 64 : 32;
+    static_assert(DMAX == 64 || DMAX == 128, "compile-time head sizes 64 and 128");
+    static constexpr int kWarps = 4;
+    static constexpr int kThreads = kWarps * 32;
+    static constexpr int kMTiles = 2;
+    static constexpr bool kQInRegs = DMAX <= 64;
+    static constexpr int kBlockM = kWarps * kMTiles * 16;
+    static constexpr int kBlockN = DMAX <= 64 ? 64 : 32;
+    static constexpr int kChunks = DMAX / 8;      // 16-byte chunks per row
+    static constexpr int kKSteps = DMAX / 16;     // k16 steps of Q K^T
+    static constexpr int kNTiles = kBlockN / 8;   // n8 tiles of S
+    static constexpr int kPSteps = kBlockN / 16;  // k16 steps of P V
+    static constexpr int kDTiles = DMAX / 8;      // n8 tiles of O
+    static constexpr int kStages = 2;
+    static constexpr int kTileBytes = kBlockN * DMAX * 2;
+    static constexpr int kStageBytes = 2 * kTileBytes + 2 * kBlockN * 4;   // K, V, c_j, mask_j
+    static constexpr int kQBytes = kBlockM * DMAX * 2;
+    // Q in registers: its staging area is reused by the stages; otherwise Q stays resident.
+    static constexpr int kStagesOffset = kQInRegs ? 0 : kQBytes;
+    static constexpr int kSmemBytes = kQInRegs ? (kQBytes > kStages * kStageBytes ? kQBytes : kStages * kStageBytes)
+                                               : kQBytes + kStages * kStageBytes;
+    static_assert(kChunks >= 8, "the XOR swizzle permutes 8 chunks");
+    static_assert(kKSteps % 2 == 0 && kDTiles % 2 == 0, "x4 ldmatrix covers two k-steps / two d-tiles");
+    static_assert(kSmemBytes <= 99 * 1024, "dynamic shared memory every target arch grants (sm_86 / 89: 99 KB)");
 };
-static_assert(kBlockQ % 16 == 0, "wmma tiles are 16 x 16");
 
-// grid: same as attention_kernel (query tiles, B*H); block: kTcThreads threads.
-template <int DMAX>
-__global__ void attention_kernel_tc(AttentionParams p, int H, int L, int S, int D, int M,
-    const half_t* __restrict__ q, const half_t* __restrict__ k, const half_t* __restrict__ v,
-    const float* __restrict__ r, const float* __restrict__ c, const int32_t* __restrict__ landmarks,
-    half_t* __restrict__ out)
+// Byte offset of 16-byte chunk `chunk` of row `row` in a tile of `chunks` chunks per row.
+// Chunk c of row r sits at slot c ^ (r & 7): the 8 rows an ldmatrix phase reads (same
+// logical chunk) and the 8 chunks a cp.async phase writes land in 8 distinct 16-byte bank
+// groups.
+__device__ __forceinline__ int swz(int row, int chunk, int chunks)
 {
-    static_assert(DMAX % 16 == 0 && DMAX <= kTensorCoreMaxHeadDim, "DMAX: 16-wide k-steps, shared memory budget");
-    constexpr int TK = TcTileCfg<DMAX>::kTileK;
-    static_assert(TK % 32 == 0, "16-key wmma columns; the lane pair of a row splits the tile");
-    constexpr int HALF_TK = TK / 2;
-    alignas(32) __shared__ half_t qs[kBlockQ][DMAX];
-    alignas(32) __shared__ half_t ks[TK][DMAX];
-    alignas(32) __shared__ half_t vs[TK][DMAX];
-    alignas(32) __shared__ half_t ps[kBlockQ][TK];
-    alignas(32) __shared__ float ss[kBlockQ][TK];
-    alignas(32) __shared__ float os[kBlockQ][DMAX];
-    __shared__ float cs[TK];
-    __shared__ int valid_s[TK];
-    __shared__ float rs[kBlockQ];
+#ifdef VGGT_MUTATE_NO_SWIZZLE
+    return (row * chunks + chunk) * 16;
+#else
+    return (row * chunks + (chunk ^ (row & 7))) * 16;
+#endif
+}
+
+// The same offset split into a per-lane register and compile-time immediates, so the
+// unrolled fragment loops add constants to a few registers instead of keeping one address
+// per fragment alive. For row = R0 + lane_row with R0 % 8 == 0 and chunk = C0 + lane_chunk
+// with (C0 % 8) and lane_chunk on disjoint bits (C0 % 8 + lane_chunk < 8):
+//   swz(row, chunk) = R0 * row_bytes + (C0 / 8) * 128 + lane_swz(lane_row, lane_chunk, C0 % 8)
+// because the XOR only touches the low three chunk bits.
+__device__ __forceinline__ int lane_swz(int lane_row, int lane_chunk, int c0lo, int chunks)
+{
+#ifdef VGGT_MUTATE_NO_SWIZZLE
+    const int x = lane_chunk;
+#else
+    const int x = lane_chunk ^ (lane_row & 7);
+#endif
+    return lane_row * chunks * 16 + (c0lo ^ x) * 16;
+}
+
+struct alignas(8) Float2
+{
+    float x, y;
+};
+
+constexpr float kLog2e = 1.4426950408889634F;
+
+// First virtual key position after the contiguous run holding position j (the key list
+// is a sequence of runs: all keys; own frame then landmark singletons; whole frames; own
+// frame then the memory bank). Inside a run, key = j + (key_at(j) - j).
+__device__ __forceinline__ int run_end(const KeyList& kl, int j)
+{
+    switch (kl.mode)
+    {
+    case 0: return kl.count;
+    case 1: return j < kl.own ? kl.own : j + 1;
+    case 2: return (j / kl.frame_len + 1) * kl.frame_len;
+    default: return j < kl.own ? kl.own : kl.count;
+    }
+}
+
+// Fills one stage (K tile, V tile, c_j / scale, mask_j) of kBlockN key-list entries with
+// 16-byte cp.async. A tile inside one contiguous run (nearly every tile: VGGT's runs are
+// frames of 1,374 tokens) takes the inlined path: row j is key j + run_delta, all keys
+// visible. Any other tile (a run boundary inside, landmark singletons, the padded end of
+// the list) takes the out-of-line general path, which also looks up the run the next
+// tile starts in; keeping it out of line keeps its switch and divisions out of the hot loop.
+template <int DMAX>
+struct TileLoader
+{
+    using Tr = MmaTraits<DMAX>;
+    static constexpr int kRowStep = Tr::kThreads / Tr::kChunks;
+    static constexpr int RB = Tr::kChunks * 16;
+    const half_t* k;
+    const half_t* v;
+    const float* c_row;   // nullptr without bias
+    float inv_scale;
+    int D, tid, cp_chunk, cp_off;
+    int run_stop;         // the run of the next tile ends here (0: unknown)
+    int run_delta;        // key = position + run_delta inside it
+
+    __device__ __forceinline__ void copy_row(unsigned char* stage, int it, int64_t key, bool in_list) const
+    {
+        const bool fill = in_list && cp_chunk * 8 < D;
+        const int64_t off = key * D + cp_chunk * 8;
+        ptx::cp_async_16(stage + cp_off + it * kRowStep * RB, fill ? k + off : k, fill);
+        ptx::cp_async_16(stage + Tr::kTileBytes + cp_off + it * kRowStep * RB, fill ? v + off : v, fill);
+    }
+
+    __device__ __forceinline__ void columns(unsigned char* stage, float cj, float mj) const
+    {
+        float* cs = reinterpret_cast<float*>(stage + 2 * Tr::kTileBytes);
+        ptx::sts(cs + tid % Tr::kBlockN, cj, tid < Tr::kBlockN);
+        ptx::sts(cs + Tr::kBlockN + tid % Tr::kBlockN, mj, tid < Tr::kBlockN);
+    }
+
+    __device__ __forceinline__ void contiguous(int t0, unsigned char* stage) const
+    {
+        const int key0 = t0 + run_delta + tid / Tr::kChunks;
+        VGGT_UNROLL
+        for (int it = 0; it < Tr::kBlockN * Tr::kChunks / Tr::kThreads; ++it)
+            copy_row(stage, it, key0 + it * kRowStep, true);
+        const float cj = (c_row != nullptr && tid < Tr::kBlockN) ? c_row[t0 + run_delta + tid] * inv_scale : 0.F;
+        columns(stage, cj, 0.F);
+    }
+
+    __device__ __noinline__ void general(const KeyList& kl, int t0, unsigned char* stage)
+    {
+        VGGT_UNROLL
+        for (int it = 0; it < Tr::kBlockN * Tr::kChunks / Tr::kThreads; ++it)
+        {
+            const int j = t0 + tid / Tr::kChunks + it * kRowStep;
+            bool ok = false;
+            const int64_t key = j < kl.count ? key_at(kl, j, ok) : 0;
+            copy_row(stage, it, key, j < kl.count);
+        }
+        const int j = t0 + tid;
+        bool ok = false;
+        int key = 0;
+        if (tid < Tr::kBlockN && j < kl.count)
+            key = key_at(kl, j, ok);
+        columns(stage, (ok && c_row != nullptr) ? c_row[key] * inv_scale : 0.F, ok ? 0.F : -INFINITY);
+        // the run the next tile starts in
+        const int next = t0 + Tr::kBlockN;
+        run_stop = 0;
+        if (next < kl.count)
+        {
+            bool v_ok = false;
+            run_delta = key_at(kl, next, v_ok) - next;
+            run_stop = run_end(kl, next);
+        }
+    }
+};
+
+// grid: (query tiles of kBlockM rows, B*H); block: kThreads threads.
+template <int DMAX>
+__global__ void __launch_bounds__(MmaTraits<DMAX>::kThreads, 2) attention_kernel_mma(AttentionParams p, int H,
+    int L, int S, int D, int M, const half_t* __restrict__ q, const half_t* __restrict__ k,
+    const half_t* __restrict__ v, const float* __restrict__ r, const float* __restrict__ c,
+    const int32_t* __restrict__ landmarks, half_t* __restrict__ out)
+{
+    using Tr = MmaTraits<DMAX>;
+    constexpr int BN = Tr::kBlockN, CH = Tr::kChunks, MT = Tr::kMTiles;
+    VGGT_DYNAMIC_SHARED_ARENA(smem);   // Tr::kSmemBytes, set by the launch
 
     const int bh = static_cast<int>(blockIdx.y);
     const int b = bh / H;
     const int tid = static_cast<int>(threadIdx.x);
-    const int warp = tid / 32;
-    const int lane = tid % 32;
+    const int warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t4 = lane % 4;   // fragment row group, thread in group
     int q_begin = 0, q_end = 0;
     KeyList kl;
-    block_problem(p, L, S, M, b, landmarks, q_begin, q_end, kl);
-
-    const int DP = (D + 15) / 16 * 16;
+    block_problem(p, L, S, M, b, landmarks, q_begin, q_end, kl, Tr::kBlockM);
     const int64_t q_base = static_cast<int64_t>(bh) * L * D;
     const int64_t kv_base = static_cast<int64_t>(bh) * S * D;
     const bool biased = p.kind == OpKind::kBiased && p.has_bias != 0;
-    const half_t zero = from_float<half_t>(0.F);
+    const float scale2 = p.scale * kLog2e;
 
-    // Q tile (rows past q_end and columns past D are zero, so they add nothing) and O = 0.
-    for (int e = tid; e < kBlockQ * DP; e += kTcThreads)
+    // Per-thread parts of the swizzled offsets (see lane_swz): the cp.async slot of this
+    // thread (its chunk is fixed, its rows step by kThreads / CH, a multiple of 8), and the
+    // ldmatrix row addresses of the Q / V pattern (rows lane % 8 + 8 ((lane / 8) % 2),
+    // chunk + lane / 16) and the K pattern (rows lane % 8, chunk + lane / 8).
+    constexpr int RB = CH * 16;                      // bytes per tile row
+    constexpr int kRowStep = Tr::kThreads / CH;      // rows between a thread's copies
+    static_assert(kRowStep % 8 == 0, "copy rows keep their swizzle phase");
+    const int cp_chunk = tid % CH;
+    const int cp_off = swz(tid / CH, cp_chunk, CH);
+    const int av_row = lane % 8 + ((lane / 8) % 2) * 8;
+    int avoff[4], koff[2];
+    VGGT_UNROLL
+    for (int j = 0; j < 4; ++j)
+        avoff[j] = lane_swz(av_row, lane / 16, 2 * j, CH);
+    VGGT_UNROLL
+    for (int j = 0; j < 2; ++j)
+        koff[j] = lane_swz(lane % 8, lane / 8, 4 * j, CH);
+
+    // ---- Q: cp.async into shared (zero rows / columns past the problem), then ldmatrix
+    VGGT_UNROLL
+    for (int it = 0; it < Tr::kBlockM * CH / Tr::kThreads; ++it)
     {
-        const int row = e / DP, d = e % DP;
-        const int i = q_begin + row;
-        qs[row][d] = (i < q_end && d < D) ? q[q_base + static_cast<int64_t>(i) * D + d] : zero;
-        os[row][d] = 0.F;
+        const int i = q_begin + tid / CH + it * kRowStep;
+        const bool fill = i < q_end && cp_chunk * 8 < D;
+        ptx::cp_async_16(smem + cp_off + it * kRowStep * RB,
+            fill ? q + q_base + static_cast<int64_t>(i) * D + cp_chunk * 8 : q, fill);
     }
-    for (int row = tid; row < kBlockQ; row += kTcThreads)
-    {
-        const int i = q_begin + row;
-        rs[row] = (biased && i < q_end) ? r[static_cast<int64_t>(b) * L + i] : 0.F;
-    }
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<0>();
     __syncthreads();
+    uint32_t qf[MT][Tr::kQInRegs ? Tr::kKSteps : 1][4];
+    VGGT_UNROLL
+    for (int mt = 0; mt < MT; ++mt)
+        VGGT_UNROLL
+        for (int ks = 0; ks < (Tr::kQInRegs ? Tr::kKSteps : 0); ++ks)
+            ptx::ldmatrix<4, false>(qf[mt][ks],
+                smem + (warp * MT + mt) * 16 * RB + (ks * 2 / 8) * 128 + avoff[(ks * 2 % 8) / 2]);
+    // Per row of this lane (m-tile mt, half h: rows g and g + 8): r_i.
+    float rb[MT][2];
+    VGGT_UNROLL
+    for (int mt = 0; mt < MT; ++mt)
+        VGGT_UNROLL
+        for (int h = 0; h < 2; ++h)
+        {
+            const int i = q_begin + (warp * MT + mt) * 16 + g + 8 * h;
+            rb[mt][h] = (biased && i < q_end) ? r[static_cast<int64_t>(b) * L + i] : 0.F;
+        }
+    if (Tr::kQInRegs)
+        __syncthreads();   // Q's staging area becomes the K / V stages
 
-    const int my_row = warp * 16 + lane / 2;
-    const int col0 = (lane % 2) * HALF_TK;
-    const float r_i = rs[my_row];
-    float m_run = -INFINITY;
-    float l_run = 0.F;
+    TileLoader<DMAX> ld;
+    ld.k = k + kv_base;
+    ld.v = v + kv_base;
+    ld.c_row = biased ? c + static_cast<int64_t>(b) * S : nullptr;
+    ld.inv_scale = 1.F / p.scale;
+    ld.D = D;
+    ld.tid = tid;
+    ld.cp_chunk = cp_chunk;
+    ld.cp_off = cp_off;
+    ld.run_stop = 0;
+    ld.run_delta = 0;
 
-    for (int t0 = 0; t0 < kl.count; t0 += TK)
+    float o[MT][Tr::kDTiles][4];
+    // Row sums come out of the tensor cores: P times an n8 tile of ones gives, in every
+    // lane, the full row sum of the fp16 P that also multiplies V (numerator and
+    // denominator see the same weights), with no per-element FADD and no shuffles.
+    float m_run[MT][2], l_acc[MT][4];
+    const uint32_t ones[2] = {0x3c003c00u, 0x3c003c00u};   // fp16 1.0 pairs
+    VGGT_UNROLL
+    for (int mt = 0; mt < MT; ++mt)
     {
-        load_key_tile<TK>(kl, t0, D, DP, DMAX, tid, kTcThreads, k + kv_base, v + kv_base,
-            biased ? c + static_cast<int64_t>(b) * S : nullptr, biased, &ks[0][0], &vs[0][0], valid_s, cs);
-        __syncthreads();
-
-        // S = Q K^T for this warp's 16 rows (K stored [key][d] is K^T in column-major).
-        for (int nt = 0; nt < TK; nt += 16)
-        {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
-            wmma::fill_fragment(sf, 0.F);
-            for (int kk = 0; kk < DP; kk += 16)
-            {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, half_t, wmma::row_major> af;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, half_t, wmma::col_major> bf;
-                wmma::load_matrix_sync(af, &qs[warp * 16][kk], DMAX);
-                wmma::load_matrix_sync(bf, &ks[nt][kk], DMAX);
-                wmma::mma_sync(sf, af, bf, sf);
-            }
-            wmma::store_matrix_sync(&ss[warp * 16][nt], sf, TK, wmma::mem_row_major);
-        }
-        __syncwarp();
-
-        // Online softmax of the row this lane pair owns.
-        float s_loc[HALF_TK];
-        float tile_max = -INFINITY;
-        for (int u = 0; u < HALF_TK; ++u)
-        {
-            const int jj = col0 + u;
-            s_loc[u] = valid_s[jj] ? ss[my_row][jj] * p.scale + r_i * cs[jj] : -INFINITY;
-            tile_max = s_loc[u] > tile_max ? s_loc[u] : tile_max;
-        }
-        const float other_max = __shfl_xor_sync(0xffffffffu, tile_max, 1);
-        tile_max = other_max > tile_max ? other_max : tile_max;
-        const float m_new = m_run > tile_max ? m_run : tile_max;
-        // m_new = -inf: nothing visible yet; P = 0 and O (still 0) may be scaled by 0.
-        const float corr = m_run > -INFINITY ? expf(m_run - m_new) : 0.F;
-        float row_sum = 0.F;
-        for (int u = 0; u < HALF_TK; ++u)
-        {
-            const half_t pr = from_float<half_t>(s_loc[u] > -INFINITY ? expf(s_loc[u] - m_new) : 0.F);
-            ps[my_row][col0 + u] = pr;
-            row_sum += to_float(pr);
-        }
-        row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
-        l_run = l_run * corr + row_sum;
-        m_run = m_new;
-        for (int d = lane % 2; d < DP; d += 2)
-            os[my_row][d] *= corr;
-        __syncwarp();
-
-        // O += P V for this warp's rows, through accumulator fragments loaded from shared.
-        for (int dt = 0; dt < DP; dt += 16)
-        {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> of;
-            wmma::load_matrix_sync(of, &os[warp * 16][dt], DMAX, wmma::mem_row_major);
-            for (int kk = 0; kk < TK; kk += 16)
-            {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, half_t, wmma::row_major> pf;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, half_t, wmma::row_major> vf;
-                wmma::load_matrix_sync(pf, &ps[warp * 16][kk], TK);
-                wmma::load_matrix_sync(vf, &vs[kk][dt], DMAX);
-                wmma::mma_sync(of, pf, vf, of);
-            }
-            wmma::store_matrix_sync(&os[warp * 16][dt], of, DMAX, wmma::mem_row_major);
-        }
-        __syncthreads();
+        VGGT_UNROLL
+        for (int dt = 0; dt < Tr::kDTiles; ++dt)
+            VGGT_UNROLL
+            for (int e = 0; e < 4; ++e)
+                o[mt][dt][e] = 0.F;
+        m_run[mt][0] = m_run[mt][1] = -INFINITY;
+        VGGT_UNROLL
+        for (int e = 0; e < 4; ++e)
+            l_acc[mt][e] = 0.F;
     }
 
-    const int i = q_begin + my_row;
-    if (i < q_end)
+    const int n_tiles = (kl.count + BN - 1) / BN;
+    if (n_tiles > 0)
+        ld.general(kl, 0, smem + Tr::kStagesOffset);
+    ptx::cp_async_commit();
+    for (int tile = 0; tile < n_tiles; ++tile)
     {
-        const float inv = l_run > 0.F ? 1.F / l_run : 0.F;
-        const int64_t o_off = q_base + static_cast<int64_t>(i) * D;
-        for (int d = lane % 2; d < D; d += 2)
-            out[o_off + d] = from_float<half_t>(os[my_row][d] * inv);
+        const int stage = tile & 1;
+        const int t_next = (tile + 1) * BN;   // in flight while this tile computes
+        if (t_next + BN <= ld.run_stop)
+            ld.contiguous(t_next, smem + Tr::kStagesOffset + (stage ^ 1) * Tr::kStageBytes);
+        else if (tile + 1 < n_tiles)
+            ld.general(kl, t_next, smem + Tr::kStagesOffset + (stage ^ 1) * Tr::kStageBytes);
+        ptx::cp_async_commit();
+#ifndef VGGT_MUTATE_NO_ASYNC_WAIT
+        ptx::cp_async_wait<1>();   // this thread's copies of `tile` have landed
+#endif
+#if VGGT_MUTATE_DROP_BARRIER != 1
+        __syncthreads();           // ... and every other thread's
+#endif
+        const unsigned char* ks = smem + Tr::kStagesOffset + stage * Tr::kStageBytes;
+        const unsigned char* vs = ks + Tr::kTileBytes;
+        const float* cs = reinterpret_cast<const float*>(vs + Tr::kTileBytes);
+        const float* ms = cs + BN;
+
+        // S = Q K^T. The accumulator starts at r_i c_j / scale + mask_j, so the MMAs leave
+        // s = q.k + r_i c_j / scale (-inf for masked keys): the bias costs one FFMA.
+        float s[MT][Tr::kNTiles][4];
+        VGGT_UNROLL
+        for (int nt = 0; nt < Tr::kNTiles; ++nt)
+        {
+            const Float2 cj = ptx::lds(reinterpret_cast<const Float2*>(cs + nt * 8 + 2 * t4));
+            const Float2 mj = ptx::lds(reinterpret_cast<const Float2*>(ms + nt * 8 + 2 * t4));
+            VGGT_UNROLL
+            for (int mt = 0; mt < MT; ++mt)
+                VGGT_UNROLL
+                for (int e = 0; e < 4; ++e)
+                    s[mt][nt][e] = fmaf(rb[mt][e / 2], e % 2 ? cj.y : cj.x, e % 2 ? mj.y : mj.x);
+        }
+        // Per pair of k-steps: the Q fragments (registers, or one ldmatrix.x4 each from the
+        // resident Q tile), then per n8 tile one ldmatrix.x4 of K = B fragments of both
+        // k-steps, each feeding both m-tiles.
+        VGGT_UNROLL
+        for (int kk = 0; kk < Tr::kKSteps; kk += 2)
+        {
+            uint32_t qa[MT][2][4];
+            VGGT_UNROLL
+            for (int mt = 0; mt < MT; ++mt)
+                VGGT_UNROLL
+                for (int h2 = 0; h2 < 2; ++h2)
+                {
+                    if constexpr (Tr::kQInRegs)
+                    {
+                        VGGT_UNROLL
+                        for (int e = 0; e < 4; ++e)
+                            qa[mt][h2][e] = qf[mt][kk + h2][e];
+                    }
+                    else
+                        ptx::ldmatrix<4, false>(qa[mt][h2], smem + (warp * MT + mt) * 16 * RB
+                                + ((kk + h2) * 2 / 8) * 128 + avoff[((kk + h2) * 2 % 8) / 2]);
+                }
+            VGGT_UNROLL
+            for (int nt = 0; nt < Tr::kNTiles; ++nt)
+            {
+                uint32_t bf[4];
+                ptx::ldmatrix<4, false>(bf, ks + nt * 8 * RB + (kk * 2 / 8) * 128 + koff[(kk * 2 % 8) / 4]);
+                const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
+                VGGT_UNROLL
+                for (int mt = 0; mt < MT; ++mt)
+                {
+                    ptx::mma_16816(s[mt][nt], qa[mt][0], b0);
+                    ptx::mma_16816(s[mt][nt], qa[mt][1], b1);
+                }
+            }
+        }
+
+        // Row maxima of the raw logits (scale > 0, so the order is that of the logits).
+        float tmax[MT][2];
+        VGGT_UNROLL
+        for (int mt = 0; mt < MT; ++mt)
+            VGGT_UNROLL
+            for (int h = 0; h < 2; ++h)
+            {
+                tmax[mt][h] = -INFINITY;
+                VGGT_UNROLL
+                for (int nt = 0; nt < Tr::kNTiles; ++nt)
+                    tmax[mt][h] = fmaxf(tmax[mt][h], fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+            }
+        // Online softmax per row (a quad of lanes shares a row: two xor shuffles).
+        float corr[MT][2], m_use[MT][2];
+        VGGT_UNROLL
+        for (int mt = 0; mt < MT; ++mt)
+            VGGT_UNROLL
+            for (int h = 0; h < 2; ++h)
+            {
+                float mx = tmax[mt][h];
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float m_new = fmaxf(m_run[mt][h], mx);
+                // exponents in the log2 domain: p = exp2(scale log2e (s - m)); nothing visible
+                // yet: subtract 0 (exp2(-inf) = 0 keeps P and O at 0)
+                m_use[mt][h] = m_new == -INFINITY ? 0.F : m_new * scale2;
+                corr[mt][h] = ptx::ex2(m_run[mt][h] * scale2 - m_use[mt][h]);
+                m_run[mt][h] = m_new;
+            }
+#ifndef VGGT_MUTATE_NO_O_RESCALE
+        VGGT_UNROLL
+        for (int mt = 0; mt < MT; ++mt)
+            VGGT_UNROLL
+            for (int dt = 0; dt < Tr::kDTiles; ++dt)
+                VGGT_UNROLL
+                for (int e = 0; e < 4; ++e)
+                    o[mt][dt][e] *= corr[mt][e / 2];
+#endif
+        VGGT_UNROLL
+        for (int mt = 0; mt < MT; ++mt)
+            VGGT_UNROLL
+            for (int e = 0; e < 4; ++e)
+                l_acc[mt][e] *= corr[mt][e / 2];
+        // P = exp2(scale log2e (s - m)), packed to fp16:
+        // S tiles 2kk, 2kk+1 form the A fragment of k-step kk of P V.
+        uint32_t pf[MT][Tr::kPSteps][4];
+        VGGT_UNROLL
+        for (int mt = 0; mt < MT; ++mt)
+            VGGT_UNROLL
+            for (int nt = 0; nt < Tr::kNTiles; ++nt)
+            {
+                float pe[4];
+                VGGT_UNROLL
+                for (int e = 0; e < 4; ++e)
+                    pe[e] = ptx::ex2(fmaf(s[mt][nt][e], scale2, -m_use[mt][e / 2]));
+                pf[mt][nt / 2][(nt % 2) * 2 + 0] = ptx::pack_half2(pe[0], pe[1]);
+                pf[mt][nt / 2][(nt % 2) * 2 + 1] = ptx::pack_half2(pe[2], pe[3]);
+            }
+        // O += P V: one ldmatrix.x4.trans of V = B fragments of two d-tiles for one k-step.
+        VGGT_UNROLL
+        for (int mt = 0; mt < MT; ++mt)
+            VGGT_UNROLL
+            for (int kk = 0; kk < Tr::kPSteps; ++kk)
+                ptx::mma_16816(l_acc[mt], pf[mt][kk], ones);
+        VGGT_UNROLL
+        for (int dt = 0; dt < Tr::kDTiles; dt += 2)
+            VGGT_UNROLL
+            for (int kk = 0; kk < Tr::kPSteps; ++kk)
+            {
+                uint32_t bf[4];
+                ptx::ldmatrix<4, true>(bf, vs + kk * 16 * RB + (dt / 8) * 128 + avoff[(dt % 8) / 2]);
+                const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
+                VGGT_UNROLL
+                for (int mt = 0; mt < MT; ++mt)
+                {
+                    ptx::mma_16816(o[mt][dt], pf[mt][kk], b0);
+                    ptx::mma_16816(o[mt][dt + 1], pf[mt][kk], b1);
+                }
+            }
+#if VGGT_MUTATE_DROP_BARRIER != 2
+        __syncthreads();   // every warp is done with this stage before it is refilled
+#endif
     }
+    ptx::cp_async_wait<0>();
+
+    // One write of O (rows past the problem are skipped).
+    VGGT_UNROLL
+    for (int mt = 0; mt < MT; ++mt)
+        VGGT_UNROLL
+        for (int h = 0; h < 2; ++h)
+        {
+            const float l = l_acc[mt][2 * h];
+            const float inv = l > 0.F ? 1.F / l : 0.F;
+            const int i = q_begin + (warp * MT + mt) * 16 + g + 8 * h;
+            if (i < q_end)
+            {
+                half_t* orow = out + q_base + static_cast<int64_t>(i) * D;
+                VGGT_UNROLL
+                for (int dt = 0; dt < Tr::kDTiles; ++dt)
+                {
+                    const int d = dt * 8 + 2 * t4;
+                    if (d < D)
+                    {
+                        orow[d] = from_float<half_t>(o[mt][dt][2 * h] * inv);
+                        orow[d + 1] = from_float<half_t>(o[mt][dt][2 * h + 1] * inv);
+                    }
+                }
+            }
+        }
 }
 
 } // namespace vggt

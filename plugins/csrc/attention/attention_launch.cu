@@ -44,11 +44,23 @@ static int launch_tc(const AttentionParams& p, int B, int H, int L, int S, int D
     const void* k, const void* v, const float* r, const float* c, const int32_t* landmarks, void* out,
     void* stream)
 {
-    const dim3 grid(static_cast<unsigned>(query_tiles(p, L)), static_cast<unsigned>(B * H));
-    const dim3 block(kTcThreads);
-    VGGT_LAUNCH((attention_kernel_tc<DMAX>), grid, block, stream, p, H, L, S, D, M,
-        static_cast<const half_t*>(q), static_cast<const half_t*>(k), static_cast<const half_t*>(v), r, c,
-        landmarks, static_cast<half_t*>(out));
+    const dim3 grid(static_cast<unsigned>(query_tiles(p, L, MmaTraits<DMAX>::kBlockM)), static_cast<unsigned>(B * H));
+    const dim3 block(MmaTraits<DMAX>::kThreads);
+    constexpr int smem = MmaTraits<DMAX>::kSmemBytes;
+    auto* kernel = attention_kernel_mma<DMAX>;
+#ifdef __CUDACC__
+    // above 48 KB of dynamic shared memory a kernel must opt in (per device; cheap to repeat)
+    if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
+        return 1;
+    kernel<<<grid, block, smem, static_cast<cudaStream_t>(stream)>>>(p, H, L, S, D, M, static_cast<const half_t*>(q),
+        static_cast<const half_t*>(k), static_cast<const half_t*>(v), r, c, landmarks, static_cast<half_t*>(out));
+#else
+    (void) stream;
+    if (smem > 48 * 1024)
+        vggt_host::set_max_dynamic_shared(reinterpret_cast<const void*>(kernel), smem);
+    vggt_host::launch_dynamic(grid, block, smem, kernel, p, H, L, S, D, M, static_cast<const half_t*>(q),
+        static_cast<const half_t*>(k), static_cast<const half_t*>(v), r, c, landmarks, static_cast<half_t*>(out));
+#endif
     return launch_status();
 }
 

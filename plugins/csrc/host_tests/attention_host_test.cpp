@@ -7,6 +7,7 @@
 // Also checks the TRT-free parameter rules so a bad case fails here, not silently.
 #include "../attention/attention_launch.h"
 #include "../common/attention_params.h"
+#include "../common/cuda_host_shim.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -85,6 +86,12 @@ int main(int argc, char** argv)
         std::fprintf(stderr, "launch_attention failed: %d\n", rc);
         return 5;
     }
+    // Shared-memory wavefronts of the warp accesses the shim saw (tensor-core kernel):
+    // 1.0 = no bank conflicts.
+    std::printf("bank_conflict_factor=%.4f wavefronts=%llu ideal=%llu accesses=%llu\n",
+        vggt_host::bank_conflict_factor(), static_cast<unsigned long long>(vggt_host::g_bank.wavefronts.load()),
+        static_cast<unsigned long long>(vggt_host::g_bank.ideal.load()),
+        static_cast<unsigned long long>(vggt_host::g_bank.accesses.load()));
     std::ofstream f(dir + "/out.bin", std::ios::binary);
     f.write(out.data(), static_cast<std::streamsize>(out.size()));
     return f ? 0 : 6;
