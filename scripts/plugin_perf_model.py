@@ -4,8 +4,8 @@ usage: python scripts/plugin_perf_model.py [--T 8 --N 4 --height 518 --width 518
                                           [--peak-tflops 65]
 Counts the two matmuls of attention (4 L S D per head) and the minimum DRAM traffic (read
 q, k, v once, write out once, fp16), plus what the kernels re-read: each block of
-kBlockQ = 32 queries streams all its keys and values once (both the CUDA-core and the
-tensor-core kernel). With --peak-tflops (the GPU's dense fp16 tensor-core rate, from its
+--block-q queries streams all its keys and values once (128 rows for the fp16 tensor-core
+kernel, the default since fp16 engines are the fast path; 32 for the fp32 CUDA-core one). With --peak-tflops (the GPU's dense fp16 tensor-core rate, from its
 datasheet) it adds the compute-bound lower limit per call, the figure a measured time
 is judged against.
 """
@@ -22,7 +22,8 @@ def main() -> None:
     ap.add_argument("--N", type=int, default=4)
     ap.add_argument("--height", type=int, default=518)
     ap.add_argument("--width", type=int, default=518)
-    ap.add_argument("--block-q", type=int, default=32)
+    ap.add_argument("--block-q", type=int, default=128,
+                    help="query rows per block: 128 tensor-core kernel (fp16), 32 CUDA-core (fp32)")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="dense fp16 tensor-core TFLOPS of the target GPU (datasheet)")
     a = ap.parse_args()
