@@ -176,6 +176,13 @@ def build_engine(
     version_compatible: bool = typer.Option(
         False, "--version-compatible", help="Build a version-compatible engine (runs on "
         "later TensorRT releases and on the lean runtime; may be slower)."),
+    target: str = typer.Option("trt", "--target", help="trt: full TensorRT on the GPU that "
+                               "will run the engine (servers, Jetsons); rtx: TensorRT for RTX "
+                               "(pip install tensorrt-rtx), ahead of time, no GPU needed, for "
+                               "RTX workstation GPUs."),
+    compute_capability: Optional[str] = typer.Option(
+        None, "--compute-capability", help="With --target rtx: the GPUs to build for, e.g. "
+        "86,89,120 (offered: 75, 80, 86, 89, 120, 121; not Orin 87 nor Hopper 90)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate inputs and print the "
                                  "build plan; works without TensorRT or a GPU."),
 ) -> None:
@@ -202,6 +209,23 @@ def build_engine(
     opts = {"builder_optimization_level": opt_level} if opt_level is not None else {}
     if version_compatible:
         opts["version_compatible"] = True
+    if target not in ("trt", "rtx"):
+        _fail(f"--target must be trt or rtx, got {target!r}")
+    if target == "rtx":
+        from .trt.rtx import parse_compute_capabilities
+
+        try:
+            opts.update(target="rtx", compute_capabilities=parse_compute_capabilities(
+                compute_capability or ""))
+        except ValueError as e:
+            _fail(str(e))
+        if version_compatible:
+            _fail("--version-compatible is a full-TensorRT option; TensorRT for RTX engines "
+                  "are built per compute capability (--compute-capability)")
+        cache = None  # TensorRT for RTX ignores timing caches when building ahead of time
+    elif compute_capability is not None:
+        _fail("--compute-capability applies to --target rtx; full TensorRT builds for the GPU "
+              "it runs on")
     try:
         plan = plan_build(dirs, precision, calib=calib, plugins=plugins, workspace=workspace,
                           timing_cache=cache, options=opts)

@@ -16,12 +16,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(spec_path: str, out_path: str) -> None:
-    from plugins.trt_rtx_env import prepare
+    from runtime.trt.rtx import prepare
 
     trt = prepare()
     spec = json.loads(Path(spec_path).read_text())
     if spec.get("plugin_library"):
         ctypes.CDLL(spec["plugin_library"], mode=ctypes.RTLD_GLOBAL)  # load-time registration
+        route = f"libvggt_mv_plugins.so ({spec['plugin_library']})"
+    else:  # no C++ library here: the contract's build-time creators stand in for it
+        from runtime.trt.contract_creators import REFUSALS, ROUTE_NAME, register
+
+        register(trt)
+        route = ROUTE_NAME
 
     class Log(trt.ILogger):
         def __init__(self):
@@ -63,8 +69,11 @@ def main(spec_path: str, out_path: str) -> None:
         text = "\n".join(log.lines)
         rep["log_int8_mentions"] = len(re.findall(r"\bInt8\b|\bINT8\b", text))
         rep["log_errors"] = [ln for ln in log.lines if ln.startswith(("ERROR", "INTERNAL_ERROR"))][:5]
+        if not spec.get("plugin_library"):
+            rep["contract_refusals"] = REFUSALS[:]
+            REFUSALS.clear()
         reports[graph] = rep
-    Path(out_path).write_text(json.dumps(reports, indent=1))
+    Path(out_path).write_text(json.dumps({"route": route, "graphs": reports}, indent=1))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ TensorRT (it is what ``--dry-run`` prints), ``build_engines`` does the TensorRT 
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from .env import (
     import_tensorrt,
     make_logger,
     require_gpu,
+    version_label,
 )
 from .plugins import (
     LIB_NAME,
@@ -323,6 +325,8 @@ def build_engines(plan: BuildPlan, *, log: Callable[[str], None] = print,
     if not plan.ok:
         raise EngineBuildError("the build plan is invalid:\n  - "
                                + "\n  - ".join(plan.all_problems))
+    if plan.options.get("target") == "rtx":
+        return _build_engines_rtx(plan, log)
     trt = _require_tensorrt()
     try:
         gpu = require_gpu(device)
@@ -339,7 +343,7 @@ def build_engines(plan: BuildPlan, *, log: Callable[[str], None] = print,
             load_plugin_library(trt, plan.plugin_library)
         except PluginLoadError as e:
             raise EngineBuildError(f"{e}: {'; '.join(messages[-5:])}") from e
-    env = EnvironmentInfo(str(trt.__version__), gpu.name, gpu.compute_capability,
+    env = EnvironmentInfo(version_label(trt), gpu.name, gpu.compute_capability,
                           plan.plugin_sha256, str(plan.plugin_library or "") or None)
     if builder_optimization_level is None:
         builder_optimization_level = plan.options.get("builder_optimization_level")
@@ -418,3 +422,62 @@ def _build_one(trt, logger, messages, item: BuildItem, plan: BuildPlan, cache_by
                                                              or "no message from TensorRT"))
     new_cache = bytes(config.get_timing_cache().serialize())
     return bytes(serialized), inputs, outputs, new_cache
+
+
+# --------------------------------------------------------------- TensorRT for RTX (AOT)
+RTX_GPU_NAME = "any GPU of the listed compute capabilities (TensorRT for RTX, ahead of time)"
+
+
+def _build_engines_rtx(plan: BuildPlan, log: Callable[[str], None]) -> list[BuildResult]:
+    """Ahead-of-time builds with TensorRT for RTX: no GPU is needed, the targets are the
+    plan's compute capabilities. Each graph is parsed and built in a child process
+    (runtime/trt/rtx_worker.py) whose LD_LIBRARY_PATH holds libtensorrt_rtx.so."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from . import rtx  # noqa: PLC0415
+
+    try:
+        env_vars = rtx.subprocess_env()
+    except rtx.TrtRtxUnavailable as e:
+        raise EngineBuildError(str(e)) from e
+    caps = list(plan.options["compute_capabilities"])
+    worker = Path(__file__).with_name("rtx_worker.py")
+    results, version = [], None
+    for item in plan.items:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=".rtx-", dir=item.bucket_dir) as tmp:
+            spec = {"graph": str(item.onnx_path), "engine": str(Path(tmp) / "engine"),
+                    "capabilities": caps, "workspace_bytes": plan.workspace_bytes,
+                    "plugin_library": str(plan.plugin_library) if plan.plugin_library else None}
+            (Path(tmp) / "spec.json").write_text(json.dumps(spec))
+            out_file = Path(tmp) / "out.json"
+            proc = subprocess.run([sys.executable, str(worker), str(Path(tmp) / "spec.json"),
+                                   str(out_file)], env=env_vars, capture_output=True, text=True)
+            out = json.loads(out_file.read_text()) if out_file.is_file() else {
+                "ok": False, "error": f"the TensorRT for RTX build process died (exit "
+                f"{proc.returncode}): {(proc.stderr or proc.stdout).strip()[-400:]}"}
+            if not out["ok"]:
+                results.append(BuildResult(item, "failed", time.perf_counter() - t0, 0,
+                                           out["error"]))
+                log(f"{item.bucket_name}: FAILED: {out['error']}")
+                continue
+            os.replace(spec["engine"], item.engine_path)
+        version = f"{out['version']}-rtx"
+        secs = time.perf_counter() - t0
+        env = EnvironmentInfo(version, RTX_GPU_NAME, ",".join(caps), plan.plugin_sha256,
+                              str(plan.plugin_library or "") or None)
+        side = make_sidecar(
+            engine_file=item.engine_path.name, engine_sha256=sha256_file(item.engine_path),
+            env=env, bucket=item.bucket, precision=item.precision,
+            source_onnx=item.onnx_path.name, source_onnx_sha256=sha256_file(item.onnx_path),
+            build_options=plan.build_options(), inputs=out["inputs"], outputs=out["outputs"],
+            plugin_library=str(plan.plugin_library) if plan.plugin_library else None,
+            contract_version=item.manifest.get("contract_version"), build_seconds=secs)
+        write_sidecar(item.sidecar_path, side)
+        results.append(BuildResult(item, "built", secs, item.engine_path.stat().st_size))
+        log(f"{item.bucket_name}: built {item.engine_path} for SM {', '.join(caps)} "
+            f"in {secs:.1f} s (TensorRT for RTX {out['version']})")
+    return results

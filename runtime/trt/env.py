@@ -17,10 +17,16 @@ from typing import Any
 from ..session import SessionError
 
 __all__ = ["MIN_TENSORRT", "TrtUnavailableError", "GpuUnavailableError", "GpuInfo",
-           "parse_version", "import_tensorrt", "import_cudart", "tensorrt_version",
+           "parse_version", "import_tensorrt", "import_cudart", "tensorrt_version", "version_label",
+           "TENSORRT_LIBRARY_ENV",
            "unavailable_reason", "detect_gpu", "require_gpu", "make_logger"]
 
 MIN_TENSORRT = (10, 3)  # JetPack 6: strongly typed networks, IPluginV3, execute_async_v3
+# Which TensorRT runs engines: "tensorrt" (servers, Jetsons; the default) or "tensorrt_rtx"
+# (TensorRT for RTX, RTX workstation GPUs). Unset: tensorrt, else tensorrt_rtx if only it
+# is installed.
+TENSORRT_LIBRARY_ENV = "VGGT_MV_TENSORRT"
+_LIBRARIES = ("tensorrt", "tensorrt_rtx")
 
 
 class TrtUnavailableError(SessionError):
@@ -56,7 +62,22 @@ def import_tensorrt(*, allow_lean: bool = True, need_builder: bool = False):
     """The TensorRT bindings, checked for version (and for the builder when building).
 
     allow_lean: fall back to the lean runtime, which only deserializes version-compatible
-    engines (`build-engine --version-compatible`) and cannot build."""
+    engines (`build-engine --version-compatible`) and cannot build.
+    The library is chosen once, here: $VGGT_MV_TENSORRT, else `tensorrt`, else (to run
+    engines, not to build) `tensorrt_rtx` when it is the one installed."""
+    choice = os.environ.get(TENSORRT_LIBRARY_ENV, "").strip()
+    if choice and choice not in _LIBRARIES:
+        raise TrtUnavailableError(f"${TENSORRT_LIBRARY_ENV}={choice!r}: choose one of "
+                                  f"{', '.join(_LIBRARIES)}")
+    rtx_only = (not choice and not need_builder and importlib.util.find_spec("tensorrt") is None
+                and importlib.util.find_spec("tensorrt_rtx") is not None)
+    if choice == "tensorrt_rtx" or rtx_only:
+        try:
+            import tensorrt_rtx as trt  # noqa: PLC0415
+        except ImportError as e:
+            raise TrtUnavailableError(f"${TENSORRT_LIBRARY_ENV}=tensorrt_rtx but TensorRT for "
+                                      f"RTX is not installed (pip install tensorrt-rtx)") from e
+        return trt
     try:
         import tensorrt as trt  # noqa: PLC0415
     except ImportError as e:
@@ -86,9 +107,17 @@ def import_tensorrt(*, allow_lean: bool = True, need_builder: bool = False):
     return trt
 
 
+def version_label(trt) -> str:
+    """The version recorded in sidecars and compared at load: TensorRT for RTX numbers its
+    releases 1.x, so its engines are labelled '1.7.1.116-rtx' and never pass for another
+    library's (parse_version reads the numeric part)."""
+    v = str(trt.__version__)
+    return f"{v}-rtx" if trt.__name__.split(".")[0] == "tensorrt_rtx" else v
+
+
 def tensorrt_version() -> str | None:
     try:
-        return str(import_tensorrt().__version__)
+        return version_label(import_tensorrt())
     except TrtUnavailableError:
         return None
 

@@ -64,18 +64,39 @@ def resolve_plugin_library(explicit: str | Path | None = None) -> Path | None:
 
 _HANDLES: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
+ALREADY_REGISTERED = "already registered"  # the handle when another route registered them
+
+
+def _creators_present(registry) -> bool:
+    """Whether every contract op already has a creator in ``registry`` (a bare dlopen of
+    the library registers them at load time; so does an earlier load_library)."""
+    from plugins import contract  # noqa: PLC0415 - stdlib-only contract accessors
+
+    try:
+        present = {(c.name, c.plugin_namespace) for c in registry.all_creators}
+    except AttributeError:  # an old registry without the listing: trust load_library
+        return False
+    return all((op, contract.PLUGIN_NAMESPACE) in present for op in contract.op_names())
 
 
 def load_plugin_library(trt, lib: str | Path) -> Any:
     """Register a library's creators in ``trt``'s process-wide registry, once.
 
-    Loading it again for a second session would register its creators twice; the cached
-    handle keeps the library loaded for the life of the process."""
-    key = (trt.__name__, str(lib))
+    Idempotent: keyed by the resolved file, so a second session (or another spelling of
+    the same path) gets the same handle; and when the creators are already registered
+    (the library was dlopened, e.g. by `polygraphy --plugins`, and registered itself at
+    load time) load_library is not called, since TensorRT (for RTX) refuses a second
+    registration of the same creators."""
+    path = str(Path(lib).resolve())
+    key = (trt.__name__, path)
     with _LOCK:
         handle = _HANDLES.get(key)
         if handle is None:
-            handle = trt.get_plugin_registry().load_library(str(lib))
+            registry = trt.get_plugin_registry()
+            if _creators_present(registry):
+                handle = ALREADY_REGISTERED
+            else:
+                handle = registry.load_library(path)
             if handle is None:
                 raise PluginLoadError(f"TensorRT could not load the plugin library {lib} "
                                       f"(see the TensorRT log); was it built for this "

@@ -36,6 +36,7 @@ from .env import (
     import_tensorrt,
     make_logger,
     require_gpu,
+    version_label,
 )
 from .plugins import PluginLoadError, load_plugin_library, resolve_plugin_library
 from .sidecar import (
@@ -124,7 +125,7 @@ class TrtSession(ClosingSession):
         except GpuUnavailableError as e:
             raise TrtUnavailableError(f"cannot run {self.engine_path}: {e}") from e
         lib = resolve_plugin_library(plugin_lib)
-        env = EnvironmentInfo(str(trt.__version__), gpu.name, gpu.compute_capability,
+        env = EnvironmentInfo(version_label(trt), gpu.name, gpu.compute_capability,
                               sha256_file(lib) if lib else None, str(lib) if lib else None)
         problems = check_sidecar(self.sidecar, env,
                                  allow_gpu_model_mismatch=allow_gpu_model_mismatch)

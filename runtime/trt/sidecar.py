@@ -221,9 +221,15 @@ def check_sidecar(sidecar: Mapping[str, Any], env: EnvironmentInfo, *,
                         f"(compute capability {built_cc})")
     else:
         hw = str(opts.get("hardware_compatibility") or "none").lower()
-        cc_ok = (_cc_tuple(env.compute_capability) >= (8, 0) and
-                 _cc_tuple(built_cc) >= (8, 0)) if hw in ("ampere_plus", "ampere+") else (
-            _cc_tuple(env.compute_capability) == _cc_tuple(built_cc))
+        if opts.get("target") == "rtx":  # ahead of time for a list of compute capabilities
+            hw = "rtx"
+            cc_ok = any(_cc_tuple(env.compute_capability) == _cc_tuple(c)
+                        for c in str(built_cc).split(","))
+        elif hw in ("ampere_plus", "ampere+"):
+            cc_ok = (_cc_tuple(env.compute_capability) >= (8, 0) and
+                     _cc_tuple(built_cc) >= (8, 0))
+        else:
+            cc_ok = _cc_tuple(env.compute_capability) == _cc_tuple(built_cc)
         if not cc_ok:
             problems.append(f"GPU architecture mismatch: engine built for compute capability "
                             f"{built_cc} ({built_name}), this GPU is {env.gpu_name} "

@@ -90,7 +90,45 @@ def prepare() -> ModuleType:
     if not parser_ready():
         raise TrtRtxUnavailable(
             f"this process cannot parse plugin graphs with TensorRT for RTX: start it with "
-            f"LD_LIBRARY_PATH={link_folder()} (plugins.trt_rtx_env.subprocess_env())")
+            f"LD_LIBRARY_PATH={link_folder()} (runtime.trt.rtx.subprocess_env())")
     import tensorrt_rtx
 
     return tensorrt_rtx
+
+
+# --------------------------------------------------------------- ahead-of-time targets
+# Compute capabilities TensorRT for RTX 1.7 builds for (its ComputeCapability enum). Orin
+# (8.7) and Hopper (9.0) are not RTX targets: full TensorRT builds those, on the device.
+RTX_TARGETS = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120",
+               "12.1": "SM121"}
+_NOT_RTX = {"8.7": "Jetson Orin", "9.0": "Hopper (H100/H200)", "10.0": "Blackwell datacenter"}
+
+
+def parse_compute_capabilities(text: str) -> list[str]:
+    """'86,89,120' or '8.6, 12.0' -> ['8.6', '8.9', '12.0'] (ordered, unique); ValueError
+    naming the value and the supported list otherwise."""
+    out: list[str] = []
+    for raw in str(text).replace(" ", "").split(","):
+        if not raw:
+            continue
+        cc = raw if "." in raw else (f"{raw[:-1]}.{raw[-1]}" if raw.isdigit() and len(raw) >= 2
+                                     else raw)
+        if cc in _NOT_RTX:
+            raise ValueError(f"compute capability {raw} ({_NOT_RTX[cc]}) is not a TensorRT for "
+                             f"RTX target; build that engine with full TensorRT on the device "
+                             f"(`build-engine --target trt`)")
+        if cc not in RTX_TARGETS:
+            raise ValueError(f"compute capability {raw!r} is not one TensorRT for RTX builds "
+                             f"for; choose from {', '.join(RTX_TARGETS)} (e.g. 86,89,120)")
+        if cc not in out:
+            out.append(cc)
+    if not out:
+        raise ValueError("--compute-capability needs at least one value, e.g. 86,89,120")
+    return out
+
+
+def configure_targets(trt: ModuleType, config, capabilities: list[str]) -> None:
+    """Ahead-of-time targets on a builder config: no GPU is needed to build for them."""
+    config.num_compute_capabilities = len(capabilities)
+    for i, cc in enumerate(capabilities):
+        config.set_compute_capability(getattr(trt.ComputeCapability, RTX_TARGETS[cc]), i)

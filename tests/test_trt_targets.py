@@ -1,0 +1,195 @@
+"""TensorRT for RTX as a build target (`build-engine --target rtx`), the runtime's choice of
+TensorRT library, and the idempotent plugin loader. The real builds need `tensorrt-rtx`
+(in the test extra) and no GPU; they skip with the reason where it is absent."""
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from runtime.layout import load_manifest, sidecar_path_for
+from runtime.trt import plugins as trt_plugins
+from runtime.trt.env import TrtUnavailableError, import_tensorrt, version_label
+from runtime.trt.rtx import parse_compute_capabilities
+from runtime.trt.sidecar import EnvironmentInfo, check_sidecar, read_sidecar
+
+HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
+needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="TensorRT for RTX not installed "
+                               "(pip install -e .[test])")
+
+
+def test_compute_capabilities_parse_and_refuse():
+    assert parse_compute_capabilities("86,89,120") == ["8.6", "8.9", "12.0"]
+    assert parse_compute_capabilities("8.6, 86") == ["8.6"]
+    with pytest.raises(ValueError, match="Orin.*full TensorRT"):
+        parse_compute_capabilities("86,87")
+    with pytest.raises(ValueError, match="Hopper"):
+        parse_compute_capabilities("90")
+    with pytest.raises(ValueError, match="'70'.*75, 8.0|'70'"):
+        parse_compute_capabilities("70")
+    with pytest.raises(ValueError, match="at least one"):
+        parse_compute_capabilities("")
+
+
+@needs_rtx
+def test_runtime_picks_tensorrt_rtx_when_it_is_the_only_tensorrt(monkeypatch):
+    monkeypatch.delenv("VGGT_MV_TENSORRT", raising=False)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # full TensorRT absent
+    trt = import_tensorrt()
+    assert trt.__name__ == "tensorrt_rtx"
+    assert version_label(trt).endswith("-rtx")
+    with pytest.raises(TrtUnavailableError):  # building with full TensorRT: no fallback
+        import_tensorrt(need_builder=True)
+
+
+def test_explicit_library_choice(monkeypatch):
+    monkeypatch.setenv("VGGT_MV_TENSORRT", "tensorrt_bogus")
+    with pytest.raises(TrtUnavailableError, match="VGGT_MV_TENSORRT.*tensorrt, tensorrt_rtx"):
+        import_tensorrt()
+    monkeypatch.setenv("VGGT_MV_TENSORRT", "tensorrt_rtx")
+    if HAS_RTX:
+        assert import_tensorrt().__name__ == "tensorrt_rtx"
+    else:
+        with pytest.raises(TrtUnavailableError, match="pip install tensorrt-rtx"):
+            import_tensorrt()
+
+
+class _FakeRegistry:
+    def __init__(self, present=()):
+        self.all_creators = [types.SimpleNamespace(name=n, plugin_namespace="vggt_mv")
+                             for n in present]
+        self.loads = []
+
+    def load_library(self, path):
+        self.loads.append(path)
+        if len(self.loads) > 1:
+            raise AssertionError("load_library called twice for one file")
+        self.all_creators += [types.SimpleNamespace(name=n, plugin_namespace="vggt_mv")
+                              for n in ("VggtBiasedAttention", "VggtSparseAttention")]
+        return object()
+
+
+def _fake_trt(name, registry):
+    return types.SimpleNamespace(__name__=name, get_plugin_registry=lambda: registry)
+
+
+def test_plugin_loader_is_idempotent(tmp_path, monkeypatch):
+    monkeypatch.setattr(trt_plugins, "_HANDLES", {})
+    lib = tmp_path / "libvggt_mv_plugins.so"
+    lib.write_bytes(b"stand-in")
+    reg = _FakeRegistry()
+    trt = _fake_trt("fake_trt_a", reg)
+    h1 = trt_plugins.load_plugin_library(trt, lib)
+    h2 = trt_plugins.load_plugin_library(trt, tmp_path / "." / lib.name)  # other spelling
+    assert h1 is h2 and len(reg.loads) == 1
+
+
+def test_plugin_loader_skips_creators_registered_at_dlopen(tmp_path, monkeypatch):
+    monkeypatch.setattr(trt_plugins, "_HANDLES", {})
+    lib = tmp_path / "libvggt_mv_plugins.so"
+    lib.write_bytes(b"stand-in")
+    reg = _FakeRegistry(present=("VggtBiasedAttention", "VggtSparseAttention"))
+    handle = trt_plugins.load_plugin_library(_fake_trt("fake_trt_b", reg), lib)
+    assert handle == trt_plugins.ALREADY_REGISTERED and reg.loads == []
+
+
+def _rtx_sidecar(caps):
+    return {"sidecar_version": 1, "engine": "model.fp32.engine", "engine_sha256": "0" * 64,
+            "tensorrt_version": "1.7.1.116-rtx",
+            "gpu": {"name": "any", "compute_capability": ",".join(caps)},
+            "plugins": None, "contract_version": "1.1.0", "bucket": {}, "precision": "fp32",
+            "source_onnx": {"name": "model.plugins.onnx", "sha256": "0" * 64},
+            "build_options": {"target": "rtx", "compute_capabilities": caps},
+            "inputs": {}, "outputs": {}, "built_at": "2026-11-28T00:00:00Z"}
+
+
+def test_rtx_sidecar_accepts_any_listed_gpu_and_refuses_full_tensorrt():
+    side = _rtx_sidecar(["8.6", "8.9"])
+    on_4090 = EnvironmentInfo("1.7.1.116-rtx", "NVIDIA GeForce RTX 4090", "8.9")
+    on_a6000 = EnvironmentInfo("1.7.1.116-rtx", "NVIDIA RTX A6000", "8.6")
+    on_5090 = EnvironmentInfo("1.7.1.116-rtx", "NVIDIA GeForce RTX 5090", "12.0")
+    on_orin = EnvironmentInfo("10.3.0", "Orin", "8.7")
+    assert check_sidecar(side, on_4090) == [] and check_sidecar(side, on_a6000) == []
+    assert any("architecture mismatch" in p for p in check_sidecar(side, on_5090))
+    assert any("version mismatch" in p for p in check_sidecar(side, on_orin))
+
+
+@pytest.fixture(scope="module")
+def tiny_bucket(tmp_path_factory) -> Path:
+    from export.buckets import Bucket
+    from export.exporter import export_bucket
+    from vggt_mv.config import tiny_config
+    from vggt_mv.models import VGGTMV
+
+    torch.manual_seed(0)
+    res = export_bucket(VGGTMV(tiny_config()).eval(), Bucket(2, 2, 28, 28),
+                        tmp_path_factory.mktemp("rtx_target"), log=lambda s: None)
+    return res.folder
+
+
+def _cli():
+    import cli as command_line
+
+    return command_line.app
+
+
+def test_build_engine_rtx_refuses_orin_and_dry_runs(tiny_bucket):
+    r = CliRunner().invoke(_cli(), ["build-engine", "--fp32", "--target", "rtx",
+                                    "--compute-capability", "87", "--bucket", str(tiny_bucket)])
+    assert r.exit_code != 0 and "Orin" in r.output
+    r = CliRunner().invoke(_cli(), ["build-engine", "--fp32", "--compute-capability", "86",
+                                    "--bucket", str(tiny_bucket)])
+    assert r.exit_code != 0 and "--target rtx" in r.output
+    lib = tiny_bucket / "stand-in.so"
+    lib.write_bytes(b"the dry run hashes it")
+    r = CliRunner().invoke(_cli(), ["build-engine", "--fp32", "--target", "rtx",
+                                    "--compute-capability", "86,120", "--bucket",
+                                    str(tiny_bucket), "--plugins", str(lib), "--dry-run"])
+    lib.unlink()
+    assert r.exit_code == 0, r.output
+    assert "compute_capabilities" in r.output and "8.6" in r.output and "12.0" in r.output
+    assert not (tiny_bucket / "model.fp32.engine").exists()
+
+
+@needs_rtx
+def test_rtx_build_writes_engine_and_sidecar_without_a_gpu(tiny_bucket, tmp_path):
+    """The ahead-of-time build path of build-engine end to end (child process, engine,
+    sidecar), here on the portable graph, which needs no plugin library, so it runs where
+    the library cannot be built; the plugin graph follows when TENSORRT_INCLUDE_DIR is set."""
+    from runtime.trt.build import build_engines, plan_build
+
+    plan = plan_build([tiny_bucket], "fp32", options={"target": "rtx",
+                                                      "compute_capabilities": ["8.6"]})
+    item = plan.items[0]
+    item.onnx_path, item.needs_plugins = tiny_bucket / "model.onnx", False
+    item.engine_path = tmp_path / "model.fp32.engine"
+    plan.problems.clear()  # the plugin library the plugin graph would need
+    results = build_engines(plan, log=lambda s: None)
+    assert [r.status for r in results] == ["built"], results[0].message
+    side = read_sidecar(sidecar_path_for(item.engine_path))
+    assert side["tensorrt_version"].endswith("-rtx")
+    assert side["build_options"]["compute_capabilities"] == ["8.6"]
+    assert side["gpu"]["compute_capability"] == "8.6"
+    assert side["outputs"]["pose_enc"]["shape"][-1] == 9
+    assert item.engine_path.stat().st_size > 0
+    assert not list(tiny_bucket.glob(".rtx-*"))  # the child's scratch folder is gone
+
+
+@needs_rtx
+def test_build_engine_rtx_plugin_graph_with_the_library(tiny_bucket, tmp_path):
+    from test_trt_rtx_build import plugin_library
+
+    lib = plugin_library(tmp_path / "plugins_build")
+    if lib is None:
+        pytest.skip("plugin library not buildable here (TENSORRT_INCLUDE_DIR, nvcc, cmake)")
+    r = CliRunner().invoke(_cli(), ["build-engine", "--fp32", "--target", "rtx",
+                                    "--compute-capability", "86", "--bucket", str(tiny_bucket),
+                                    "--plugins", str(lib)])
+    assert r.exit_code == 0, r.output
+    side = json.loads(sidecar_path_for(tiny_bucket / "model.fp32.engine").read_text())
+    assert side["plugins"]["sha256"] and side["build_options"]["target"] == "rtx"
+    assert load_manifest(tiny_bucket)["attention_sites"]
