@@ -457,7 +457,9 @@ def test_environment_detection_here(tmp_path):
     lib.write_bytes(b"stand-in")
     env = EnvironmentInfo.detect(plugin_library=lib)
     assert env.plugin_sha256 == sha256_file(lib) and env.plugin_library == str(lib)
-    assert (env.tensorrt_version is None) == (importlib.util.find_spec("tensorrt") is None)
+    # full TensorRT, else TensorRT for RTX (runtime/trt/env.py import_tensorrt)
+    assert (env.tensorrt_version is None) == (importlib.util.find_spec("tensorrt") is None and
+                                              importlib.util.find_spec("tensorrt_rtx") is None)
     gpu = detect_gpu()  # None, never an exception, where there is no GPU
     if gpu is None:
         assert env.gpu_name is None and env.compute_capability is None
@@ -490,8 +492,11 @@ def _engine_folder(tmp_path) -> Path:
     return d
 
 
-def test_trt_session_without_tensorrt_names_what_is_missing(tmp_path):
+def test_trt_session_without_tensorrt_names_what_is_missing(tmp_path, monkeypatch):
     from runtime.trt.session import TrtSession, TrtUnavailableError
+
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # neither TensorRT library
+    monkeypatch.delenv("VGGT_MV_TENSORRT", raising=False)
 
     try:
         import tensorrt  # noqa: F401
