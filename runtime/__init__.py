@@ -18,6 +18,8 @@ from typing import Any
 _EXPORTS = {
     "Predictor": "predictor",
     "Prediction": "predictor",
+    "StreamingPredictor": "streaming",
+    "WorldChainer": "streaming",
     "Session": "session",
     "OnnxSession": "session",
     "SessionError": "session",

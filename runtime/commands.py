@@ -86,6 +86,23 @@ def infer(
     warmup: int = typer.Option(0, "--warmup", min=0, help="Untimed runs between the first "
                                "run and the timed ones."),
     compress: bool = typer.Option(False, "--compress", help="Compress predictions.npz."),
+    stream: bool = typer.Option(False, "--stream", help="Long videos at constant memory: "
+                                "run every time step of --input in windows of --window "
+                                "steps sharing --overlap steps, chained into one world frame "
+                                "(cameras.jsonl, TUM trajectories, bounded points.ply, depth "
+                                "PNGs, windows.json)."),
+    window: Optional[int] = typer.Option(None, "--window", help="--stream: time steps per "
+                                         "window (a bucket with this T; default its T)."),
+    overlap: int = typer.Option(1, "--overlap", help="--stream: time steps shared by "
+                                "consecutive windows (>= 1, < --window)."),
+    loops: int = typer.Option(1, "--loops", min=1, help="--stream: replay the input this "
+                              "many times (benchmarks of constant memory)."),
+    fps: float = typer.Option(1.0, "--fps", help="--stream: frame rate for the TUM "
+                              "timestamps (t / fps)."),
+    max_points: int = typer.Option(500_000, "--max-points", min=1, help="--stream: bound of "
+                                   "the merged point cloud (voxels coarsen beyond it)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="--stream: replace a "
+                                   "non-empty --out folder."),
 ) -> None:
     """Run VGGT_MV on a multi-view clip: writes predictions.npz, a colored PLY point
     cloud, depth and confidence PNGs per (time step, view) and run.json; prints timing."""
@@ -102,6 +119,14 @@ def infer(
     repeats = repeat_alias or repeats
     view_list = _parse_views(views)
     pct = None if conf_percentile is not None and conf_percentile < 0 else conf_percentile
+    if stream:
+        _infer_stream(engine or onnx, "trt" if engine else "onnx", input, out, window,
+                      overlap, N, view_list, loops, fps, max_points, overwrite,
+                      dict(graph=graph, precision=precision, providers=provider,
+                           plugin_lib=plugins, use_cuda_graph=cuda_graph, allow_pad=pad,
+                           threads=threads, conf_percentile=pct,
+                           conf_threshold=conf_threshold, points_from=points_from))
+        return
     t_start = time.perf_counter()
     try:
         pred_obj = Predictor(engine or onnx, backend="trt" if engine else "onnx",
@@ -147,6 +172,39 @@ def infer(
     console.print(f"wrote {written['npz']}, {written['ply']} ({written['points']:,} points), "
                   f"{len(written['depth_png'])} depth + {len(written['confidence_png'])} "
                   f"confidence PNGs, {written['run_json']}", markup=False, soft_wrap=True)
+
+
+def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int | None,
+                  overlap: int, N: int | None, views: list[int] | None, loops: int,
+                  fps: float, max_points: int, overwrite: bool, opts: dict) -> None:
+    from .dispatch import UnknownBucketError
+    from .errors import RuntimeDataError
+    from .predictor import Predictor
+    from .session import SessionError
+    from .streaming import StreamingPredictor
+    from .trt.sidecar import SidecarError
+
+    try:
+        with Predictor(root, backend=backend, **opts) as predictor:
+            T = window or max(e.spec.T for e in predictor.index)
+            s = StreamingPredictor(predictor, T, overlap, out, N=N, views=views, fps=fps,
+                                   max_points=max_points, overwrite=overwrite,
+                                   log=lambda m: console.print(m, markup=False),
+                                   warn=warn)
+            try:
+                s.run_folder(input, loops=loops)
+                summary = s.close()
+            except BaseException:
+                s.abort()
+                raise
+    except (UnknownBucketError, RuntimeDataError, OSError, SessionError, SidecarError,
+            ValueError) as e:
+        _fail(str(e))
+    console.print(f"stream: {summary['windows']} windows ({summary['aligned']} aligned, "
+                  f"{summary['fallback']} fallback) in {summary['seconds']:.1f} s "
+                  f"({summary['windows_per_minute']:.1f} windows/min); wrote {summary['out']}: "
+                  f"{summary['frames']} frames, {summary['points']:,} cloud points",
+                  markup=False, soft_wrap=True)
 
 
 def build_engine(

@@ -1,0 +1,415 @@
+"""Long videos at fixed memory: sliding windows of T time steps chained into one world frame.
+
+An engine runs a fixed (T, N) bucket; a capture rig streams for minutes. Windows of T
+steps that overlap by K steps are run one after another, and each window's cameras and
+points (in its own frame: its first step's view-0 camera, its own scale) are mapped into
+the running world frame (the first window's) by a sim(3) fitted on the K shared time
+steps' point maps (runtime/align.py: confidence-weighted, IRLS-robust Umeyama). When that
+fit cannot be trusted (too few confident shared points, or a residual beyond the bound)
+the window is chained through its first shared camera at the previous scale instead,
+marked ``fallback`` and warned about: never a silent jump.
+
+Memory is constant: the last window's shared steps, the current window, and a merged
+point cloud of bounded size (runtime/pointcloud.py). Everything else goes to disk as it
+comes: depth PNGs per (t, view), ``cameras.jsonl`` (world extrinsics / intrinsics per
+(t, view)), one TUM trajectory per view, and at the end ``points.ply``, ``windows.json``
+(residual, inliers, scale, status per window) and ``run.json``.
+
+    with Predictor("artifacts", backend="onnx") as p:
+        s = StreamingPredictor(p, window=4, overlap=1, out_dir="out/")
+        s.run_folder("scene/")            # or s.push([frame_view0, frame_view1, ...]) per step
+        summary = s.close()
+
+Trajectories are written in the TUM format (``timestamp tx ty tz qx qy qz qw``, the
+camera's pose in the world): one line per pose with its own timestamp, so time steps,
+multiple views and gaps stay explicit, and the usual evaluation tools (evo, the TUM
+scripts) read it as it is; KITTI's format has no timestamps and assumes one camera.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .align import AlignResult, Sim3, align_robust, sim3_from_camera
+from .errors import RuntimeDataError
+from .layout import atomic_write_json
+from .outputs import colorize, save_png, write_ply
+from .pointcloud import VoxelCloud
+from .postprocess import closed_form_inverse_se3, mat_to_quat
+from .preprocess import discover_scene, preprocess_rgb, read_image
+
+__all__ = ["WindowReport", "WorldChainer", "StreamWriter", "StreamingPredictor",
+           "check_window_overlap", "tum_line"]
+
+MAX_ALIGN_POINTS = 20_000  # a subsample fits the same sim(3) and keeps each fit ~10 ms
+
+
+def check_window_overlap(window: int, overlap: int) -> None:
+    if window < 2:
+        raise RuntimeDataError(f"--window must be at least 2 time steps, got {window}")
+    if overlap < 1:
+        raise RuntimeDataError(f"--overlap must be at least 1: windows are chained through the "
+                               f"time steps they share (got {overlap})")
+    if overlap >= window:
+        raise RuntimeDataError(f"--overlap {overlap} must be smaller than --window {window}: "
+                               f"each window must add at least one new time step")
+
+
+@dataclass
+class WindowReport:
+    index: int
+    times: list[int]
+    new_times: list[int]
+    status: str                 # "first", "aligned" or "fallback"
+    scale: float                # window units -> world units
+    residual: float | None = None
+    inlier_fraction: float | None = None
+    points_used: int = 0
+    reason: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class ChainedWindow:
+    report: WindowReport
+    sim3: Sim3
+    extrinsics: np.ndarray      # [T, N, 3, 4] camera-from-world, world units
+    points: np.ndarray          # [T, N, H, W, 3] world
+    depth_scale: float
+
+
+@dataclass
+class WorldChainer:
+    """The chaining maths, independent of any session: feed each window's predictions in
+    its own frame, get them back in the world frame. Keeps only the previous window."""
+
+    min_points: int = 200
+    # inlier RMS residual / the shared points' RMS spread: per-pixel depth noise of a few
+    # percent gives ~0.05-0.1; beyond 0.2 the shared steps do not describe one scene
+    max_residual: float = 0.2
+    seed: int = 0
+    _prev: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _scale: float = 1.0
+    _count: int = 0
+    _last_time: int | None = None
+
+    def add(self, times: Sequence[int], extrinsics: np.ndarray, points: np.ndarray,
+            weights: np.ndarray) -> ChainedWindow:
+        """times [T] (global, increasing); extrinsics [T, N, 3, 4] camera-from-window;
+        points [T, N, H, W, 3] in the window frame; weights [T, N, H, W] (0 = not
+        confident)."""
+        times = [int(t) for t in times]
+        if any(b <= a for a, b in zip(times, times[1:])):
+            raise RuntimeDataError(f"window times must increase, got {times}")
+        shared = [t for t in times if t in self._prev]
+        report = WindowReport(self._count, times, [], "first", 1.0)
+        if self._count == 0:
+            sim = Sim3.identity()
+        elif not shared:
+            raise RuntimeDataError(f"window {self._count} (times {times[0]}..{times[-1]}) "
+                                   f"shares no time step with the previous one")
+        else:
+            sim = self._align(times, shared, extrinsics, points, weights, report)
+        world_E = sim.extrinsics(extrinsics)
+        world_P = sim.apply(points)
+        self._scale = sim.s
+        report.scale = float(sim.s)
+        last = self._last_time if self._last_time is not None else -(1 << 62)
+        report.new_times = [t for t in times if t > last]
+        self._prev = {t: (world_P[i], np.asarray(weights[i]), world_E[i])
+                      for i, t in enumerate(times)}
+        self._last_time = times[-1]
+        self._count += 1
+        return ChainedWindow(report, sim, world_E, world_P, float(sim.s))
+
+    def _align(self, times, shared, extrinsics, points, weights, report) -> Sim3:
+        idx = [times.index(t) for t in shared]
+        src = points[idx].reshape(-1, 3)
+        dst = np.concatenate([self._prev[t][0].reshape(-1, 3) for t in shared])
+        w_new = np.asarray(weights)[idx].reshape(-1)
+        w_old = np.concatenate([self._prev[t][1].reshape(-1) for t in shared])
+        w = np.minimum(w_new, w_old)
+        ok = (w > 0) & np.isfinite(src).all(1) & np.isfinite(dst).all(1)
+        sel = np.flatnonzero(ok)
+        if len(sel) > MAX_ALIGN_POINTS:
+            sel = np.sort(np.random.default_rng(self.seed + self._count).choice(
+                sel, MAX_ALIGN_POINTS, replace=False))
+        report.points_used = int(len(sel))
+        fit: AlignResult | None = None
+        if len(sel) >= self.min_points:
+            try:
+                fit = align_robust(src[sel], dst[sel], w[sel])
+            except ValueError as e:  # degenerate: all points at one place
+                report.reason = f"alignment failed: {e}"
+        else:
+            report.reason = (f"only {len(sel)} confident points shared with the previous "
+                             f"window (need {self.min_points})")
+        if fit is not None:
+            report.residual, report.inlier_fraction = fit.residual, fit.inlier_fraction
+            if fit.residual <= self.max_residual and np.isfinite(fit.sim3.s) and fit.sim3.s > 0:
+                report.status = "aligned"
+                return fit.sim3
+            report.reason = (f"alignment residual {fit.residual:.3g} of the scene's spread is "
+                             f"beyond the bound {self.max_residual:g}")
+        # Fallback: chain through the first shared view-0 camera at the previous scale.
+        report.status = "fallback"
+        t = shared[0]
+        return sim3_from_camera(extrinsics[times.index(t), 0], self._prev[t][2][0], self._scale)
+
+
+def tum_line(timestamp: float, extrinsic: np.ndarray) -> str:
+    """One TUM line: the camera's pose in the world (inverse of camera-from-world)."""
+    E = np.concatenate([np.asarray(extrinsic, np.float64)[:3], [[0, 0, 0, 1]]])
+    pose = closed_form_inverse_se3(E[None])[0]
+    q = mat_to_quat(pose[:3, :3])
+    tx, ty, tz = pose[:3, 3]
+    return (f"{timestamp:.6f} {tx:.7f} {ty:.7f} {tz:.7f} "
+            f"{q[0]:.7f} {q[1]:.7f} {q[2]:.7f} {q[3]:.7f}\n")
+
+
+class StreamWriter:
+    """Writes a stream's outputs as they come, into a hidden folder renamed to ``out_dir``
+    at the end (an interrupted run leaves no half-written output folder)."""
+
+    @staticmethod
+    def check_out(out_dir: str | Path, overwrite: bool, fps: float) -> None:
+        """Refuses, before any work, an output that is a file or a non-empty folder (the
+        run would replace it) unless ``overwrite``, and a non-positive fps."""
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise RuntimeDataError(f"--out {out} is a file; give a folder")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise RuntimeDataError(f"--out {out} is not empty; choose a new folder or "
+                                   f"pass --overwrite to replace it")
+        if not fps > 0:
+            raise RuntimeDataError(f"--fps must be positive, got {fps}")
+
+    def __init__(self, out_dir: str | Path, views: Sequence[int], *, fps: float = 1.0,
+                 overwrite: bool = False, depth_pngs: bool = True):
+        self.check_out(out_dir, overwrite, fps)
+        self.out = Path(out_dir)
+        self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        (self.tmp / "depth").mkdir(parents=True)
+        self.views, self.fps, self.depth_pngs = list(views), float(fps), depth_pngs
+        self._cams = open(self.tmp / "cameras.jsonl", "w")
+        self._tum = {v: open(self.tmp / f"trajectory_view{v}.tum", "w") for v in self.views}
+        for f in self._tum.values():
+            f.write("# timestamp tx ty tz qx qy qz qw (TUM: camera pose in the world frame)\n")
+        self.frames = 0
+
+    def write_step(self, t: int, extrinsics: np.ndarray, intrinsics: np.ndarray | None,
+                   depth: np.ndarray | None) -> None:
+        """extrinsics [N, 3, 4] (world), intrinsics [N, 3, 3], depth [N, H, W] (world units)."""
+        for j, v in enumerate(self.views):
+            rec = {"t": int(t), "view": int(v),
+                   "extrinsic": np.round(extrinsics[j], 7).tolist(),
+                   "intrinsic": None if intrinsics is None else np.round(intrinsics[j], 4).tolist()}
+            self._cams.write(json.dumps(rec) + "\n")
+            self._tum[v].write(tum_line(t / self.fps, extrinsics[j]))
+            if depth is not None and self.depth_pngs:
+                save_png(self.tmp / "depth" / f"t{t:05d}_view{v}.png", colorize(depth[j]))
+            self.frames += 1
+        self._cams.flush()
+
+    def finish(self, cloud: VoxelCloud, windows: list[dict[str, Any]],
+               run: dict[str, Any]) -> dict[str, Any]:
+        self._close_files()
+        pts, cols = cloud.points()
+        n = write_ply(self.tmp / "points.ply", pts, cols)
+        atomic_write_json(self.tmp / "windows.json", windows)
+        atomic_write_json(self.tmp / "run.json", run)
+        if self.out.exists():
+            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+            self.out.rename(old)
+            self.tmp.rename(self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.tmp.rename(self.out)
+        return {"out": str(self.out), "points": n, "frames": self.frames}
+
+    def _close_files(self) -> None:
+        self._cams.close()
+        for f in self._tum.values():
+            f.close()
+
+    def abort(self) -> None:
+        self._close_files()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class StreamingPredictor:
+    """Feeds windows of ``window`` time steps (``overlap`` shared with the previous one) to a
+    runtime Predictor (TensorRT or onnxruntime) and chains them into one world frame."""
+
+    def __init__(self, predictor: Any, window: int, overlap: int, out_dir: str | Path, *,
+                 N: int | None = None, views: Sequence[int] | None = None,
+                 voxel: float | None = None, max_points: int = 500_000, fps: float = 1.0,
+                 min_points: int = 200, max_residual: float = 0.2, overwrite: bool = False,
+                 depth_pngs: bool = True, log: Callable[[str], None] = print,
+                 warn: Callable[[str], None] | None = None):
+        check_window_overlap(window, overlap)
+        StreamWriter.check_out(out_dir, overwrite, fps)
+        self.p, self.window, self.overlap = predictor, int(window), int(overlap)
+        self.N, self.views = N, list(views) if views is not None else None
+        self.out_dir, self.fps, self.overwrite = Path(out_dir), fps, overwrite
+        self.voxel, self.max_points, self.depth_pngs = voxel, max_points, depth_pngs
+        self.chainer = WorldChainer(min_points=min_points, max_residual=max_residual)
+        self.log, self.warn = log, warn or log
+        self._buf: deque[tuple[int, np.ndarray]] = deque(maxlen=self.window)
+        self._since = 0             # new steps buffered since the last window ran
+        self._next_t = 0
+        self._size: tuple[int, int] | None = None
+        self._writer: StreamWriter | None = None
+        self._cloud: VoxelCloud | None = None
+        self.reports: list[WindowReport] = []
+        self._t_start = time.perf_counter()
+        self._ran_last = False
+
+    # ------------------------------------------------------------------ input
+    def _bucket_size(self, n_views: int, aspect: float) -> tuple[int, int]:
+        sel = self.p.select(self.window, n_views, aspect=aspect)
+        return sel.entry.spec.H, sel.entry.spec.W
+
+    def push(self, frames: Sequence[Any], t: int | None = None) -> WindowReport | None:
+        """One time step: N frames (paths, PIL images or uint8 [H, W, 3] arrays), one per
+        view. Runs a window whenever enough new steps have arrived; returns its report."""
+        if not len(frames):
+            raise RuntimeDataError("push() needs one frame per view, got none")
+        if self.views is None:
+            self.views = list(range(len(frames)))
+        if len(frames) != len(self.views):
+            raise RuntimeDataError(f"push() got {len(frames)} frames; this stream has "
+                                   f"{len(self.views)} views")
+        ims = [read_image(f) if isinstance(f, (str, Path)) else f for f in frames]
+        if self._size is None:
+            if isinstance(ims[0], np.ndarray):
+                h, w = ims[0].shape[:2]
+            else:  # PIL: size is (width, height)
+                w, h = ims[0].size
+            self._size = self._bucket_size(len(ims), w / h)
+        step = np.stack([preprocess_rgb(im, self._size) for im in ims])  # [N, 3, H, W]
+        t = self._next_t if t is None else int(t)
+        if self._buf and t <= self._buf[-1][0]:
+            raise RuntimeDataError(f"time steps must increase: got {t} after {self._buf[-1][0]}")
+        self._next_t = t + 1
+        self._buf.append((t, step))
+        self._since += 1
+        self._ran_last = False
+        first_window = not self.reports
+        if len(self._buf) == self.window and (first_window or
+                                              self._since >= self.window - self.overlap):
+            return self._run_window()
+        return None
+
+    def run_folder(self, folder: str | Path, loops: int = 1) -> None:
+        """Every time step of a time_TT/viewV folder, in order; ``loops`` > 1 replays it
+        (benchmarks: constant memory over many windows)."""
+        scene = discover_scene(folder)
+        views = self.views if self.views is not None else list(scene.views)[: self.N or None]
+        self.views = views
+        for _ in range(loops):
+            for tl in scene.times:
+                self.push([scene.frame_path(tl, v) for v in views])
+
+    # ------------------------------------------------------------------ windows
+    def _run_window(self) -> WindowReport:
+        t0 = time.perf_counter()
+        times = [t for t, _ in self._buf]
+        images = np.stack([s for _, s in self._buf])[None]  # [1, T, N, 3, H, W]
+        pred = self.p.predict_arrays(images, times=times, views=self.views)
+        if pred.extrinsics is None:
+            raise RuntimeDataError(f"bucket {pred.bucket} has no camera head: streaming "
+                                   f"needs poses to chain windows")
+        weights = np.where(pred.conf_mask, pred.confidence, 0.0).astype(np.float32)
+        win = self.chainer.add(times, pred.extrinsics, pred.points, weights)
+        rep = win.report
+        if self._writer is None:
+            self._writer = StreamWriter(self.out_dir, self.views, fps=self.fps,
+                                        overwrite=self.overwrite, depth_pngs=self.depth_pngs)
+        if self._cloud is None:
+            self._cloud = VoxelCloud(self.voxel or _default_voxel(win.points, weights),
+                                     self.max_points)
+        new = set(rep.new_times)
+        for i, t in enumerate(times):
+            if t not in new:
+                continue
+            depth = None if pred.depth is None else pred.depth[i] * win.depth_scale
+            self._writer.write_step(t, win.extrinsics[i],
+                                    None if pred.intrinsics is None else pred.intrinsics[i],
+                                    depth)
+            m = weights[i] > 0
+            self._cloud.add(win.points[i][m], pred.colors[i][m], weights[i][m])
+        rep.seconds = time.perf_counter() - t0
+        self.reports.append(rep)
+        self._since = 0
+        self._ran_last = True
+        msg = (f"window {rep.index}: t {times[0]}..{times[-1]} ({len(rep.new_times)} new), "
+               f"{rep.status}, scale {rep.scale:.4g}"
+               + (f", residual {rep.residual:.3g}" if rep.residual is not None else "")
+               + f", {len(self._cloud):,} cloud points, {rep.seconds:.1f} s")
+        self.log(msg)
+        if rep.status == "fallback":
+            self.warn(f"window {rep.index} (t {times[0]}..{times[-1]}): {rep.reason}; chained "
+                      f"through its first shared time step's view-{self.views[0]} camera at "
+                      f"the previous scale instead (marked in windows.json)")
+        return rep
+
+    def close(self) -> dict[str, Any]:
+        """Runs a last window over the newest steps if some are not covered yet, writes the
+        cloud, windows.json and run.json, and moves the output folder into place."""
+        try:
+            if not self.reports and len(self._buf) < self.window:
+                raise RuntimeDataError(f"the stream ended after {len(self._buf)} time steps; "
+                                       f"a window needs {self.window}")
+            if not self._ran_last and self._since:
+                self._run_window()
+            elapsed = time.perf_counter() - self._t_start
+            counts = {s: sum(r.status == s for r in self.reports)
+                      for s in ("first", "aligned", "fallback")}
+            run = {"window": self.window, "overlap": self.overlap, "views": self.views,
+                   "windows": len(self.reports), **counts, "seconds": round(elapsed, 3),
+                   "windows_per_minute": round(60 * len(self.reports) / max(elapsed, 1e-9), 2),
+                   "voxel": self._cloud.voxel if self._cloud else None,
+                   "cloud_coarsened": self._cloud.coarsened if self._cloud else 0}
+            out = self._writer.finish(self._cloud, [asdict(r) for r in self.reports], run)
+        except BaseException:
+            if self._writer is not None:
+                self._writer.abort()
+            raise
+        return {**run, **out}
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+
+
+def _default_voxel(points: np.ndarray, weights: np.ndarray) -> float:
+    """1/200 of the first window's confident points' RMS spread (world units)."""
+    p = points[weights > 0].reshape(-1, 3)
+    p = p[np.isfinite(p).all(1)]
+    if len(p) < 2:
+        return 1e-2
+    spread = float(np.sqrt(np.mean(np.sum((p - p.mean(0)) ** 2, 1))))
+    return max(spread / 200.0, 1e-6)
+
+
+def iter_windows(total: int, window: int, overlap: int) -> Iterable[list[int]]:
+    """The time steps of each window a stream of ``total`` steps runs (for planning)."""
+    check_window_overlap(window, overlap)
+    if total < window:
+        return
+    start = 0
+    while True:
+        yield list(range(start, start + window))
+        if start + window >= total:
+            return
+        start = min(start + window - overlap, total - window)
