@@ -183,15 +183,18 @@ def _summary(results, seconds: float) -> None:
 def model_info(
     preset: str = typer.Option("vggt_mv_1b"),
     option: list[str] = typer.Option([], "--option", "-o", help="config override key=value"),
-    T: int = typer.Option(8, "--T"), N: int = typer.Option(4, "--N"),
-    height: int = typer.Option(518, "--height"), width: int = typer.Option(518, "--width"),
+    T: int = typer.Option(8, "--T", min=1), N: int = typer.Option(4, "--N", min=1),
+    height: int = typer.Option(518, "--height", min=1),
+    width: int = typer.Option(518, "--width", min=1),
 ) -> None:
     """Parameters, attention sites and sequence lengths for a bucket (no weights allocated)."""
     import torch
 
+    from runtime.layout import Bucket
     from vggt_mv.models import VGGTMV
 
     cfg = _config(preset, option)
+    Bucket(T, N, height, width).validate(cfg.patch_size)  # refused with the nearest valid size
     with torch.device("meta"):
         model = VGGTMV(cfg)
     sites = model.attention_sites((1, T, N, 3, height, width))
@@ -248,7 +251,9 @@ _register_optional_commands()
 
 
 def main() -> None:
-    app()
+    from runtime.console import run_guarded
+
+    run_guarded(app)
 
 
 if __name__ == "__main__":

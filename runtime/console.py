@@ -66,3 +66,57 @@ def setup_logging(verbose: int = 0, log_file: Path | None = None) -> None:
         root.addHandler(fh)
         lowest = logging.DEBUG
     root.setLevel(lowest)
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:  # noqa: ANN001 - signal handler
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_guarded(app) -> None:  # noqa: ANN001 - a typer.Typer
+    """The CLI's one error boundary. Known failures become one line of cause and remedy
+    (exit 2: the input was wrong; exit 1: a step ran and failed); SIGTERM (a timeout, a
+    container stop) is handled like Ctrl-C, so the same clean-up runs; anything else keeps
+    its traceback and asks to be reported, since it is a bug of ours."""
+    import errno  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import traceback  # noqa: PLC0415
+
+    from .errors import RuntimeDataError  # noqa: PLC0415
+
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    code = 0
+    try:
+        app()  # typer handles usage errors, typer.Exit and Ctrl-C (exit 130) itself
+    except SystemExit:
+        raise
+    except RuntimeDataError as e:
+        code = _report(str(e), 2)
+    except MemoryError:
+        code = _report("out of memory: choose a smaller bucket (--T, --N, --height, --width) "
+                       "or a machine with more memory", 1)
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        if e.errno == errno.ENOSPC:
+            code = _report(f"disk full{where}: free space there or choose another --out", 1)
+        elif isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                            FileExistsError)):
+            code = _report(f"{e.strerror or e}{where}: check the path (an output folder must "
+                           f"not be an existing file)", 2)
+        elif isinstance(e, PermissionError):
+            code = _report(f"permission denied{where}: choose a folder you can write, or fix "
+                           f"its permissions", 2)
+        else:
+            code = _report(f"{type(e).__name__}: {e}", 1)
+    except Exception:  # noqa: BLE001 - the boundary: a bug, shown with its traceback
+        traceback.print_exc()
+        err.print(Text("internal error: ", style="bold red") + Text(
+            "this is a bug in vggt-mv-deploy; please report it with the command line and the "
+            "traceback above"))
+        code = 1
+    sys.exit(code)
+
+
+def _report(msg: str, code: int) -> int:
+    logging.getLogger(LOGGER_NAME).error(msg, extra=_ECHOED)
+    err.print(Text("error: ", style="bold red") + Text(msg), soft_wrap=True)
+    return code

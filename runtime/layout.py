@@ -27,6 +27,7 @@ __all__ = [
     "precision_report", "ALL_GRAPHS",
     "Bucket", "BucketError", "ManifestError", "ManifestIO", "load_manifest", "is_bucket", "bucket_folders",
     "sha256_file", "sha256_bytes", "file_entry",
+    "ArtifactIntegrityError", "verify_artifacts", "graph_records", "NO_VERIFY_ENV",
     "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
     "atomic_path", "atomic_directory",
 ]
@@ -82,7 +83,7 @@ def precision_report(mode: str) -> str:
 
 
 # ---------------------------------------------------------------------------- bucket
-class BucketError(ValueError):
+class BucketError(RuntimeDataError):
     pass
 
 
@@ -241,6 +242,92 @@ def sha256_bytes(data: bytes) -> str:
 def file_entry(path: Path, root: Path) -> dict[str, Any]:
     return {"name": str(path.relative_to(root)), "bytes": path.stat().st_size,
             "sha256": sha256_file(path)}
+
+
+# ------------------------------------------------------------------ integrity on load
+NO_VERIFY_ENV = "VGGT_MV_NO_VERIFY"  # "1": sizes only, no hashing (huge files, trusted disk)
+
+
+class ArtifactIntegrityError(ManifestError):
+    """An artifact differs from what its manifest recorded (truncated, bit-flipped,
+    replaced)."""
+
+
+def _verdict_cache() -> Path:
+    base = os.environ.get("VGGT_MV_CACHE") or os.environ.get("XDG_CACHE_HOME") or \
+        str(Path.home() / ".cache")
+    return Path(base) / "vggt_mv" / "verified.json"
+
+
+def _load_verdicts() -> dict[str, Any]:
+    try:
+        data = json.loads(_verdict_cache().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def verify_artifacts(folder: str | Path, entries: Iterable[Mapping[str, Any]], *,
+                     hashes: bool | None = None, remedy: str = "re-export the bucket "
+                     "(python cli.py export ...)") -> None:
+    """Every recorded file (``{"name", "bytes", "sha256"}``) must be present with its size
+    (checked on every load: cheap) and its sha256 (checked the first time a file is seen;
+    the verdict is cached by path, size and mtime so a 5 GB file is not re-hashed on every
+    call). ``hashes=False`` or ${NO_VERIFY_ENV}=1 skips the hashing, never the sizes.
+    Raises ArtifactIntegrityError naming the file and the remedy."""
+    folder = Path(folder)
+    if hashes is None:
+        hashes = os.environ.get(NO_VERIFY_ENV, "") not in ("1", "true", "yes")
+    verdicts = _load_verdicts() if hashes else {}
+    changed = False
+    for e in entries:
+        path = folder / str(e["name"])
+        if not path.is_file():
+            raise ArtifactIntegrityError(f"{path} is missing but {folder / MANIFEST} records "
+                                         f"it; {remedy}")
+        st = path.stat()
+        if "bytes" in e and st.st_size != int(e["bytes"]):
+            raise ArtifactIntegrityError(
+                f"{path} is {st.st_size:,} bytes but the manifest records {int(e['bytes']):,}: "
+                f"truncated or replaced; {remedy}")
+        if not hashes or not e.get("sha256"):
+            continue
+        key = str(path.resolve())
+        seen = verdicts.get(key)
+        if seen == [st.st_size, st.st_mtime_ns, e["sha256"]]:
+            continue
+        if sha256_file(path) != e["sha256"]:
+            raise ArtifactIntegrityError(
+                f"{path} does not match the sha256 its manifest records (corrupted on disk or "
+                f"in transfer); {remedy}. (${NO_VERIFY_ENV}=1 skips this check)")
+        verdicts[key] = [st.st_size, st.st_mtime_ns, e["sha256"]]
+        changed = True
+    if changed:
+        try:
+            atomic_write_json(_verdict_cache(), verdicts)
+        except OSError:
+            pass  # a read-only home only costs a re-hash next time
+
+
+def graph_records(folder: str | Path, manifest: Mapping[str, Any], graph: str
+                  ) -> list[Mapping[str, Any]]:
+    """The recorded files a graph needs: its own entry and the external-data files beside
+    it, from the manifest (export) or the precision report that wrote it (calib)."""
+    folder = Path(folder)
+    lists = [manifest.get("files") or []]
+    for mode in ("fp16", "int8"):
+        rep = folder / precision_report(mode)
+        if rep.is_file():
+            try:
+                lists.append(json.loads(rep.read_text()).get("files") or [])
+            except (OSError, ValueError) as e:
+                raise ManifestError(f"{rep} is unreadable ({e}); re-run `python cli.py "
+                                    f"quantize --{mode}`") from e
+    for files in lists:
+        if any(e.get("name") == graph for e in files):
+            return [e for e in files if e.get("name") == graph
+                    or str(e.get("name", "")).endswith(EXTERNAL_DATA_SUFFIX)]
+    return []
 
 
 # ---------------------------------------------------------------------- atomic writes

@@ -242,8 +242,23 @@ class Predictor:
                        times: Sequence[int] | None = None,
                        views: Sequence[int] | None = None) -> Prediction:
         """Already preprocessed frames, float32 [T, N, 3, H, W] or [1, T, N, 3, H, W] in
-        [0, 1] (see runtime.preprocess.preprocess_rgb), e.g. from a camera pipeline."""
+        [0, 1] (see runtime.preprocess.preprocess_rgb), e.g. from a camera pipeline.
+
+        Accepted: float16 / float32 / float64, finite, within [0, 1]. Anything else is
+        refused (uint8 frames or 0..255 floats would otherwise run and answer wrongly):
+        convert with ``preprocess_rgb`` or ``frames / 255.0`` first."""
         a = np.asarray(images)
+        if not np.issubdtype(a.dtype, np.floating):
+            raise RuntimeDataError(
+                f"images must be floating point in [0, 1], got dtype {a.dtype}; "
+                f"preprocess frames with runtime.preprocess.preprocess_rgb (uint8 frames: "
+                f"divide by 255)")
+        if a.size and not np.isfinite(a).all():
+            raise RuntimeDataError("images contain NaN or Inf")
+        if a.size and (a.min() < 0.0 or a.max() > 1.0):
+            raise RuntimeDataError(
+                f"images must be in [0, 1], got range [{float(a.min()):.3g}, "
+                f"{float(a.max()):.3g}]; 0..255 values must be divided by 255 first")
         if a.ndim == 5:
             a = a[None]
         if a.ndim != 6 or a.shape[0] != 1 or a.shape[3] != 3:

@@ -253,7 +253,44 @@ def _blend_alpha_white(x: np.ndarray) -> np.ndarray:
     return rgb * a + (1.0 - a)
 
 
-def preprocess_rgb(rgb: Any, size_hw: Sequence[int], use_pil: bool | None = None) -> np.ndarray:
+# Frames a resize would destroy are refused rather than fed to the model: a frame whose
+# shorter side is under MIN_FRAME_SIDE pixels has less detail than two patch rows, and one
+# whose centre crop keeps under MIN_KEPT_FRACTION of its area (an extreme aspect ratio
+# against the bucket's) would be mostly thrown away. Both give confident-looking nonsense.
+MIN_FRAME_SIDE = 28
+MIN_KEPT_FRACTION = 0.25
+
+
+def check_frame_size(src_hw: Sequence[int], size_hw: Sequence[int], name: str = "image") -> None:
+    h, w = int(src_hw[0]), int(src_hw[1])
+    if min(h, w) < MIN_FRAME_SIDE:
+        raise RuntimeDataError(f"{name} is {w}x{h} pixels (WxH): frames need at least "
+                               f"{MIN_FRAME_SIDE} px on each side; use the camera's full frames")
+    plan = plan_resize((h, w), size_hw)
+    kept = plan.out_hw[0] * plan.out_hw[1] / (plan.resize_hw[0] * plan.resize_hw[1])
+    if kept < MIN_KEPT_FRACTION:
+        raise RuntimeDataError(
+            f"{name} is {w}x{h} pixels (WxH): fitting it to the {size_hw[1]}x{size_hw[0]} "
+            f"bucket would crop away {100 * (1 - kept):.0f}% of it; export a bucket with a "
+            f"closer aspect ratio (--height/--width) or crop the frames first")
+
+
+def _sixteen_bit_to_uint8(im: Any) -> Any:
+    """PIL opens 16-bit greyscale PNGs as mode I;16 (or I), and convert("RGB") clips every
+    value above 255 to white: scale the full 16-bit range to 8 bits instead."""
+    if im.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return im
+    arr = np.asarray(im).astype(np.float64)
+    if im.mode == "I" and arr.max() <= 255 and arr.min() >= 0:
+        return _PILImage.fromarray(arr.astype(np.uint8))  # an 8-bit image stored as int32
+    if arr.min() < 0 or arr.max() > 65535:
+        raise RuntimeDataError(f"integer image values span [{arr.min():.0f}, {arr.max():.0f}]: "
+                               f"not an 8- or 16-bit image")
+    return _PILImage.fromarray(np.floor(arr / 257.0 + 0.5).astype(np.uint8))
+
+
+def preprocess_rgb(rgb: Any, size_hw: Sequence[int], use_pil: bool | None = None,
+                   name: str = "image") -> np.ndarray:
     """uint8 HxWx{3,4} array, float HxWx3 in [0,1] or PIL image -> float32 [3, H, W] in [0, 1].
 
     With PIL (default when installed) the result equals VGGT's preprocessing exactly;
@@ -264,6 +301,8 @@ def preprocess_rgb(rgb: Any, size_hw: Sequence[int], use_pil: bool | None = None
         use_pil = _PILImage is not None
     if use_pil and _PILImage is None:
         raise ImportError("use_pil=True but Pillow is not installed")
+    if _PILImage is not None and isinstance(rgb, _PILImage.Image):
+        rgb = _sixteen_bit_to_uint8(rgb)
     if use_pil and isinstance(rgb, _PILImage.Image):
         im = rgb
         has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
@@ -273,6 +312,7 @@ def preprocess_rgb(rgb: Any, size_hw: Sequence[int], use_pil: bool | None = None
         has_alpha = arr.shape[-1] == 4
         im = _PILImage.fromarray(arr) if use_pil else arr
     src_hw = (im.size[1], im.size[0]) if use_pil else im.shape[:2]
+    check_frame_size(src_hw, size, name)
     plan = plan_resize(src_hw, size)
     H, W = plan.out_hw
     if use_pil:
@@ -368,7 +408,7 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def load_image(path: str | Path, size_hw: Sequence[int]) -> np.ndarray:
     """Image file -> float32 [3, H, W] in [0, 1], VGGT "crop"-style cover/centre-crop."""
-    return preprocess_rgb(read_image(path), size_hw)
+    return preprocess_rgb(read_image(path), size_hw, name=str(path))
 
 
 def load_mask(path: str | Path, size_hw: Sequence[int], binarize: bool = True) -> np.ndarray:
@@ -550,7 +590,7 @@ def load_clip(folder: str | Path | SceneIndex, t0: int, T: int, N: int,
                 raise SizeMismatchError(
                     f"frames of one clip must share a size: {ref[1]} is {ref[0][1]}x{ref[0][0]}"
                     f" but {paths[i][j]} is {hw[1]}x{hw[0]} (WxH)")
-            images[0, i, j] = preprocess_rgb(im, (H, W))
+            images[0, i, j] = preprocess_rgb(im, (H, W), name=str(paths[i][j]))
             if mask_paths is not None:
                 m = read_mask(mask_paths[i][j])
                 if m.shape != hw:

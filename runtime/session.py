@@ -19,7 +19,15 @@ import numpy as np
 
 from .dispatch import check_feeds
 from .errors import RuntimeDataError
-from .layout import PLUGIN_GRAPH, PORTABLE_GRAPH, Bucket, ManifestIO, load_manifest
+from .layout import (
+    PLUGIN_GRAPH,
+    PORTABLE_GRAPH,
+    Bucket,
+    ManifestIO,
+    graph_records,
+    load_manifest,
+    verify_artifacts,
+)
 
 __all__ = ["Session", "OnnxSession", "SessionError", "PLUGIN_GRAPH", "PORTABLE_GRAPH"]
 
@@ -92,6 +100,8 @@ class OnnxSession(ClosingSession, ManifestIO):
             present = sorted(p.name for p in self.folder.glob("*.onnx"))
             raise SessionError(f"graph {graph} not found in {self.folder}; present: "
                                f"{present or 'none'}")
+        # a bit-flipped graph or weights file would run and answer wrongly: refuse it
+        verify_artifacts(self.folder, graph_records(self.folder, self.manifest, graph))
         try:
             import onnxruntime as ort  # noqa: PLC0415 - keep `import runtime` light
         except ImportError as e:

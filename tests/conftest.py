@@ -32,3 +32,16 @@ def state_dict_refs() -> Path:
     if not d.is_dir():
         pytest.skip(f"reference state-dict manifests not found at {d}")
     return d
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Integrity verdicts and the TensorRT-for-RTX link go to a per-run cache, not ~/.cache
+    (child processes inherit it through the environment)."""
+    old = os.environ.get("VGGT_MV_CACHE")
+    os.environ["VGGT_MV_CACHE"] = str(tmp_path_factory.mktemp("vggt_mv_cache"))
+    yield
+    if old is None:
+        os.environ.pop("VGGT_MV_CACHE", None)
+    else:
+        os.environ["VGGT_MV_CACHE"] = old

@@ -131,8 +131,18 @@ class VGGTMVConfig:
         for k, v in changes.items():
             if k in ("encoder", "heads") and isinstance(v, dict):
                 d[k].update(v)
-            else:
-                d[k] = v
+                continue
+            old = d.get(k)
+            # an override of the wrong type would fail far away (or not at all): say so here
+            wrong = (isinstance(old, bool) and not isinstance(v, bool)) or (
+                isinstance(old, (int, float)) and not isinstance(old, bool)
+                and (isinstance(v, bool) or not isinstance(v, (int, float))
+                     or (isinstance(old, int) and isinstance(v, float)))) or (
+                isinstance(old, str) and not isinstance(v, str))
+            if wrong:
+                raise ValueError(f"config {k}={v!r}: expected {type(old).__name__} like the "
+                                 f"default {old!r}")
+            d[k] = v
         return VGGTMVConfig.from_dict(d)
 
 

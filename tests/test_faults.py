@@ -1,0 +1,146 @@
+"""Faults and bad input end in the right result, or a non-zero exit with a message naming
+the thing, never a silent wrong answer or a traceback (tiny preset, real frames)."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import runtime.layout as layout
+from runtime.errors import RuntimeDataError
+from runtime.layout import ArtifactIntegrityError
+from runtime.preprocess import preprocess_rgb
+from runtime.session import OnnxSession
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, env=None):
+    import os
+
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)],
+                          capture_output=True, text=True, env=e, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def bucket(tmp_path_factory) -> Path:
+    from export.buckets import Bucket
+    from export.exporter import export_bucket
+    from vggt_mv.config import tiny_config
+    from vggt_mv.models import VGGTMV
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("faults")
+    return export_bucket(VGGTMV(tiny_config()).eval(), Bucket(2, 2, 42, 56), root,
+                         log=lambda s: None).folder
+
+
+@pytest.fixture
+def damaged(bucket, tmp_path) -> Path:
+    copy = tmp_path / bucket.name
+    shutil.copytree(bucket, copy)
+    return copy
+
+
+def _flip_byte(path: Path, at: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_bit_flipped_graph_is_refused_naming_the_file(damaged, mv_scene, tmp_path):
+    _flip_byte(damaged / "model.onnx")
+    out = tmp_path / "out"
+    r = run_cli("infer", "--onnx", damaged, "--graph", "model.onnx", "--input", mv_scene,
+                "--T", 2, "--N", 2, "--out", out)
+    assert r.returncode == 2, r.stderr
+    assert "model.onnx" in r.stderr and "sha256" in r.stderr and "re-export" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_truncated_graph_is_refused_by_size(damaged):
+    p = damaged / "model.plugins.onnx"
+    p.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(ArtifactIntegrityError, match="model.plugins.onnx is 1,000 bytes"):
+        OnnxSession(damaged, graph="model.plugins.onnx")
+
+
+def test_hash_verdict_is_cached_and_can_be_skipped(damaged, monkeypatch):
+    calls = []
+    real = layout.sha256_file
+    monkeypatch.setattr(layout, "sha256_file", lambda p, *a: calls.append(p) or real(p, *a))
+    OnnxSession(damaged, graph="model.onnx")
+    OnnxSession(damaged, graph="model.onnx")  # same size and mtime: not hashed again
+    assert len(calls) == 1
+    _flip_byte(damaged / "model.onnx")  # rewritten: mtime changes, hashed again, refused
+    with pytest.raises(ArtifactIntegrityError):
+        OnnxSession(damaged, graph="model.onnx")
+    monkeypatch.setenv("VGGT_MV_NO_VERIFY", "1")  # the opt-out skips hashing, not sizes
+    calls.clear()
+    OnnxSession(damaged, graph="model.onnx")
+    assert calls == []
+
+
+def _frame(mv_scene) -> Image.Image:
+    return Image.open(mv_scene / "images" / "time_00" / "view0.png").convert("L")
+
+
+def test_16_bit_png_is_scaled_not_clipped(mv_scene, tmp_path):
+    grey = np.asarray(_frame(mv_scene))
+    p16 = tmp_path / "grey16.png"
+    Image.fromarray(grey.astype(np.uint16) * 257).save(p16)  # full 16-bit range
+    im16 = Image.open(p16)
+    assert im16.mode.startswith("I")
+    a = preprocess_rgb(im16, (42, 56))
+    b = preprocess_rgb(Image.fromarray(grey), (42, 56))
+    assert np.abs(a - b).max() <= 1 / 255 + 1e-6 and a.mean() < 0.9  # not an all-white frame
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4000, 10), (20, 300)])
+def test_frames_a_resize_would_destroy_are_refused(mv_scene, size):
+    im = _frame(mv_scene).convert("RGB").resize(size)
+    with pytest.raises(RuntimeDataError, match=rf"frame\.png is {size[0]}x{size[1]}"):
+        preprocess_rgb(im, (42, 56), name="frame.png")
+
+
+def test_predictor_arrays_refuse_other_dtypes_and_ranges(bucket):
+    from runtime.predictor import Predictor
+
+    ok = np.random.default_rng(0).random((2, 2, 3, 42, 56), dtype=np.float32)
+    with Predictor(bucket.parent, backend="onnx", graph="model.onnx") as p:
+        assert p.predict_arrays(ok).depth.shape[:2] == (2, 2)
+        with pytest.raises(RuntimeDataError, match="dtype uint8"):
+            p.predict_arrays((ok * 255).astype(np.uint8))
+        with pytest.raises(RuntimeDataError, match="divided by 255"):
+            p.predict_arrays(ok * 255)
+        bad = ok.copy()
+        bad[0, 0, 0, 0, 0] = np.nan
+        with pytest.raises(RuntimeDataError, match="NaN"):
+            p.predict_arrays(bad)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["model-info", "--T", "2", "--N", "2", "--height", "57"], "nearest: 56x518"),
+    (["model-info", "--T", "2", "--N", "2", "-o", "depth=abc"], "depth='abc'"),
+    (["bench", "--bucket", "{tmp}/no_such_bucket"], "no_such_bucket"),
+])
+def test_cli_errors_are_one_line_with_exit_2(args, needle, tmp_path):
+    r = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "no_such_bucket").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("a file")
+    r = run_cli("export", "--preset", "tiny", "--T", 2, "--N", 2, "--height", 42, "--width", 56,
+                "--out", f, "--no-validate")
+    assert r.returncode == 2 and "taken" in r.stderr and "Traceback" not in r.stderr
+    assert f.read_text() == "a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # nothing left beside it
