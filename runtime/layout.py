@@ -29,7 +29,7 @@ __all__ = [
     "sha256_file", "sha256_bytes", "file_entry",
     "ArtifactIntegrityError", "verify_artifacts", "graph_records", "NO_VERIFY_ENV",
     "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
-    "atomic_path", "atomic_directory",
+    "atomic_path", "atomic_directory", "recover_leftovers",
 ]
 
 # ------------------------------------------------------------------------- file names
@@ -397,6 +397,51 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def _test_kill(point: str) -> None:
+    """Fault-injection hook of tests/test_faults.py: die like kill -9 at a named point."""
+    if os.environ.get("VGGT_MV_TEST_KILL_AT") == point:
+        os._exit(137)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def recover_leftovers(final: str | Path) -> list[str]:
+    """What a killed run (kill -9, power loss) left next to ``final``: a scratch folder
+    ``.NAME.partial-PID-*`` is removed, and a previous good folder ``.NAME.old-PID``
+    hidden between the two renames of a swap is put back when ``final`` is missing
+    (else removed). Only leftovers of processes that are gone are touched. Returns what
+    was done (also logged as warnings)."""
+    import logging  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    final = Path(final)
+    done: list[str] = []
+    if not final.parent.is_dir():
+        return done
+    pat = re.compile(rf"^\.{re.escape(final.name)}\.(partial|old)-(\d+)(-.*)?$")
+    for p in sorted(final.parent.iterdir()):
+        m = pat.match(p.name)
+        if not m or _pid_alive(int(m.group(2))):
+            continue
+        if m.group(1) == "old" and not final.exists():
+            os.replace(p, final)
+            done.append(f"restored {final} from {p.name}, left by an interrupted run")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p}, left by an interrupted run")
+    for msg in done:
+        logging.getLogger("vggt_mv").warning(msg)
+    return done
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | Path) -> Iterator[Path]:
     """A scratch directory next to ``final``; on success it replaces ``final`` whole.
@@ -407,14 +452,18 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    recover_leftovers(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-",
+                                dir=final.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
         yield tmp
+        _test_kill("in-scratch")
         old = None
         if final.exists():
             old = final.parent / f".{final.name}.old-{os.getpid()}"
             os.replace(final, old)
+            _test_kill("between-renames")
         os.replace(tmp, final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -27,6 +27,7 @@ import numpy as np
 
 from .dispatch import BucketEntry, BucketIndex, Selection, pad_feeds, trim_outputs
 from .errors import NotEnoughFramesError, RuntimeDataError
+from .layout import atomic_directory
 from .outputs import atomic_write, colorize, save_png, write_ply
 from .postprocess import confidence_mask, depth_to_world_points, pose_encoding_to_extri_intri
 from .preprocess import discover_scene, load_clip, read_image
@@ -94,9 +95,27 @@ class Prediction:
         confidence/ PNGs per (time step, view), run.json. Every file is written atomically.
         Returns {"npz", "ply", "depth_png": [...], "confidence_png": [...], "run_json",
         "points"} with paths and the PLY vertex count."""
+        final = Path(out_dir)
+        if final.exists() and not final.is_dir():
+            raise RuntimeDataError(f"--out {final} is a file; give a folder")
+        if final.is_dir() and any(final.iterdir()) and not (final / RUN_JSON).is_file():
+            raise RuntimeDataError(
+                f"--out {final} holds files that are not an earlier infer output; choose an "
+                f"empty or new folder (an earlier output is replaced whole)")
+        # Written into a scratch folder that replaces the output whole: a re-used folder
+        # never mixes this clip's frames with an earlier clip's (t05 beside old t00).
+        with atomic_directory(final) as tmp:
+            written = self._write(tmp, cmap, conf_cmap, compress)
+
+        def moved(v: Any) -> Any:
+            if isinstance(v, Path):
+                return final / v.relative_to(tmp)
+            return [moved(x) for x in v] if isinstance(v, list) else v
+
+        return {k: moved(v) for k, v in written.items()}
+
+    def _write(self, out: Path, cmap: str, conf_cmap: str, compress: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         written: dict[str, Any] = {"depth_png": [], "confidence_png": []}
         npz = out / NPZ_NAME
         with atomic_write(npz) as f:

@@ -144,3 +144,50 @@ def test_out_that_is_a_file_is_refused(tmp_path):
     assert r.returncode == 2 and "taken" in r.stderr and "Traceback" not in r.stderr
     assert f.read_text() == "a file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # nothing left beside it
+
+
+EXPORT = ["export", "--preset", "tiny", "--T", "2", "--N", "2", "--height", "42", "--width",
+          "56", "--no-validate"]
+
+
+def test_kill_during_export_is_recovered_by_the_next_run(tmp_path):
+    out = tmp_path / "art"
+    r = run_cli(*EXPORT, "--out", out, env={"VGGT_MV_TEST_KILL_AT": "in-scratch"})
+    assert r.returncode == 137
+    assert not (out / "T2_N2_42x56").exists() and list(out.glob(".T2_N2_42x56.partial-*"))
+    r = run_cli(*EXPORT, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "left by an interrupted run" in r.stderr
+    assert (out / "T2_N2_42x56" / "manifest.json").is_file()
+    assert not list(out.glob(".T2_N2_42x56.*"))
+    # killed between the two renames of the swap: the good bucket is hidden as .old-PID
+    r = run_cli(*EXPORT, "--out", out, env={"VGGT_MV_TEST_KILL_AT": "between-renames"})
+    assert r.returncode == 137 and not (out / "T2_N2_42x56").exists()
+    assert list(out.glob(".T2_N2_42x56.old-*"))
+    from runtime.layout import recover_leftovers
+
+    done = recover_leftovers(out / "T2_N2_42x56")  # what every bucket writer does first
+    assert any("restored" in d for d in done) and any("removed" in d for d in done)
+    assert (out / "T2_N2_42x56" / "manifest.json").is_file()
+    assert not list(out.glob(".T2_N2_42x56.*"))
+
+
+def test_infer_output_folder_is_replaced_whole_never_mixed(bucket, mv_scene, tmp_path):
+    from runtime.predictor import Predictor
+
+    out = tmp_path / "out"
+    with Predictor(bucket.parent, backend="onnx", graph="model.onnx") as p:
+        p.predict(mv_scene, T=2, N=2, t0=4).write_outputs(out)
+        assert (out / "depth" / "depth_t04_view0.png").is_file()
+        written = p.predict(mv_scene, T=2, N=2, t0=0).write_outputs(out)
+    names = sorted(x.name for x in (out / "depth").iterdir())
+    assert names == ["depth_t00_view0.png", "depth_t00_view1.png", "depth_t01_view0.png",
+                     "depth_t01_view1.png"]  # yesterday's t04/t05 are gone, not mixed in
+    assert written["npz"] == out / "predictions.npz" and written["npz"].is_file()
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"not ours")
+    with Predictor(bucket.parent, backend="onnx", graph="model.onnx") as p:
+        with pytest.raises(RuntimeDataError, match="not an earlier infer output"):
+            p.predict(mv_scene, T=2, N=2).write_outputs(foreign)
+    assert [x.name for x in foreign.iterdir()] == ["holiday.jpg"]
