@@ -74,7 +74,7 @@ def _config(preset: str, options: list[str]):
 
 def _build_model(preset: str, options: list[str], checkpoint: Optional[Path],
                  pi3: Optional[Path], seed_checkpoint: Optional[Path], seed: int,
-                 strict: bool):
+                 strict: bool, allow_partial_load: bool = False):
     import torch
 
     from vggt_mv.models import VGGTMV
@@ -94,6 +94,13 @@ def _build_model(preset: str, options: list[str], checkpoint: Optional[Path],
         except (CheckpointError, LoadError, FileNotFoundError) as e:
             _fail(str(e))
         console.print(report.as_table(), markup=False, soft_wrap=True)
+        gaps = report.gaps()
+        if gaps and not allow_partial_load:
+            _fail(f"the checkpoint does not fit configuration {cfg.name}: {'; '.join(gaps)}. "
+                  f"Load report: {report.summary()}. Check --preset and -o options against "
+                  f"the checkpoint, or pass --allow-partial-load to export anyway")
+        if gaps:
+            warn("partial load (--allow-partial-load): " + "; ".join(gaps))
         weights = report.to_dict()
     else:
         warn(f"no checkpoint given: weights are RANDOM (seed {seed}). Artifacts are only "
@@ -117,6 +124,9 @@ def export(
     pi3: Optional[Path] = typer.Option(None, help="Pi3 model.safetensors (stage 1 warm start)"),
     seed_checkpoint: Optional[Path] = typer.Option(None, help="seed prototype (vggt_t_mv) checkpoint"),
     strict: bool = typer.Option(False, help="fail when any model parameter gets no weights"),
+    allow_partial_load: bool = typer.Option(
+        False, "--allow-partial-load", help="export even when checkpoint tensors do not fit "
+        "the configuration or model tensors keep random weights (refused by default)"),
     seed: int = typer.Option(0, help="seed for random init and random validation inputs"),
     opset: int = typer.Option(20, help="ONNX opset"),
     out: Path = typer.Option(Path("artifacts"), help="output root; one folder per bucket"),
@@ -141,7 +151,8 @@ def export(
         _fail(str(e))
     if inputs != "random" and not Path(inputs).is_dir():
         _fail(f"--input {inputs!r} is neither 'random' nor a folder")
-    model, weights = _build_model(preset, option, checkpoint, pi3, seed_checkpoint, seed, strict)
+    model, weights = _build_model(preset, option, checkpoint, pi3, seed_checkpoint, seed, strict,
+                                  allow_partial_load)
     tol = None
     if atol is not None or rtol is not None:
         tol = Tolerance(atol if atol is not None else 1e-3, rtol if rtol is not None else 1e-3)

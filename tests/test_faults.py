@@ -191,3 +191,34 @@ def test_infer_output_folder_is_replaced_whole_never_mixed(bucket, mv_scene, tmp
         with pytest.raises(RuntimeDataError, match="not an earlier infer output"):
             p.predict(mv_scene, T=2, N=2).write_outputs(foreign)
     assert [x.name for x in foreign.iterdir()] == ["holiday.jpg"]
+
+
+def test_checkpoint_that_does_not_fit_is_refused_unless_opted_in(tmp_path):
+    from vggt_mv.config import tiny_config
+    from vggt_mv.models import VGGTMV
+
+    torch.manual_seed(0)
+    sd = VGGTMV(tiny_config()).state_dict()
+    good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"
+    torch.save(sd, good)
+    torch.save({k: torch.zeros([n + 1 for n in v.shape]) for k, v in sd.items()}, bad)
+    out = tmp_path / "art"
+    r = run_cli(*EXPORT, "--checkpoint", bad, "--out", out)
+    assert r.returncode == 2, r.stderr
+    assert "does not fit configuration" in r.stderr and "2/475 tensors loaded" in r.stderr
+    assert "--allow-partial-load" in r.stderr and not out.exists()
+    r = run_cli(*EXPORT, "--checkpoint", bad, "--out", out, "--allow-partial-load")
+    assert r.returncode == 0 and "partial load" in r.stderr
+    r = run_cli(*EXPORT, "--checkpoint", good, "--out", tmp_path / "ok")
+    assert r.returncode == 0 and "partial load" not in r.stderr, r.stderr
+
+
+def test_vggt_checkpoint_into_page4d_config_is_an_expected_gap(state_dict_refs):
+    from vggt_mv.weights import load_weights
+    from vggt_mv.config import get_config
+    from vggt_mv.models import VGGTMV
+
+    with torch.device("meta"):
+        model = VGGTMV(get_config())
+    r = load_weights(model, checkpoint=state_dict_refs / "vggt_1b.json")
+    assert len(r.missing) == 8 and r.gaps() == []  # the mask head is new by design

@@ -128,6 +128,10 @@ class Stage3Entry:
             group_of(self.target)
 
 
+# Modules a VGGT / Pi3 checkpoint cannot provide: initialised by design (the seeds' rules).
+NEW_IN_PAGE4D = ("aggregator.spatial_mask_head.",)
+
+
 @dataclass
 class LoadReport:
     config_name: str
@@ -139,6 +143,30 @@ class LoadReport:
     dry_run: bool = False
 
     # --- derived
+    def gaps(self) -> list[str]:
+        """What this load leaves wrong beyond what the plan expects (empty: a good load).
+
+        Expected by design: PAGE-4D's spatial mask head is random when no PAGE-4D
+        checkpoint is given (VGGT / Pi3 have none). Everything else counts: checkpoint
+        tensors whose shape does not fit the configuration, and model tensors that would
+        keep their random initialisation."""
+        problems = []
+        mism = [e for s in self.sources for e in s.by_status(MISMATCH)]
+        if mism:
+            e = mism[0]
+            problems.append(f"{len(mism)} checkpoint tensors do not fit the configuration's "
+                            f"shapes (e.g. {e.source}: checkpoint {list(e.got)}, model "
+                            f"{list(e.expected)})")
+        page4d = any(s.kind == "page4d" for s in self.sources)
+        unexpected = [m for m in self.missing
+                      if page4d or not m.startswith(NEW_IN_PAGE4D)]
+        if unexpected:
+            gs = Counter(group_of(m) for m in unexpected)
+            problems.append(f"{len(unexpected)} of {len(self.model_tensors)} model tensors "
+                            f"would keep random weights ("
+                            + ", ".join(f"{g}: {n}" for g, n in gs.most_common(5)) + ")")
+        return problems
+
     @property
     def provenance(self) -> dict[str, str]:
         """Final origin of every model tensor: a slot, 'stage3', or 'missing'."""
