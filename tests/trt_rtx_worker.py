@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(spec_path: str, out_path: str) -> None:
-    from runtime.trt.rtx import prepare
+    from runtime.trt.rtx import configure_targets, prepare
 
     trt = prepare()
     spec = json.loads(Path(spec_path).read_text())
@@ -58,8 +58,7 @@ def main(spec_path: str, out_path: str) -> None:
                                   for l in layers for j in range(l.num_outputs))
         if ok:
             cfg = builder.create_builder_config()
-            cfg.num_compute_capabilities = 1
-            cfg.set_compute_capability(trt.ComputeCapability.SM86, 0)
+            configure_targets(trt, cfg, ["8.6"])  # the build-engine --target rtx code
             cfg.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
             t0 = time.perf_counter()
             engine = builder.build_serialized_network(network, cfg)
