@@ -40,7 +40,7 @@ import numpy as np
 
 from .align import AlignResult, Sim3, align_robust, sim3_from_camera
 from .errors import RuntimeDataError
-from .layout import atomic_write_json
+from .layout import atomic_write, atomic_write_json
 from .outputs import colorize, save_png, write_ply
 from .pointcloud import VoxelCloud
 from .postprocess import closed_form_inverse_se3, mat_to_quat
@@ -204,7 +204,16 @@ class StreamWriter:
         self._tum = {v: open(self.tmp / f"trajectory_view{v}.tum", "w") for v in self.views}
         for f in self._tum.values():
             f.write("# timestamp tx ty tz qx qy qz qw (TUM: camera pose in the world frame)\n")
+        # One JSON record per window, appended as windows run and turned into
+        # windows.json at the end: nothing per window stays in memory.
+        self._win = open(self.tmp / ".windows.jsonl", "w")
         self.frames = 0
+        self.windows = 0
+
+    def write_window(self, record: dict[str, Any]) -> None:
+        self._win.write(json.dumps(record, default=float) + "\n")
+        self._win.flush()
+        self.windows += 1
 
     def write_step(self, t: int, extrinsics: np.ndarray, intrinsics: np.ndarray | None,
                    depth: np.ndarray | None) -> None:
@@ -220,12 +229,11 @@ class StreamWriter:
             self.frames += 1
         self._cams.flush()
 
-    def finish(self, cloud: VoxelCloud, windows: list[dict[str, Any]],
-               run: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, cloud: VoxelCloud, run: dict[str, Any]) -> dict[str, Any]:
         self._close_files()
         pts, cols = cloud.points()
         n = write_ply(self.tmp / "points.ply", pts, cols)
-        atomic_write_json(self.tmp / "windows.json", windows)
+        self._windows_json()
         atomic_write_json(self.tmp / "run.json", run)
         if self.out.exists():
             old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
@@ -236,8 +244,19 @@ class StreamWriter:
             self.tmp.rename(self.out)
         return {"out": str(self.out), "points": n, "frames": self.frames}
 
+    def _windows_json(self) -> None:
+        """.windows.jsonl -> windows.json (a JSON list), copied line by line."""
+        src = self.tmp / ".windows.jsonl"
+        with open(src) as f, atomic_write(self.tmp / "windows.json", "w") as out:
+            out.write("[")
+            for i, line in enumerate(f):
+                out.write(("," if i else "") + "\n  " + line.rstrip("\n"))
+            out.write("\n]\n")
+        src.unlink()
+
     def _close_files(self) -> None:
         self._cams.close()
+        self._win.close()
         for f in self._tum.values():
             f.close()
 
@@ -270,7 +289,11 @@ class StreamingPredictor:
         self._size: tuple[int, int] | None = None
         self._writer: StreamWriter | None = None
         self._cloud: VoxelCloud | None = None
-        self.reports: list[WindowReport] = []
+        # Counts only: per-window records go to disk (windows.json), so a stream of any
+        # length keeps the same memory. ``last_report`` is the newest window's.
+        self.counts = {"first": 0, "aligned": 0, "fallback": 0}
+        self.windows_run = 0
+        self.last_report: WindowReport | None = None
         self._t_start = time.perf_counter()
         self._ran_last = False
 
@@ -304,7 +327,7 @@ class StreamingPredictor:
         self._buf.append((t, step))
         self._since += 1
         self._ran_last = False
-        first_window = not self.reports
+        first_window = not self.windows_run
         if len(self._buf) == self.window and (first_window or
                                               self._since >= self.window - self.overlap):
             return self._run_window()
@@ -349,7 +372,10 @@ class StreamingPredictor:
             m = weights[i] > 0
             self._cloud.add(win.points[i][m], pred.colors[i][m], weights[i][m])
         rep.seconds = time.perf_counter() - t0
-        self.reports.append(rep)
+        self._writer.write_window(asdict(rep))
+        self.windows_run += 1
+        self.counts[rep.status] += 1
+        self.last_report = rep
         self._since = 0
         self._ran_last = True
         msg = (f"window {rep.index}: t {times[0]}..{times[-1]} ({len(rep.new_times)} new), "
@@ -367,20 +393,19 @@ class StreamingPredictor:
         """Runs a last window over the newest steps if some are not covered yet, writes the
         cloud, windows.json and run.json, and moves the output folder into place."""
         try:
-            if not self.reports and len(self._buf) < self.window:
+            if not self.windows_run and len(self._buf) < self.window:
                 raise RuntimeDataError(f"the stream ended after {len(self._buf)} time steps; "
                                        f"a window needs {self.window}")
             if not self._ran_last and self._since:
                 self._run_window()
             elapsed = time.perf_counter() - self._t_start
-            counts = {s: sum(r.status == s for r in self.reports)
-                      for s in ("first", "aligned", "fallback")}
+            counts = dict(self.counts)
             run = {"window": self.window, "overlap": self.overlap, "views": self.views,
-                   "windows": len(self.reports), **counts, "seconds": round(elapsed, 3),
-                   "windows_per_minute": round(60 * len(self.reports) / max(elapsed, 1e-9), 2),
+                   "windows": self.windows_run, **counts, "seconds": round(elapsed, 3),
+                   "windows_per_minute": round(60 * self.windows_run / max(elapsed, 1e-9), 2),
                    "voxel": self._cloud.voxel if self._cloud else None,
                    "cloud_coarsened": self._cloud.coarsened if self._cloud else 0}
-            out = self._writer.finish(self._cloud, [asdict(r) for r in self.reports], run)
+            out = self._writer.finish(self._cloud, run)
         except BaseException:
             if self._writer is not None:
                 self._writer.abort()
