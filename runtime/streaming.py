@@ -45,6 +45,7 @@ from .outputs import colorize, save_png, write_ply
 from .pointcloud import VoxelCloud
 from .postprocess import closed_form_inverse_se3, mat_to_quat
 from .preprocess import discover_scene, preprocess_rgb, read_image
+from .video import find_view_videos
 
 __all__ = ["WindowReport", "WorldChainer", "StreamWriter", "StreamingPredictor",
            "check_window_overlap", "tum_line"]
@@ -271,12 +272,14 @@ class StreamingPredictor:
 
     def __init__(self, predictor: Any, window: int, overlap: int, out_dir: str | Path, *,
                  N: int | None = None, views: Sequence[int] | None = None,
-                 voxel: float | None = None, max_points: int = 500_000, fps: float = 1.0,
+                 voxel: float | None = None, max_points: int = 500_000,
+                 fps: float | None = None,
                  min_points: int = 200, max_residual: float = 0.2, overwrite: bool = False,
                  depth_pngs: bool = True, log: Callable[[str], None] = print,
                  warn: Callable[[str], None] | None = None):
         check_window_overlap(window, overlap)
-        StreamWriter.check_out(out_dir, overwrite, fps)
+        # fps None: the videos' frame rate when the input is videos, else 1 (t / 1 = t).
+        StreamWriter.check_out(out_dir, overwrite, 1.0 if fps is None else fps)
         self.p, self.window, self.overlap = predictor, int(window), int(overlap)
         self.N, self.views = N, list(views) if views is not None else None
         self.out_dir, self.fps, self.overwrite = Path(out_dir), fps, overwrite
@@ -343,6 +346,41 @@ class StreamingPredictor:
             for tl in scene.times:
                 self.push([scene.frame_path(tl, v) for v in views])
 
+    def run_videos(self, folder: str | Path, loops: int = 1) -> None:
+        """One synchronized video per view (view0.mp4, view1.avi, ...), decoded one time
+        step at a time (runtime/video.py): memory does not depend on the videos' length.
+        The TUM timestamps use the videos' frame rate unless ``fps`` was given."""
+        from .video import ViewVideos  # noqa: PLC0415 - OpenCV only for video input
+
+        views = self.views
+        if views is None and self.N is not None:
+            views = sorted(find_view_videos(folder))[: self.N]
+        with ViewVideos(folder, views) as vids:
+            self.views = vids.views
+            if self.fps is None and vids.fps and self._writer is None:
+                self.fps = vids.fps
+            for loop in range(loops):
+                if loop:
+                    vids.rewind()
+                for frames in vids:
+                    self.push(frames)
+                if vids.unequal_lengths:
+                    self.warn(vids.unequal_lengths)
+
+    def run_input(self, path: str | Path, loops: int = 1) -> None:
+        """A time_TT/viewV frame folder or a folder of view videos, whichever ``path`` is."""
+        videos = find_view_videos(path)
+        frames = Path(path).is_dir() and (
+            (Path(path) / "images").is_dir()
+            or any(d.name.startswith("time_") for d in Path(path).iterdir()))
+        if videos and frames:
+            raise RuntimeDataError(f"{path} holds both view videos ({sorted(videos)}) and "
+                                   f"time_TT frame folders; point --input at one of them")
+        if videos:
+            self.run_videos(path, loops)
+        else:
+            self.run_folder(path, loops)
+
     # ------------------------------------------------------------------ windows
     def _run_window(self) -> WindowReport:
         t0 = time.perf_counter()
@@ -356,7 +394,7 @@ class StreamingPredictor:
         win = self.chainer.add(times, pred.extrinsics, pred.points, weights)
         rep = win.report
         if self._writer is None:
-            self._writer = StreamWriter(self.out_dir, self.views, fps=self.fps,
+            self._writer = StreamWriter(self.out_dir, self.views, fps=self.fps or 1.0,
                                         overwrite=self.overwrite, depth_pngs=self.depth_pngs)
         if self._cloud is None:
             self._cloud = VoxelCloud(self.voxel or _default_voxel(win.points, weights),
