@@ -99,6 +99,7 @@ class WorldChainer:
     seed: int = 0
     _prev: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     _scale: float = 1.0
+    _prev_sim: Sim3 = field(default_factory=Sim3.identity)
     _count: int = 0
     _last_time: int | None = None
 
@@ -122,6 +123,7 @@ class WorldChainer:
         world_E = sim.extrinsics(extrinsics)
         world_P = sim.apply(points)
         self._scale = sim.s
+        self._prev_sim = sim
         report.scale = float(sim.s)
         last = self._last_time if self._last_time is not None else -(1 << 62)
         report.new_times = [t for t in times if t > last]
@@ -155,15 +157,32 @@ class WorldChainer:
                              f"window (need {self.min_points})")
         if fit is not None:
             report.residual, report.inlier_fraction = fit.residual, fit.inlier_fraction
-            if fit.residual <= self.max_residual and np.isfinite(fit.sim3.s) and fit.sim3.s > 0:
+            if fit.residual <= self.max_residual and _finite_sim3(fit.sim3):
                 report.status = "aligned"
                 return fit.sim3
             report.reason = (f"alignment residual {fit.residual:.3g} of the scene's spread is "
                              f"beyond the bound {self.max_residual:g}")
-        # Fallback: chain through the first shared view-0 camera at the previous scale.
+        # Fallback: chain through a camera both windows saw (the first shared time step's
+        # view 0 when its pose is finite in both, else the next one) at the previous scale.
         report.status = "fallback"
-        t = shared[0]
-        return sim3_from_camera(extrinsics[times.index(t), 0], self._prev[t][2][0], self._scale)
+        for t in shared:
+            for j in range(extrinsics.shape[1]):
+                mine, theirs = extrinsics[times.index(t), j], self._prev[t][2][j]
+                if np.isfinite(mine).all() and np.isfinite(theirs).all():
+                    sim = sim3_from_camera(mine, theirs, self._scale)
+                    if _finite_sim3(sim):
+                        report.reason += f" (chained through t {t}, view index {j})"
+                        return sim
+        # No shared camera either: keep the previous window's transform rather than emit
+        # NaN; the window is marked and its poses are only as good as that guess.
+        report.reason += ("; no shared camera is finite in both windows either: the "
+                          "previous window's transform is kept")
+        return self._prev_sim
+
+
+def _finite_sim3(sim: Sim3) -> bool:
+    return bool(np.isfinite(sim.s) and sim.s > 0 and np.isfinite(sim.R).all()
+                and np.isfinite(sim.t).all())
 
 
 def tum_line(timestamp: float, extrinsic: np.ndarray) -> str:
@@ -422,9 +441,9 @@ class StreamingPredictor:
                + f", {len(self._cloud):,} cloud points, {rep.seconds:.1f} s")
         self.log(msg)
         if rep.status == "fallback":
-            self.warn(f"window {rep.index} (t {times[0]}..{times[-1]}): {rep.reason}; chained "
-                      f"through its first shared time step's view-{self.views[0]} camera at "
-                      f"the previous scale instead (marked in windows.json)")
+            self.warn(f"window {rep.index} (t {times[0]}..{times[-1]}) not aligned: "
+                      f"{rep.reason}; chained through a shared camera at the previous scale "
+                      f"instead (marked fallback in windows.json)")
         return rep
 
     def close(self) -> dict[str, Any]:

@@ -352,3 +352,37 @@ def test_cli_infer_stream_from_view_videos(tiny_root, mv_scene, tmp_path):
     r = CliRunner().invoke(command_line.app, short_args)
     assert r.exit_code == 0, r.output
     assert "differ in length" in r.output and "stream: 4 windows" in r.output
+
+
+def test_fallback_uses_another_shared_camera_when_view0_is_not_finite(scene_geometry):
+    """Alignment fails (no confident shared points) and the new window's view-0 pose of the
+    shared step is NaN: the chain goes through view 1 of that step instead, exactly."""
+    E, _, P = scene_geometry
+    rng = np.random.default_rng(7)
+    chainer = WorldChainer()
+    chainer.add([0, 1, 2], E[:3], P[:3], np.ones(P.shape[:-1])[:3])
+    G = _window_frame(E, 2, rng)  # the new window's frame and scale
+    E_win = G.extrinsics(E[2:5])
+    E_win[0, 0] = np.nan
+    w = np.ones(P.shape[:-1])[2:5]
+    w[0] = 0.0
+    # The chain's scale is G's inverse only if the previous scale equals it: start from it.
+    chainer._scale = 1.0 / G.s
+    win = chainer.add([2, 3, 4], E_win, G.apply(P[2:5]), w)
+    assert win.report.status == "fallback" and "view index 1" in win.report.reason
+    assert np.allclose(win.extrinsics[1:], E[3:5], atol=1e-6)
+
+
+def test_fallback_without_any_finite_shared_camera_keeps_the_previous_transform(
+        scene_geometry):
+    E, _, P = scene_geometry
+    chainer = WorldChainer()
+    chainer.add([0, 1], E[:2], P[:2], np.ones(P.shape[:-1])[:2])
+    E_bad = E[1:3].copy()
+    E_bad[0] = np.nan  # every view of the shared step
+    w = np.ones(P.shape[:-1])[1:3]
+    w[0] = 0.0
+    win = chainer.add([1, 2], E_bad, P[1:3], w)
+    assert win.report.status == "fallback"
+    assert "previous window's transform is kept" in win.report.reason
+    assert np.isfinite(win.points[1]).all() and np.allclose(win.extrinsics[1], E[2])
