@@ -229,6 +229,9 @@ class StreamWriter:
         self._win = open(self.tmp / ".windows.jsonl", "w")
         self.frames = 0
         self.windows = 0
+        # One colour scale for every depth PNG of the stream (world units), fixed by the
+        # first time step written, so frames can be compared like infer's per-clip scale.
+        self.depth_range: tuple[float, float] | None = None
 
     def write_window(self, record: dict[str, Any]) -> None:
         self._win.write(json.dumps(record, default=float) + "\n")
@@ -245,7 +248,13 @@ class StreamWriter:
             self._cams.write(json.dumps(rec) + "\n")
             self._tum[v].write(tum_line(t / self.fps, extrinsics[j]))
             if depth is not None and self.depth_pngs:
-                save_png(self.tmp / "depth" / f"t{t:05d}_view{v}.png", colorize(depth[j]))
+                if self.depth_range is None:
+                    fin = np.asarray(depth)[np.isfinite(depth)]
+                    lo, hi = ((float(np.percentile(fin, 2)), float(np.percentile(fin, 98)))
+                              if fin.size else (0.0, 1.0))
+                    self.depth_range = (lo, hi if hi > lo else lo + 1.0)
+                save_png(self.tmp / "depth" / f"t{t:05d}_view{v}.png",
+                         colorize(depth[j], "turbo", *self.depth_range))
             self.frames += 1
         self._cams.flush()
 
@@ -254,6 +263,7 @@ class StreamWriter:
         pts, cols = cloud.points()
         n = write_ply(self.tmp / "points.ply", pts, cols)
         self._windows_json()
+        run = {**run, "depth_range_png": self.depth_range}
         atomic_write_json(self.tmp / "run.json", run)
         if self.out.exists():
             old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"

@@ -344,6 +344,8 @@ def test_cli_infer_stream_from_view_videos(tiny_root, mv_scene, tmp_path):
     assert len(list((out / "depth").glob("*.png"))) == 64
     assert len((out / "cameras.jsonl").read_text().splitlines()) == 64
     assert len(json.loads((out / "windows.json").read_text())) == 5
+    lo, hi = json.loads((out / "run.json").read_text())["depth_range_png"]  # one scale
+    assert np.isfinite([lo, hi]).all() and lo < hi
 
     short = _write_view_videos(mv_scene, tmp_path / "short", short_view=0)  # 12 steps
     short_args = list(args)
