@@ -388,3 +388,14 @@ def test_fallback_without_any_finite_shared_camera_keeps_the_previous_transform(
     assert win.report.status == "fallback"
     assert "previous window's transform is kept" in win.report.reason
     assert np.isfinite(win.points[1]).all() and np.allclose(win.extrinsics[1], E[2])
+
+
+def test_input_with_both_frames_and_videos_is_refused(mv_scene, tmp_path):
+    """--input must be one kind: which one a folder holding both meant is not guessed."""
+    both = tmp_path / "both"
+    _write_view_videos(mv_scene, both, frames=2)
+    (both / "time_00").mkdir()
+    s = StreamingPredictor(None, window=4, overlap=1, out_dir=tmp_path / "out")
+    with pytest.raises(RuntimeDataError, match="both view videos"):
+        s.run_input(both)
+    assert not (tmp_path / "out").exists()
