@@ -56,7 +56,8 @@ class AlignResult:
 
 def umeyama(src: np.ndarray, dst: np.ndarray, w: np.ndarray | None = None) -> Sim3:
     """Weighted least-squares sim(3) with dst ~ s R src + t (Umeyama 1991, closed form).
-    src, dst [M, 3]; w [M] non-negative, not all zero."""
+    src, dst [M, 3]; w [M] non-negative, not all zero. ValueError when degenerate (fewer
+    than 3 weighted points, all at one place, or all on one line)."""
     src = np.asarray(src, np.float64)
     dst = np.asarray(dst, np.float64)
     w = np.ones(len(src)) if w is None else np.asarray(w, np.float64)
@@ -71,6 +72,10 @@ def umeyama(src: np.ndarray, dst: np.ndarray, w: np.ndarray | None = None) -> Si
         raise ValueError("umeyama: the source points are all at one place")
     cov = (xd * w[:, None]).T @ xs
     U, D, Vt = np.linalg.svd(cov)
+    if not D[1] > 1e-9 * D[0]:
+        # Points on one line (or one point): the rotation about that line is undetermined
+        # and the SVD would hand back an arbitrary one.
+        raise ValueError("umeyama: the points are collinear; the rotation is undetermined")
     S = np.eye(3)
     if np.linalg.det(U) * np.linalg.det(Vt) < 0:  # a reflection is not a rotation
         S[2, 2] = -1.0

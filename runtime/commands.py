@@ -87,7 +87,8 @@ def infer(
                                "run and the timed ones."),
     compress: bool = typer.Option(False, "--compress", help="Compress predictions.npz."),
     stream: bool = typer.Option(False, "--stream", help="Long videos at constant memory: "
-                                "run every time step of --input in windows of --window "
+                                "run every time step of --input (a frame folder, or one "
+                                "video per view: view0.mp4, ...) in windows of --window "
                                 "steps sharing --overlap steps, chained into one world frame "
                                 "(cameras.jsonl, TUM trajectories, bounded points.ply, depth "
                                 "PNGs, windows.json)."),
@@ -97,8 +98,9 @@ def infer(
                                 "consecutive windows (>= 1, < --window)."),
     loops: int = typer.Option(1, "--loops", min=1, help="--stream: replay the input this "
                               "many times (benchmarks of constant memory)."),
-    fps: float = typer.Option(1.0, "--fps", help="--stream: frame rate for the TUM "
-                              "timestamps (t / fps)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="--stream: frame rate for the "
+                                        "TUM timestamps (t / fps; default: the videos' "
+                                        "rate for video input, else 1)."),
     max_points: int = typer.Option(500_000, "--max-points", min=1, help="--stream: bound of "
                                    "the merged point cloud (voxels coarsen beyond it)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="--stream: replace a "
@@ -176,7 +178,7 @@ def infer(
 
 def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int | None,
                   overlap: int, N: int | None, views: list[int] | None, loops: int,
-                  fps: float, max_points: int, overwrite: bool, opts: dict) -> None:
+                  fps: float | None, max_points: int, overwrite: bool, opts: dict) -> None:
     from .dispatch import UnknownBucketError
     from .errors import RuntimeDataError
     from .predictor import Predictor
@@ -192,7 +194,7 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
                                    log=lambda m: console.print(m, markup=False),
                                    warn=warn)
             try:
-                s.run_folder(input, loops=loops)
+                s.run_input(input, loops=loops)  # frame folder or one video per view
                 summary = s.close()
             except BaseException:
                 s.abort()

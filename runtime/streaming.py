@@ -40,11 +40,12 @@ import numpy as np
 
 from .align import AlignResult, Sim3, align_robust, sim3_from_camera
 from .errors import RuntimeDataError
-from .layout import atomic_write_json
+from .layout import atomic_write, atomic_write_json
 from .outputs import colorize, save_png, write_ply
 from .pointcloud import VoxelCloud
 from .postprocess import closed_form_inverse_se3, mat_to_quat
 from .preprocess import discover_scene, preprocess_rgb, read_image
+from .video import find_view_videos
 
 __all__ = ["WindowReport", "WorldChainer", "StreamWriter", "StreamingPredictor",
            "check_window_overlap", "tum_line"]
@@ -98,6 +99,7 @@ class WorldChainer:
     seed: int = 0
     _prev: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     _scale: float = 1.0
+    _prev_sim: Sim3 = field(default_factory=Sim3.identity)
     _count: int = 0
     _last_time: int | None = None
 
@@ -121,6 +123,7 @@ class WorldChainer:
         world_E = sim.extrinsics(extrinsics)
         world_P = sim.apply(points)
         self._scale = sim.s
+        self._prev_sim = sim
         report.scale = float(sim.s)
         last = self._last_time if self._last_time is not None else -(1 << 62)
         report.new_times = [t for t in times if t > last]
@@ -154,15 +157,32 @@ class WorldChainer:
                              f"window (need {self.min_points})")
         if fit is not None:
             report.residual, report.inlier_fraction = fit.residual, fit.inlier_fraction
-            if fit.residual <= self.max_residual and np.isfinite(fit.sim3.s) and fit.sim3.s > 0:
+            if fit.residual <= self.max_residual and _finite_sim3(fit.sim3):
                 report.status = "aligned"
                 return fit.sim3
             report.reason = (f"alignment residual {fit.residual:.3g} of the scene's spread is "
                              f"beyond the bound {self.max_residual:g}")
-        # Fallback: chain through the first shared view-0 camera at the previous scale.
+        # Fallback: chain through a camera both windows saw (the first shared time step's
+        # view 0 when its pose is finite in both, else the next one) at the previous scale.
         report.status = "fallback"
-        t = shared[0]
-        return sim3_from_camera(extrinsics[times.index(t), 0], self._prev[t][2][0], self._scale)
+        for t in shared:
+            for j in range(extrinsics.shape[1]):
+                mine, theirs = extrinsics[times.index(t), j], self._prev[t][2][j]
+                if np.isfinite(mine).all() and np.isfinite(theirs).all():
+                    sim = sim3_from_camera(mine, theirs, self._scale)
+                    if _finite_sim3(sim):
+                        report.reason += f" (chained through t {t}, view index {j})"
+                        return sim
+        # No shared camera either: keep the previous window's transform rather than emit
+        # NaN; the window is marked and its poses are only as good as that guess.
+        report.reason += ("; no shared camera is finite in both windows either: the "
+                          "previous window's transform is kept")
+        return self._prev_sim
+
+
+def _finite_sim3(sim: Sim3) -> bool:
+    return bool(np.isfinite(sim.s) and sim.s > 0 and np.isfinite(sim.R).all()
+                and np.isfinite(sim.t).all())
 
 
 def tum_line(timestamp: float, extrinsic: np.ndarray) -> str:
@@ -204,7 +224,19 @@ class StreamWriter:
         self._tum = {v: open(self.tmp / f"trajectory_view{v}.tum", "w") for v in self.views}
         for f in self._tum.values():
             f.write("# timestamp tx ty tz qx qy qz qw (TUM: camera pose in the world frame)\n")
+        # One JSON record per window, appended as windows run and turned into
+        # windows.json at the end: nothing per window stays in memory.
+        self._win = open(self.tmp / ".windows.jsonl", "w")
         self.frames = 0
+        self.windows = 0
+        # One colour scale for every depth PNG of the stream (world units), fixed by the
+        # first time step written, so frames can be compared like infer's per-clip scale.
+        self.depth_range: tuple[float, float] | None = None
+
+    def write_window(self, record: dict[str, Any]) -> None:
+        self._win.write(json.dumps(record, default=float) + "\n")
+        self._win.flush()
+        self.windows += 1
 
     def write_step(self, t: int, extrinsics: np.ndarray, intrinsics: np.ndarray | None,
                    depth: np.ndarray | None) -> None:
@@ -216,16 +248,22 @@ class StreamWriter:
             self._cams.write(json.dumps(rec) + "\n")
             self._tum[v].write(tum_line(t / self.fps, extrinsics[j]))
             if depth is not None and self.depth_pngs:
-                save_png(self.tmp / "depth" / f"t{t:05d}_view{v}.png", colorize(depth[j]))
+                if self.depth_range is None:
+                    fin = np.asarray(depth)[np.isfinite(depth)]
+                    lo, hi = ((float(np.percentile(fin, 2)), float(np.percentile(fin, 98)))
+                              if fin.size else (0.0, 1.0))
+                    self.depth_range = (lo, hi if hi > lo else lo + 1.0)
+                save_png(self.tmp / "depth" / f"t{t:05d}_view{v}.png",
+                         colorize(depth[j], "turbo", *self.depth_range))
             self.frames += 1
         self._cams.flush()
 
-    def finish(self, cloud: VoxelCloud, windows: list[dict[str, Any]],
-               run: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, cloud: VoxelCloud, run: dict[str, Any]) -> dict[str, Any]:
         self._close_files()
         pts, cols = cloud.points()
         n = write_ply(self.tmp / "points.ply", pts, cols)
-        atomic_write_json(self.tmp / "windows.json", windows)
+        self._windows_json()
+        run = {**run, "depth_range_png": self.depth_range}
         atomic_write_json(self.tmp / "run.json", run)
         if self.out.exists():
             old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
@@ -236,8 +274,19 @@ class StreamWriter:
             self.tmp.rename(self.out)
         return {"out": str(self.out), "points": n, "frames": self.frames}
 
+    def _windows_json(self) -> None:
+        """.windows.jsonl -> windows.json (a JSON list), copied line by line."""
+        src = self.tmp / ".windows.jsonl"
+        with open(src) as f, atomic_write(self.tmp / "windows.json", "w") as out:
+            out.write("[")
+            for i, line in enumerate(f):
+                out.write(("," if i else "") + "\n  " + line.rstrip("\n"))
+            out.write("\n]\n")
+        src.unlink()
+
     def _close_files(self) -> None:
         self._cams.close()
+        self._win.close()
         for f in self._tum.values():
             f.close()
 
@@ -252,12 +301,14 @@ class StreamingPredictor:
 
     def __init__(self, predictor: Any, window: int, overlap: int, out_dir: str | Path, *,
                  N: int | None = None, views: Sequence[int] | None = None,
-                 voxel: float | None = None, max_points: int = 500_000, fps: float = 1.0,
+                 voxel: float | None = None, max_points: int = 500_000,
+                 fps: float | None = None,
                  min_points: int = 200, max_residual: float = 0.2, overwrite: bool = False,
                  depth_pngs: bool = True, log: Callable[[str], None] = print,
                  warn: Callable[[str], None] | None = None):
         check_window_overlap(window, overlap)
-        StreamWriter.check_out(out_dir, overwrite, fps)
+        # fps None: the videos' frame rate when the input is videos, else 1 (t / 1 = t).
+        StreamWriter.check_out(out_dir, overwrite, 1.0 if fps is None else fps)
         self.p, self.window, self.overlap = predictor, int(window), int(overlap)
         self.N, self.views = N, list(views) if views is not None else None
         self.out_dir, self.fps, self.overwrite = Path(out_dir), fps, overwrite
@@ -270,7 +321,11 @@ class StreamingPredictor:
         self._size: tuple[int, int] | None = None
         self._writer: StreamWriter | None = None
         self._cloud: VoxelCloud | None = None
-        self.reports: list[WindowReport] = []
+        # Counts only: per-window records go to disk (windows.json), so a stream of any
+        # length keeps the same memory. ``last_report`` is the newest window's.
+        self.counts = {"first": 0, "aligned": 0, "fallback": 0}
+        self.windows_run = 0
+        self.last_report: WindowReport | None = None
         self._t_start = time.perf_counter()
         self._ran_last = False
 
@@ -304,7 +359,7 @@ class StreamingPredictor:
         self._buf.append((t, step))
         self._since += 1
         self._ran_last = False
-        first_window = not self.reports
+        first_window = not self.windows_run
         if len(self._buf) == self.window and (first_window or
                                               self._since >= self.window - self.overlap):
             return self._run_window()
@@ -320,6 +375,41 @@ class StreamingPredictor:
             for tl in scene.times:
                 self.push([scene.frame_path(tl, v) for v in views])
 
+    def run_videos(self, folder: str | Path, loops: int = 1) -> None:
+        """One synchronized video per view (view0.mp4, view1.avi, ...), decoded one time
+        step at a time (runtime/video.py): memory does not depend on the videos' length.
+        The TUM timestamps use the videos' frame rate unless ``fps`` was given."""
+        from .video import ViewVideos  # noqa: PLC0415 - OpenCV only for video input
+
+        views = self.views
+        if views is None and self.N is not None:
+            views = sorted(find_view_videos(folder))[: self.N]
+        with ViewVideos(folder, views) as vids:
+            self.views = vids.views
+            if self.fps is None and vids.fps and self._writer is None:
+                self.fps = vids.fps
+            for loop in range(loops):
+                if loop:
+                    vids.rewind()
+                for frames in vids:
+                    self.push(frames)
+                if vids.unequal_lengths:
+                    self.warn(vids.unequal_lengths)
+
+    def run_input(self, path: str | Path, loops: int = 1) -> None:
+        """A time_TT/viewV frame folder or a folder of view videos, whichever ``path`` is."""
+        videos = find_view_videos(path)
+        frames = Path(path).is_dir() and (
+            (Path(path) / "images").is_dir()
+            or any(d.name.startswith("time_") for d in Path(path).iterdir()))
+        if videos and frames:
+            raise RuntimeDataError(f"{path} holds both view videos ({sorted(videos)}) and "
+                                   f"time_TT frame folders; point --input at one of them")
+        if videos:
+            self.run_videos(path, loops)
+        else:
+            self.run_folder(path, loops)
+
     # ------------------------------------------------------------------ windows
     def _run_window(self) -> WindowReport:
         t0 = time.perf_counter()
@@ -333,7 +423,7 @@ class StreamingPredictor:
         win = self.chainer.add(times, pred.extrinsics, pred.points, weights)
         rep = win.report
         if self._writer is None:
-            self._writer = StreamWriter(self.out_dir, self.views, fps=self.fps,
+            self._writer = StreamWriter(self.out_dir, self.views, fps=self.fps or 1.0,
                                         overwrite=self.overwrite, depth_pngs=self.depth_pngs)
         if self._cloud is None:
             self._cloud = VoxelCloud(self.voxel or _default_voxel(win.points, weights),
@@ -349,7 +439,10 @@ class StreamingPredictor:
             m = weights[i] > 0
             self._cloud.add(win.points[i][m], pred.colors[i][m], weights[i][m])
         rep.seconds = time.perf_counter() - t0
-        self.reports.append(rep)
+        self._writer.write_window(asdict(rep))
+        self.windows_run += 1
+        self.counts[rep.status] += 1
+        self.last_report = rep
         self._since = 0
         self._ran_last = True
         msg = (f"window {rep.index}: t {times[0]}..{times[-1]} ({len(rep.new_times)} new), "
@@ -358,29 +451,28 @@ class StreamingPredictor:
                + f", {len(self._cloud):,} cloud points, {rep.seconds:.1f} s")
         self.log(msg)
         if rep.status == "fallback":
-            self.warn(f"window {rep.index} (t {times[0]}..{times[-1]}): {rep.reason}; chained "
-                      f"through its first shared time step's view-{self.views[0]} camera at "
-                      f"the previous scale instead (marked in windows.json)")
+            self.warn(f"window {rep.index} (t {times[0]}..{times[-1]}) not aligned: "
+                      f"{rep.reason}; chained through a shared camera at the previous scale "
+                      f"instead (marked fallback in windows.json)")
         return rep
 
     def close(self) -> dict[str, Any]:
         """Runs a last window over the newest steps if some are not covered yet, writes the
         cloud, windows.json and run.json, and moves the output folder into place."""
         try:
-            if not self.reports and len(self._buf) < self.window:
+            if not self.windows_run and len(self._buf) < self.window:
                 raise RuntimeDataError(f"the stream ended after {len(self._buf)} time steps; "
                                        f"a window needs {self.window}")
             if not self._ran_last and self._since:
                 self._run_window()
             elapsed = time.perf_counter() - self._t_start
-            counts = {s: sum(r.status == s for r in self.reports)
-                      for s in ("first", "aligned", "fallback")}
+            counts = dict(self.counts)
             run = {"window": self.window, "overlap": self.overlap, "views": self.views,
-                   "windows": len(self.reports), **counts, "seconds": round(elapsed, 3),
-                   "windows_per_minute": round(60 * len(self.reports) / max(elapsed, 1e-9), 2),
+                   "windows": self.windows_run, **counts, "seconds": round(elapsed, 3),
+                   "windows_per_minute": round(60 * self.windows_run / max(elapsed, 1e-9), 2),
                    "voxel": self._cloud.voxel if self._cloud else None,
                    "cloud_coarsened": self._cloud.coarsened if self._cloud else 0}
-            out = self._writer.finish(self._cloud, [asdict(r) for r in self.reports], run)
+            out = self._writer.finish(self._cloud, run)
         except BaseException:
             if self._writer is not None:
                 self._writer.abort()

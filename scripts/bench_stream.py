@@ -2,7 +2,7 @@
 windows (the same frames replayed), each run in a fresh process.
 
 usage: python scripts/bench_stream.py --bucket DIR [--input ../shared/data/mv_scene]
-           [--window 4 --overlap 1 --loops 1,4 --graph model.onnx]
+           [--window 4 --overlap 1 --loops 1,4 --graph model.onnx] [--as-videos]
 Without --bucket it exports a tiny-preset T=4, N=4, 42x56 bucket into a temporary folder.
 Prints a Markdown table (the README's streaming figures come from it).
 """
@@ -28,10 +28,32 @@ def child(args: argparse.Namespace) -> None:
             Predictor(args.bucket, backend="onnx", graph=args.graph) as p:
         s = StreamingPredictor(p, args.window, args.overlap, Path(tmp) / "out",
                                log=lambda m: None, warn=lambda m: None)
-        s.run_folder(args.input, loops=args.loops[0])
+        s.run_input(args.input, loops=args.loops[0])
         summary = s.close()
     summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(summary))
+
+
+def write_view_videos(scene: Path, out: Path, fps: float = 10.0) -> Path:
+    """The frames of a time_TT/viewV scene as out/view<V>.avi (MJPG decodes everywhere)."""
+    import cv2
+
+    sys.path.insert(0, str(ROOT))
+    from runtime.preprocess import discover_scene
+
+    sc = discover_scene(scene)
+    out.mkdir(parents=True)
+    for v in sc.views:
+        writer = None
+        for t in sc.times:
+            img = cv2.imread(str(sc.frame_path(t, v)))
+            if writer is None:
+                writer = cv2.VideoWriter(str(out / f"view{v}.avi"),
+                                         cv2.VideoWriter_fourcc(*"MJPG"), fps,
+                                         (img.shape[1], img.shape[0]))
+            writer.write(img)
+        writer.release()
+    return out
 
 
 def main() -> None:
@@ -42,6 +64,9 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=1)
     ap.add_argument("--graph", default="model.onnx")
     ap.add_argument("--loops", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4])
+    ap.add_argument("--as-videos", action="store_true",
+                    help="first write --input's frames as one MJPG video per view (OpenCV) "
+                         "and stream those: the video decoding path")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if any(n < 1 for n in args.loops):
@@ -56,6 +81,9 @@ def main() -> None:
                             "56", "--out", tmp, "--no-validate"], check=True,
                            capture_output=True)
             bucket = Path(tmp)
+        if args.as_videos:
+            args.input = write_view_videos(args.input, Path(tmp) / "videos")
+            print(f"input: one MJPG video per view, {args.input}")
         print(f"| loops | windows | aligned | fallback | seconds | windows / min | peak RSS MB |")
         print("|---|---|---|---|---|---|---|")
         for n in args.loops:

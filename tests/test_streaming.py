@@ -271,3 +271,131 @@ def test_cli_infer_stream(tiny_root, mv_scene, tmp_path):
                                                          "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "smaller than --window" in r.output
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------- one video per view
+def _write_view_videos(scene, out, frames=16, short_view=None, fps=10):
+    """view0.avi ... view3.avi from the real frames (MJPG: decodes wherever OpenCV does)."""
+    cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless) not installed")
+    out.mkdir(parents=True, exist_ok=True)
+    for v in range(4):
+        n = frames - 4 if v == short_view else frames
+        imgs = [cv2.imread(str(scene / "images" / f"time_{t:02d}" / f"view{v}.png"))
+                for t in range(n)]
+        h, w = imgs[0].shape[:2]
+        vw = cv2.VideoWriter(str(out / f"view{v}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), fps,
+                             (w, h))
+        for im in imgs:
+            vw.write(im)
+        vw.release()
+    return out
+
+
+def test_view_videos_read_one_step_at_a_time(mv_scene, tmp_path):
+    from PIL import Image
+
+    from runtime.video import VideoError, ViewVideos
+
+    vids = _write_view_videos(mv_scene, tmp_path / "rig")
+    with ViewVideos(vids) as v:
+        assert v.views == [0, 1, 2, 3] and v.fps == pytest.approx(10.0)
+        steps = list(v)
+        assert v.unequal_lengths == ""
+    assert len(steps) == 16 and all(len(s) == 4 for s in steps)
+    png = np.asarray(Image.open(mv_scene / "images" / "time_05" / "view1.png").convert("RGB"))
+    # RGB (not OpenCV's BGR) and the same picture, through a lossy codec (measured: mean
+    # |diff| 2.4 grey levels as RGB, 17 with the channels swapped)
+    got = steps[5][1].astype(float)
+    assert got.shape == png.shape
+    assert np.abs(got - png).mean() < 4.0 < 10.0 < np.abs(got[..., ::-1] - png).mean()
+
+    short = _write_view_videos(mv_scene, tmp_path / "short", short_view=3)
+    with ViewVideos(short) as v:
+        assert len(list(v)) == 12 and "view(s) [3] ended after 12" in v.unequal_lengths
+    with pytest.raises(VideoError, match=r"views \[5\] have no video"):
+        ViewVideos(vids, views=[0, 5])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "view0.mp4").write_bytes(b"not a video")
+    with pytest.raises(VideoError, match="view0.mp4"):
+        list(ViewVideos(bad))
+    with pytest.raises(VideoError, match="no view videos"):
+        ViewVideos(tmp_path / "nowhere")
+
+
+def test_cli_infer_stream_from_view_videos(tiny_root, mv_scene, tmp_path):
+    """The same 16 steps as one video per view: every output, TUM time stamps from the
+    videos' 10 fps, a warning when the views differ in length."""
+    from typer.testing import CliRunner
+
+    import cli as command_line
+
+    vids = _write_view_videos(mv_scene, tmp_path / "rig")
+    out = tmp_path / "vid_stream"
+    args = ["infer", "--stream", "--onnx", str(tiny_root), "--graph", "model.onnx", "--input",
+            str(vids), "--window", "4", "--overlap", "1", "--out", str(out)]
+    r = CliRunner().invoke(command_line.app, args)
+    assert r.exit_code == 0, r.output
+    assert "stream: 5 windows" in r.output
+    for v in range(4):
+        rows = [ln.split() for ln in (out / f"trajectory_view{v}.tum").read_text().splitlines()
+                if not ln.startswith("#")]
+        assert [float(x[0]) for x in rows] == pytest.approx([t / 10.0 for t in range(16)])
+    assert len(list((out / "depth").glob("*.png"))) == 64
+    assert len((out / "cameras.jsonl").read_text().splitlines()) == 64
+    assert len(json.loads((out / "windows.json").read_text())) == 5
+    lo, hi = json.loads((out / "run.json").read_text())["depth_range_png"]  # one scale
+    assert np.isfinite([lo, hi]).all() and lo < hi
+
+    short = _write_view_videos(mv_scene, tmp_path / "short", short_view=0)  # 12 steps
+    short_args = list(args)
+    short_args[short_args.index(str(vids))] = str(short)
+    short_args[-1] = str(tmp_path / "short_out")
+    r = CliRunner().invoke(command_line.app, short_args)
+    assert r.exit_code == 0, r.output
+    assert "differ in length" in r.output and "stream: 4 windows" in r.output
+
+
+def test_fallback_uses_another_shared_camera_when_view0_is_not_finite(scene_geometry):
+    """Alignment fails (no confident shared points) and the new window's view-0 pose of the
+    shared step is NaN: the chain goes through view 1 of that step instead, exactly."""
+    E, _, P = scene_geometry
+    rng = np.random.default_rng(7)
+    chainer = WorldChainer()
+    chainer.add([0, 1, 2], E[:3], P[:3], np.ones(P.shape[:-1])[:3])
+    G = _window_frame(E, 2, rng)  # the new window's frame and scale
+    E_win = G.extrinsics(E[2:5])
+    E_win[0, 0] = np.nan
+    w = np.ones(P.shape[:-1])[2:5]
+    w[0] = 0.0
+    # The chain's scale is G's inverse only if the previous scale equals it: start from it.
+    chainer._scale = 1.0 / G.s
+    win = chainer.add([2, 3, 4], E_win, G.apply(P[2:5]), w)
+    assert win.report.status == "fallback" and "view index 1" in win.report.reason
+    assert np.allclose(win.extrinsics[1:], E[3:5], atol=1e-6)
+
+
+def test_fallback_without_any_finite_shared_camera_keeps_the_previous_transform(
+        scene_geometry):
+    E, _, P = scene_geometry
+    chainer = WorldChainer()
+    chainer.add([0, 1], E[:2], P[:2], np.ones(P.shape[:-1])[:2])
+    E_bad = E[1:3].copy()
+    E_bad[0] = np.nan  # every view of the shared step
+    w = np.ones(P.shape[:-1])[1:3]
+    w[0] = 0.0
+    win = chainer.add([1, 2], E_bad, P[1:3], w)
+    assert win.report.status == "fallback"
+    assert "previous window's transform is kept" in win.report.reason
+    assert np.isfinite(win.points[1]).all() and np.allclose(win.extrinsics[1], E[2])
+
+
+def test_input_with_both_frames_and_videos_is_refused(mv_scene, tmp_path):
+    """--input must be one kind: which one a folder holding both meant is not guessed."""
+    both = tmp_path / "both"
+    _write_view_videos(mv_scene, both, frames=2)
+    (both / "time_00").mkdir()
+    s = StreamingPredictor(None, window=4, overlap=1, out_dir=tmp_path / "out")
+    with pytest.raises(RuntimeDataError, match="both view videos"):
+        s.run_input(both)
+    assert not (tmp_path / "out").exists()
