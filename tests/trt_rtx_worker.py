@@ -2,7 +2,7 @@
 for RTX for SM86 (no GPU needed) and reports what the parser and builder saw, as JSON.
 
 Runs in its own process because the parser needs libtensorrt_rtx.so on LD_LIBRARY_PATH
-(plugins/trt_rtx_env.py). argv: spec.json (graphs, optional plugin library) out.json."""
+(runtime/trt/rtx.py). argv: spec.json (graphs, optional plugin library) out.json."""
 from __future__ import annotations
 
 import ctypes
@@ -13,6 +13,30 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+# One line per engine layer in the builder's verbose "Layers:" report (profiling verbosity
+# DETAILED), e.g. "Name: n, LayerType: gemm, Inputs: [ { ..., Datatype: Int8, ... }],
+# Constants: [...], Outputs: [...], TacticName: ...". It is the builder's own account of the
+# precision each engine layer got, available without a GPU (the engine inspector is not:
+# it needs a deserialized engine, hence a driver).
+_SECTION = r"{}: \[(.*?)\](?=, (?:Inputs|Constants|Outputs|TacticName|StreamId|Metadata)\b|$)"
+
+
+def engine_layers(report: str) -> list[dict]:
+    layers = []
+    for line in report.splitlines():
+        if not line.startswith("Name: "):
+            continue
+        kind = re.search(r"LayerType: ([^,]*)", line)
+        rec = {"type": kind.group(1) if kind else "?"}
+        for key in ("Inputs", "Constants", "Outputs"):
+            m = re.search(_SECTION.format(key), line)
+            rec[key.lower()] = re.findall(r"Datatype: (\w+)", m.group(1)) if m else []
+        meta = re.search(r"Metadata: \[(.*)\]\s*$", line)  # the ONNX node(s) it came from
+        rec["origin"] = meta.group(1) if meta else ""
+        layers.append(rec)
+    return layers
 
 
 def main(spec_path: str, out_path: str) -> None:
@@ -28,14 +52,22 @@ def main(spec_path: str, out_path: str) -> None:
 
         register(trt)
         route = ROUTE_NAME
+    print(f"plugin creators: {route}", flush=True)
 
     class Log(trt.ILogger):
+        """Keeps errors and the builder's engine layer report, drops the ~40k other
+        verbose lines a build emits."""
+
         def __init__(self):
             trt.ILogger.__init__(self)
-            self.lines: list[str] = []
+            self.errors: list[str] = []
+            self.layer_report: str | None = None
 
         def log(self, severity, msg):
-            self.lines.append(f"{severity.name}: {msg}")
+            if severity in (trt.ILogger.ERROR, trt.ILogger.INTERNAL_ERROR):
+                self.errors.append(f"{severity.name}: {msg}")
+            elif msg.startswith("Layers:"):
+                self.layer_report = msg
 
     reports = {}
     for graph in spec["graphs"]:
@@ -59,15 +91,14 @@ def main(spec_path: str, out_path: str) -> None:
         if ok:
             cfg = builder.create_builder_config()
             configure_targets(trt, cfg, ["8.6"])  # the build-engine --target rtx code
-            cfg.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+            cfg.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # per-layer dtypes in the log
             t0 = time.perf_counter()
             engine = builder.build_serialized_network(network, cfg)
             rep["build_seconds"] = round(time.perf_counter() - t0, 2)
             rep["built"] = engine is not None
             rep["engine_bytes"] = engine.nbytes if engine is not None else 0
-        text = "\n".join(log.lines)
-        rep["log_int8_mentions"] = len(re.findall(r"\bInt8\b|\bINT8\b", text))
-        rep["log_errors"] = [ln for ln in log.lines if ln.startswith(("ERROR", "INTERNAL_ERROR"))][:5]
+        rep["engine_layers"] = engine_layers(log.layer_report) if log.layer_report else None
+        rep["log_errors"] = log.errors[:5]
         if not spec.get("plugin_library"):
             rep["contract_refusals"] = REFUSALS[:]
             REFUSALS.clear()

@@ -119,7 +119,8 @@ def make_creator(trt: ModuleType, op: str) -> Any:
             return self.clone()
 
         def get_fields_to_serialize(self):
-            return trt.PluginFieldCollection(_fields(trt, attrs_only, self.values))
+            fields, self._field_data = _fields(trt, attrs_only, self.values)
+            return trt.PluginFieldCollection(fields)
 
         def enqueue(self, *args):
             raise RuntimeError(f"{op} from {ROUTE_NAME} has no kernel: build-time checks only; "
@@ -131,14 +132,23 @@ def make_creator(trt: ModuleType, op: str) -> Any:
             self.name = op
             self.plugin_version = contract.plugin_version(op)
             self.plugin_namespace = contract.PLUGIN_NAMESPACE
-            self.field_names = trt.PluginFieldCollection(_fields(trt, attrs_only, None))
+            fields, self._field_data = _fields(trt, attrs_only, None)
+            self.field_names = trt.PluginFieldCollection(fields)
 
         def create_plugin(self, name, fc, phase):
             values: dict[str, Any] = {}
-            problems = []
+            problems, mistyped = [], set()
             for f in fc:
                 if f.name not in declared:
                     problems.append(f"unknown attribute {f.name!r}")
+                    continue
+                # the parser hands ONNX INT as INT32, FLOAT as FLOAT32, STRING as CHAR: any
+                # other field type means the node's attribute has the wrong ONNX type
+                want = getattr(trt.PluginFieldType, _FIELD_TYPES[declared[f.name]["type"]])
+                if f.type != want:
+                    problems.append(f"attribute {f.name!r} arrives as {f.type.name}, the "
+                                    f"contract declares {declared[f.name]['type']} ({want.name})")
+                    mistyped.add(f"missing attribute {f.name!r}")  # said once, not twice
                     continue
                 try:
                     values[f.name] = _field_value(f, declared[f.name]["type"])
@@ -147,7 +157,7 @@ def make_creator(trt: ModuleType, op: str) -> Any:
             values.setdefault("plugin_version", contract.plugin_version(op))
             values.setdefault("plugin_namespace", contract.PLUGIN_NAMESPACE)
             problems += [p for p in contract.check_node_attributes(op, values)
-                         if not p.startswith("unknown attribute")]
+                         if not p.startswith("unknown attribute") and p not in mistyped]
             if problems:
                 msg = (f"{op} node {name!r} breaks contract {contract.CONTRACT_VERSION}: "
                        + "; ".join(problems))
@@ -160,10 +170,13 @@ def make_creator(trt: ModuleType, op: str) -> Any:
 
 
 def _fields(trt: ModuleType, declared: dict[str, dict[str, Any]],
-            values: dict[str, Any] | None) -> list[Any]:
+            values: dict[str, Any] | None) -> tuple[list[Any], list[Any]]:
+    """PluginFields for ``values`` (empty ones when None) and the arrays they point at: a
+    PluginField does not own its data, so the caller keeps the arrays alive as long as
+    TensorRT may read the fields (without that, serialized engines held freed memory)."""
     import numpy as np
 
-    out = []
+    out, arrays = [], []
     for name, a in declared.items():
         ftype = getattr(trt.PluginFieldType, _FIELD_TYPES[a["type"]])
         if values is None:
@@ -174,8 +187,9 @@ def _fields(trt: ModuleType, declared: dict[str, dict[str, Any]],
             data = np.array([values[name]], dtype=np.float32)
         else:
             data = np.frombuffer(str(values[name]).encode() + b"\0", dtype=np.int8)
+        arrays.append(data)
         out.append(trt.PluginField(name, data, ftype))
-    return out
+    return out, arrays
 
 
 _REGISTERED: dict[int, list[Any]] = {}
