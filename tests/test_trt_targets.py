@@ -58,18 +58,29 @@ def test_explicit_library_choice(monkeypatch):
             import_tensorrt()
 
 
+OURS = ("VggtBiasedAttention", "VggtSparseAttention")
+
+
+def _creator(name, version="1"):
+    return types.SimpleNamespace(name=name, plugin_version=version, plugin_namespace="vggt_mv")
+
+
 class _FakeRegistry:
-    def __init__(self, present=()):
-        self.all_creators = [types.SimpleNamespace(name=n, plugin_namespace="vggt_mv")
-                             for n in present]
+    """Lists creators like TensorRT's registry and refuses a second registration of the
+    same creators, as TensorRT for RTX does ("exists already")."""
+
+    def __init__(self, present=(), result="handle"):
+        self.all_creators = [_creator(n) for n in present]
         self.loads = []
+        self.result = result
 
     def load_library(self, path):
         self.loads.append(path)
-        if len(self.loads) > 1:
-            raise AssertionError("load_library called twice for one file")
-        self.all_creators += [types.SimpleNamespace(name=n, plugin_namespace="vggt_mv")
-                              for n in ("VggtBiasedAttention", "VggtSparseAttention")]
+        if any(c.name in OURS for c in self.all_creators):
+            raise AssertionError("load_library would register the creators twice")
+        if self.result is None:
+            return None
+        self.all_creators += [_creator(n) for n in OURS]
         return object()
 
 
@@ -77,24 +88,73 @@ def _fake_trt(name, registry):
     return types.SimpleNamespace(__name__=name, get_plugin_registry=lambda: registry)
 
 
-def test_plugin_loader_is_idempotent(tmp_path, monkeypatch):
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch):
     monkeypatch.setattr(trt_plugins, "_HANDLES", {})
     lib = tmp_path / "libvggt_mv_plugins.so"
     lib.write_bytes(b"stand-in")
+    return lib
+
+
+def test_plugin_loader_is_idempotent(stand_in):
     reg = _FakeRegistry()
     trt = _fake_trt("fake_trt_a", reg)
-    h1 = trt_plugins.load_plugin_library(trt, lib)
-    h2 = trt_plugins.load_plugin_library(trt, tmp_path / "." / lib.name)  # other spelling
-    assert h1 is h2 and len(reg.loads) == 1
+    h1 = trt_plugins.load_plugin_library(trt, stand_in)
+    h2 = trt_plugins.load_plugin_library(trt, stand_in.parent / "." / stand_in.name)
+    link = stand_in.parent / "link.so"
+    link.symlink_to(stand_in)
+    h3 = trt_plugins.load_plugin_library(trt, link)  # a symlink resolves to the same file
+    assert h1 is h2 is h3 and len(reg.loads) == 1
 
 
-def test_plugin_loader_skips_creators_registered_at_dlopen(tmp_path, monkeypatch):
-    monkeypatch.setattr(trt_plugins, "_HANDLES", {})
-    lib = tmp_path / "libvggt_mv_plugins.so"
-    lib.write_bytes(b"stand-in")
-    reg = _FakeRegistry(present=("VggtBiasedAttention", "VggtSparseAttention"))
-    handle = trt_plugins.load_plugin_library(_fake_trt("fake_trt_b", reg), lib)
-    assert handle == trt_plugins.ALREADY_REGISTERED and reg.loads == []
+def test_plugin_loader_skips_creators_this_file_registered_at_dlopen(stand_in, monkeypatch):
+    monkeypatch.setattr(trt_plugins, "_loaded_in_process", lambda p: p == str(stand_in))
+    monkeypatch.setattr(trt_plugins, "_keep_loaded", lambda p: ("kept", p))
+    reg = _FakeRegistry(present=OURS)
+    trt = _fake_trt("fake_trt_b", reg)
+    handle = trt_plugins.load_plugin_library(trt, stand_in)
+    assert handle == ("kept", str(stand_in)) and reg.loads == []
+    assert trt_plugins.load_plugin_library(trt, stand_in) is handle
+
+
+def test_plugin_loader_refuses_creators_from_another_library(stand_in, monkeypatch):
+    """Creators registered by another file (an older build, the Python contract creators)
+    would build/run other code than the sidecar's sha256 names: an error, not a skip."""
+    monkeypatch.setattr(trt_plugins, "_loaded_in_process", lambda p: False)
+    reg = _FakeRegistry(present=OURS)
+    with pytest.raises(trt_plugins.PluginLoadError, match="not from .*one plugin library"):
+        trt_plugins.load_plugin_library(_fake_trt("fake_trt_c", reg), stand_in)
+    assert reg.loads == [] and trt_plugins._HANDLES == {}
+
+
+def test_plugin_loader_refuses_a_partial_registration(stand_in, monkeypatch):
+    monkeypatch.setattr(trt_plugins, "_loaded_in_process", lambda p: True)
+    reg = _FakeRegistry(present=OURS[:1])
+    with pytest.raises(trt_plugins.PluginLoadError, match="VggtSparseAttention"):
+        trt_plugins.load_plugin_library(_fake_trt("fake_trt_d", reg), stand_in)
+    reg = _FakeRegistry()  # another plugin version is not ours either: load_library runs
+    reg.all_creators = [_creator(n, "2") for n in OURS]
+    reg.load_library = lambda path: "loaded"
+    assert trt_plugins.load_plugin_library(_fake_trt("fake_trt_e", reg), stand_in) == "loaded"
+
+
+def test_plugin_loader_reports_a_refused_library_and_caches_nothing(stand_in):
+    reg = _FakeRegistry(result=None)
+    with pytest.raises(trt_plugins.PluginLoadError, match="could not load"):
+        trt_plugins.load_plugin_library(_fake_trt("fake_trt_f", reg), stand_in)
+    assert trt_plugins._HANDLES == {}
+
+
+def test_loaded_in_process_reads_the_process_map():
+    import ctypes.util
+
+    assert trt_plugins._loaded_in_process(__file__) is False  # a file, never mapped
+    libc = next((ln.split(None, 5)[5] for ln in Path("/proc/self/maps").read_text().splitlines()
+                 if "/libc" in ln and ln.split(None, 5)[5:]), None) if Path(
+        "/proc/self/maps").exists() else None
+    if libc is None or ctypes.util.find_library("c") is None:
+        pytest.skip("no /proc/self/maps with libc here")
+    assert trt_plugins._loaded_in_process(libc) is True
 
 
 def _rtx_sidecar(caps):
