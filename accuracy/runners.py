@@ -12,7 +12,7 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
 from export.compare import precision_of
-from runtime.layout import ALL_GRAPHS, PRECISIONS, engine_filename
+from runtime.layout import ALL_GRAPHS, PRECISIONS, engine_filenames
 from runtime.trt.env import unavailable_reason
 
 
@@ -103,7 +103,7 @@ def available_backends(folder: Path) -> list[tuple[str, str | None]]:
                 else "python cli.py export")
         out.append((f"onnxrt:{g}", None if (folder / g).is_file() else
                     f"{g} not in the bucket ({hint})"))
-    engines = [engine_filename(p) for p in PRECISIONS if (folder / engine_filename(p)).is_file()]
+    engines = [n for p in PRECISIONS for n in engine_filenames(p) if (folder / n).is_file()]
     reason = unavailable_reason()
     if engines:
         out += [(f"tensorrt:{e}", reason) for e in engines]
@@ -127,6 +127,8 @@ def make_runner(folder: Path, backend: str, manifest: dict[str, Any]) -> BaseRun
         from runtime.trt import session as trt_session
 
         precision = precision_of(target) if target else None
-        return SessionRunner(lambda: trt_session.TrtSession(folder, precision=precision),
+        library = "tensorrt_rtx" if target.endswith(".rtx.engine") else None
+        return SessionRunner(lambda: trt_session.TrtSession(folder, precision=precision,
+                                                            tensorrt_library=library),
                              name=backend)
     raise ValueError(f"unknown backend {backend!r}")

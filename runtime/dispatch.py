@@ -25,6 +25,7 @@ from .layout import (
     ManifestIO,
     bucket_folders,
     engine_filename,
+    engine_filenames,
     is_bucket,
     load_manifest,
 )
@@ -121,10 +122,10 @@ class BucketIndex:
             m = load_manifest(f)
             spec = Bucket.from_dict(m["bucket"])
             engines = {}
-            for prec in PRECISIONS:
-                eng = f / engine_filename(prec)
-                if eng.is_file():
-                    engines[prec] = eng
+            for prec in PRECISIONS:  # full TensorRT's engine first, else TensorRT for RTX's
+                found = [f / n for n in engine_filenames(prec) if (f / n).is_file()]
+                if found:
+                    engines[prec] = found[0]
             graphs = tuple(sorted(p.name for p in f.glob("*.onnx")))
             entries.append(BucketEntry(f, m, spec, graphs, engines))
         return cls(entries, roots)

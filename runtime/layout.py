@@ -23,7 +23,7 @@ from .errors import RuntimeDataError
 __all__ = [
     "PRECISIONS", "MANIFEST", "PORTABLE_GRAPH", "PLUGIN_GRAPH", "BENCH", "CHECK_DIR",
     "TIMING_CACHE", "SIDECAR_SUFFIX", "EXTERNAL_DATA_SUFFIX",
-    "portable_graph", "plugin_graph", "ENGINE_PATTERN", "engine_filename", "sidecar_path_for",
+    "portable_graph", "plugin_graph", "ENGINE_PATTERN", "ENGINE_TARGETS", "engine_filename", "engine_filenames", "sidecar_path_for",
     "precision_report", "ALL_GRAPHS",
     "Bucket", "BucketError", "ManifestError", "ManifestIO", "load_manifest", "is_bucket", "bucket_folders",
     "sha256_file", "sha256_bytes", "file_entry",
@@ -43,6 +43,11 @@ CHECK_DIR = "check"
 TIMING_CACHE = "timing.cache"            # next to the bucket folders, shared by builds
 SIDECAR_SUFFIX = ".json"                 # model.fp16.engine -> model.fp16.engine.json
 ENGINE_PATTERN = "model.{precision}.engine"
+# Engines by builder: "trt" (full TensorRT, on the device: servers, Jetsons) and "rtx"
+# (TensorRT for RTX, ahead of time). Each library deserializes only its own engines, so
+# both may sit in one bucket without replacing each other.
+ENGINE_TARGETS = ("trt", "rtx")
+RTX_ENGINE_PATTERN = "model.{precision}.rtx.engine"
 
 
 def _check_precision(precision: str) -> str:
@@ -68,8 +73,19 @@ def plugin_graph(precision: str = "fp32") -> str:
 ALL_GRAPHS = tuple(g for p in PRECISIONS for g in (portable_graph(p), plugin_graph(p)))
 
 
-def engine_filename(precision: str) -> str:
-    return ENGINE_PATTERN.format(precision=_check_precision(precision))
+def engine_filename(precision: str, target: str = "trt") -> str:
+    """model.fp16.engine (full TensorRT) or model.fp16.rtx.engine (TensorRT for RTX)."""
+    if target not in ENGINE_TARGETS:
+        raise ValueError(f"engine target must be one of {ENGINE_TARGETS}, got {target!r}")
+    pattern = RTX_ENGINE_PATTERN if target == "rtx" else ENGINE_PATTERN
+    return pattern.format(precision=_check_precision(precision))
+
+
+def engine_filenames(precision: str, target: str | None = None) -> list[str]:
+    """The engine names a bucket may hold for a precision: one target's, or (None) every
+    target's, full TensorRT first."""
+    return [engine_filename(precision, t) for t in (ENGINE_TARGETS if target is None
+                                                     else (target,))]
 
 
 def sidecar_path_for(engine_path: str | Path) -> Path:

@@ -58,6 +58,73 @@ def test_explicit_library_choice(monkeypatch):
             import_tensorrt()
 
 
+def _fake_module(monkeypatch, name, version):
+    """A stand-in TensorRT module in sys.modules (with a spec, so find_spec sees it)."""
+    import importlib.machinery
+
+    mod = types.ModuleType(name)
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    mod.__version__ = version
+    mod.Builder = mod.OnnxParser = object
+    monkeypatch.setitem(sys.modules, name, mod)
+    return mod
+
+
+def test_library_choice_with_fake_modules(monkeypatch):
+    """tensorrt by default even where both are installed; tensorrt_rtx by argument (which
+    beats the environment), by $VGGT_MV_TENSORRT, or as the only one, and never for a
+    full-TensorRT build."""
+    monkeypatch.delenv("VGGT_MV_TENSORRT", raising=False)
+    full = _fake_module(monkeypatch, "tensorrt", "10.3.0.26")
+    rtx = _fake_module(monkeypatch, "tensorrt_rtx", "1.7.1.116")
+    assert import_tensorrt() is full and import_tensorrt(need_builder=True) is full
+    assert import_tensorrt(library="tensorrt_rtx") is rtx
+    monkeypatch.setenv("VGGT_MV_TENSORRT", "tensorrt_rtx")
+    assert import_tensorrt() is rtx and import_tensorrt(library="tensorrt") is full
+    with pytest.raises(TrtUnavailableError, match="library='trt'"):
+        import_tensorrt(library="trt")
+    monkeypatch.delenv("VGGT_MV_TENSORRT")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # only TensorRT for RTX installed
+    assert import_tensorrt() is rtx and version_label(rtx) == "1.7.1.116-rtx"
+    with pytest.raises(TrtUnavailableError, match="not installed"):
+        import_tensorrt(need_builder=True)
+
+
+def test_session_runs_rtx_engines_with_tensorrt_rtx_and_says_why_not_here(tmp_path, monkeypatch):
+    """TrtSession picks the library from the engine's sidecar (tensorrt_rtx for
+    --target rtx); without a GPU it stops with a clear error before deserializing."""
+    from runtime.trt import session as trt_session
+    from runtime.trt.env import GpuUnavailableError
+    from runtime.trt.sidecar import write_sidecar
+
+    monkeypatch.delenv("VGGT_MV_TENSORRT", raising=False)
+    side = _rtx_sidecar(["8.6"])
+    assert trt_session.engine_library(side) == "tensorrt_rtx"
+    assert trt_session.engine_library(side, "tensorrt") == "tensorrt"
+    assert trt_session.engine_library({"build_options": {}}) is None
+    monkeypatch.setenv("VGGT_MV_TENSORRT", "tensorrt")
+    assert trt_session.engine_library(side) is None  # the environment decides
+    monkeypatch.delenv("VGGT_MV_TENSORRT")
+
+    (tmp_path / "model.fp32.rtx.engine").write_bytes(b"not deserialized without a GPU")
+    side["engine"] = "model.fp32.rtx.engine"
+    side["bucket"] = {"T": 2, "N": 2, "H": 28, "W": 28}
+    write_sidecar(tmp_path / "model.fp32.rtx.engine.json", side)
+    asked = []
+    rtx = _fake_module(monkeypatch, "tensorrt_rtx", "1.7.1.116")
+    monkeypatch.setattr(trt_session, "import_tensorrt",
+                        lambda **kw: asked.append(kw.get("library")) or rtx)
+    monkeypatch.setattr(trt_session, "import_cudart", lambda: object())
+
+    def no_gpu(device=0):
+        raise GpuUnavailableError("no CUDA driver on this machine")
+
+    monkeypatch.setattr(trt_session, "require_gpu", no_gpu)
+    with pytest.raises(TrtUnavailableError, match="cannot run .*model.fp32.rtx.engine.*no CUDA"):
+        trt_session.TrtSession(tmp_path)
+    assert asked == ["tensorrt_rtx"]
+
+
 OURS = ("VggtBiasedAttention", "VggtSparseAttention")
 
 
@@ -175,7 +242,10 @@ def test_rtx_sidecar_accepts_any_listed_gpu_and_refuses_full_tensorrt():
     on_orin = EnvironmentInfo("10.3.0", "Orin", "8.7")
     assert check_sidecar(side, on_4090) == [] and check_sidecar(side, on_a6000) == []
     assert any("architecture mismatch" in p for p in check_sidecar(side, on_5090))
-    assert any("version mismatch" in p for p in check_sidecar(side, on_orin))
+    refused = " ".join(check_sidecar(side, on_orin))
+    assert "built with TensorRT for RTX" in refused and "tensorrt_rtx" in refused
+    back = dict(side, tensorrt_version="10.3.0", build_options={})
+    assert "build-engine --target rtx" in " ".join(check_sidecar(back, on_4090))
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +282,7 @@ def test_build_engine_rtx_refuses_orin_and_dry_runs(tiny_bucket):
     lib.unlink()
     assert r.exit_code == 0, r.output
     assert "compute_capabilities" in r.output and "8.6" in r.output and "12.0" in r.output
-    assert not (tiny_bucket / "model.fp32.engine").exists()
+    assert not (tiny_bucket / "model.fp32.rtx.engine").exists()
 
 
 @needs_rtx
@@ -226,7 +296,8 @@ def test_rtx_build_writes_engine_and_sidecar_without_a_gpu(tiny_bucket, tmp_path
                                                       "compute_capabilities": ["8.6"]})
     item = plan.items[0]
     item.onnx_path, item.needs_plugins = tiny_bucket / "model.onnx", False
-    item.engine_path = tmp_path / "model.fp32.engine"
+    assert item.engine_path.name == "model.fp32.rtx.engine"  # per target (runtime/layout.py)
+    item.engine_path = tmp_path / item.engine_path.name
     plan.problems.clear()  # the plugin library the plugin graph would need
     results = build_engines(plan, log=lambda s: None)
     assert [r.status for r in results] == ["built"], results[0].message
@@ -250,6 +321,27 @@ def test_build_engine_rtx_plugin_graph_with_the_library(tiny_bucket, tmp_path):
                                     "--compute-capability", "86", "--bucket", str(tiny_bucket),
                                     "--plugins", str(lib)])
     assert r.exit_code == 0, r.output
-    side = json.loads(sidecar_path_for(tiny_bucket / "model.fp32.engine").read_text())
+    assert not (tiny_bucket / "model.fp32.engine").exists()  # full TensorRT's name, untouched
+    side = json.loads(sidecar_path_for(tiny_bucket / "model.fp32.rtx.engine").read_text())
     assert side["plugins"]["sha256"] and side["build_options"]["target"] == "rtx"
     assert load_manifest(tiny_bucket)["attention_sites"]
+
+
+def test_engine_names_per_target_and_which_one_a_session_finds(tmp_path):
+    from runtime.layout import engine_filename, engine_filenames
+    from runtime.trt.session import find_engine
+
+    assert engine_filename("fp16") == "model.fp16.engine"
+    assert engine_filename("fp16", "rtx") == "model.fp16.rtx.engine"
+    assert engine_filenames("int8") == ["model.int8.engine", "model.int8.rtx.engine"]
+    with pytest.raises(ValueError, match="target"):
+        engine_filename("fp16", "jetson")
+    (tmp_path / "model.fp16.rtx.engine").write_bytes(b"rtx")
+    assert find_engine(tmp_path).name == "model.fp16.rtx.engine"
+    with pytest.raises(FileNotFoundError, match="model.fp16.engine; .*build-engine --fp16 "):
+        find_engine(tmp_path, "fp16", target="trt")
+    (tmp_path / "model.fp16.engine").write_bytes(b"trt")
+    assert find_engine(tmp_path, "fp16").name == "model.fp16.engine"  # full TensorRT first
+    assert find_engine(tmp_path, "fp16", target="rtx").name == "model.fp16.rtx.engine"
+    with pytest.raises(FileNotFoundError, match="int8.rtx.engine.*--int8 --target rtx"):
+        find_engine(tmp_path, "int8", target="rtx")

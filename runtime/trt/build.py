@@ -26,6 +26,7 @@ from ..layout import (
     ManifestError,
     atomic_write_bytes,
     bucket_folders,
+    ENGINE_TARGETS,
     engine_filename,
     load_manifest,
     plugin_graph,
@@ -178,11 +179,14 @@ def plan_build(bucket_dirs: Iterable[str | Path], precision: str, calib: str | P
     if calib_path is not None and precision != "int8":
         plan_problems.append("--calib only applies to --int8")
 
+    target = (options or {}).get("target", "trt")  # the engine file name follows it
+    if target not in ENGINE_TARGETS:
+        raise EngineBuildError(f"target must be one of {ENGINE_TARGETS}, got {target!r}")
     items: list[BuildItem] = []
     for d in dirs:
         name = d.name
         graph = GRAPH_FOR_PRECISION[precision]
-        item = BuildItem(d, name, {}, precision, d / graph, d / engine_filename(precision),
+        item = BuildItem(d, name, {}, precision, d / graph, d / engine_filename(precision, target),
                          needs_plugins=True)
         items.append(item)
         if not d.is_dir():

@@ -58,16 +58,19 @@ def _import_lean():
     return trt
 
 
-def import_tensorrt(*, allow_lean: bool = True, need_builder: bool = False):
+def import_tensorrt(*, allow_lean: bool = True, need_builder: bool = False,
+                    library: str | None = None):
     """The TensorRT bindings, checked for version (and for the builder when building).
 
     allow_lean: fall back to the lean runtime, which only deserializes version-compatible
     engines (`build-engine --version-compatible`) and cannot build.
-    The library is chosen once, here: $VGGT_MV_TENSORRT, else `tensorrt`, else (to run
-    engines, not to build) `tensorrt_rtx` when it is the one installed."""
-    choice = os.environ.get(TENSORRT_LIBRARY_ENV, "").strip()
+    The library is chosen once, here: ``library`` ("tensorrt" or "tensorrt_rtx"), else
+    $VGGT_MV_TENSORRT, else `tensorrt`, else (to run engines, not to build)
+    `tensorrt_rtx` when it is the one installed."""
+    source = "library=" if library else f"${TENSORRT_LIBRARY_ENV}="
+    choice = (library or os.environ.get(TENSORRT_LIBRARY_ENV, "")).strip()
     if choice and choice not in _LIBRARIES:
-        raise TrtUnavailableError(f"${TENSORRT_LIBRARY_ENV}={choice!r}: choose one of "
+        raise TrtUnavailableError(f"{source}{choice!r}: choose one of "
                                   f"{', '.join(_LIBRARIES)}")
     rtx_only = (not choice and not need_builder and importlib.util.find_spec("tensorrt") is None
                 and importlib.util.find_spec("tensorrt_rtx") is not None)
@@ -75,8 +78,8 @@ def import_tensorrt(*, allow_lean: bool = True, need_builder: bool = False):
         try:
             import tensorrt_rtx as trt  # noqa: PLC0415
         except ImportError as e:
-            raise TrtUnavailableError(f"${TENSORRT_LIBRARY_ENV}=tensorrt_rtx but TensorRT for "
-                                      f"RTX is not installed (pip install tensorrt-rtx)") from e
+            raise TrtUnavailableError(f"{source}tensorrt_rtx but TensorRT for RTX is not "
+                                      f"installed (pip install tensorrt-rtx)") from e
         return trt
     try:
         import tensorrt as trt  # noqa: PLC0415

@@ -17,6 +17,7 @@ its own context, stream and buffers; the GPU memory cost is per session).
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 import warnings
@@ -26,10 +27,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..dispatch import check_feeds
-from ..layout import PRECISIONS, Bucket, engine_filename, sha256_bytes, sha256_file
+from ..layout import PRECISIONS, Bucket, engine_filenames, sha256_bytes, sha256_file
 from ..session import ClosingSession, SessionError
 from .env import (
     MIN_TENSORRT,
+    TENSORRT_LIBRARY_ENV,
     GpuUnavailableError,
     TrtUnavailableError,
     import_cudart,
@@ -47,7 +49,7 @@ from .sidecar import (
     sidecar_path_for,
 )
 
-__all__ = ["TrtSession", "TrtUnavailableError", "CudaError", "find_engine",
+__all__ = ["TrtSession", "TrtUnavailableError", "CudaError", "find_engine", "engine_library",
            "load_plugin_library", "PRECISION_PREFERENCE", "MIN_TENSORRT"]
 
 # Without an explicit precision: FP16 is the deployment default; INT8 trades accuracy.
@@ -58,28 +60,52 @@ class CudaError(RuntimeError):
     pass
 
 
-def find_engine(engine_dir: str | Path, precision: str | None = None) -> Path:
-    """The engine file in a bucket folder (model.<precision>.engine)."""
+def engine_library(sidecar: Mapping[str, Any], explicit: str | None = None) -> str | None:
+    """The TensorRT library to run an engine with: ``explicit``, else $VGGT_MV_TENSORRT,
+    else `tensorrt_rtx` for an engine `build-engine --target rtx` wrote (only TensorRT for
+    RTX deserializes those), else None (import_tensorrt's default: tensorrt)."""
+    if explicit:
+        return explicit
+    if os.environ.get(TENSORRT_LIBRARY_ENV, "").strip():
+        return None  # import_tensorrt reads (and validates) it
+    return "tensorrt_rtx" if (sidecar.get("build_options") or {}).get("target") == "rtx" \
+        else None
+
+
+def find_engine(engine_dir: str | Path, precision: str | None = None,
+                target: str | None = None) -> Path:
+    """The engine file in a bucket folder: model.<precision>.engine (full TensorRT) or
+    model.<precision>.rtx.engine (TensorRT for RTX); ``target`` ("trt"/"rtx") restricts
+    the search to one, else full TensorRT's is taken first."""
     folder = Path(engine_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"engine folder not found: {folder}")
-    present = {p: folder / engine_filename(p) for p in PRECISIONS
-               if (folder / engine_filename(p)).is_file()}
+    present = {}
+    for p in PRECISIONS:
+        found = [folder / n for n in engine_filenames(p, target) if (folder / n).is_file()]
+        if found:
+            present[p] = found[0]
+    flag = "" if target in (None, "trt") else f" --target {target}"
     if precision is not None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision not in present:
             raise FileNotFoundError(
-                f"no {precision} engine in {folder} (expected {engine_filename(precision)}; "
-                f"present: {sorted(present) or 'none'}); build it with `python cli.py "
-                f"build-engine --{precision} --bucket {folder}`")
+                f"no {precision} engine in {folder} (expected "
+                f"{' or '.join(engine_filenames(precision, target))}; present: "
+                f"{sorted(present) or 'none'}); build it with `python cli.py "
+                f"build-engine --{precision}{flag} --bucket {folder}`")
         return present[precision]
     for p in PRECISION_PREFERENCE:
         if p in present:
             return present[p]
     raise FileNotFoundError(f"no TensorRT engine in {folder} (model.fp16.engine, "
-                            f"model.int8.engine or model.fp32.engine); build one with "
-                            f"`python cli.py build-engine --fp16 --bucket {folder}`")
+                            f"model.int8.engine, model.fp32.engine or their .rtx.engine "
+                            f"twins); build one with `python cli.py build-engine --fp16{flag} "
+                            f"--bucket {folder}`")
+
+
+_TARGET_OF_LIBRARY = {"tensorrt": "trt", "tensorrt_rtx": "rtx"}
 
 
 def _check(result: Any, what: str) -> Any:
@@ -101,16 +127,21 @@ class TrtSession(ClosingSession):
 
     def __init__(self, engine_dir: str | Path, plugin_lib: str | Path | None = None,
                  use_cuda_graph: bool = False, precision: str | None = None,
-                 device: int = 0, allow_gpu_model_mismatch: bool = False):
+                 device: int = 0, allow_gpu_model_mismatch: bool = False,
+                 tensorrt_library: str | None = None):
         self._closed = True
         self._lock = threading.Lock()
         self.folder = Path(engine_dir)
-        self.engine_path = find_engine(self.folder, precision)
+        # A library named up front (argument or $VGGT_MV_TENSORRT) runs only its own
+        # engines; otherwise the engine found decides the library (engine_library).
+        named = tensorrt_library or os.environ.get(TENSORRT_LIBRARY_ENV, "").strip() or None
+        self.engine_path = find_engine(self.folder, precision,
+                                       _TARGET_OF_LIBRARY.get(named) if named else None)
         self.sidecar = read_sidecar(sidecar_path_for(self.engine_path))
         self.precision = self.sidecar["precision"]
         self._bucket = Bucket.from_dict(self.sidecar["bucket"])
 
-        trt = import_tensorrt()
+        trt = import_tensorrt(library=engine_library(self.sidecar, tensorrt_library))
         self.lean = trt.__name__.startswith("tensorrt_lean")
         version_compatible = bool(self.sidecar["build_options"].get("version_compatible"))
         if self.lean and not version_compatible:

@@ -208,6 +208,17 @@ def check_sidecar(sidecar: Mapping[str, Any], env: EnvironmentInfo, *,
         problems.append("TensorRT is not installed here (pip install tensorrt, or on JetPack 6 "
                         "the python3-libnvinfer package); the engine needs TensorRT "
                         f"{built_trt}")
+    elif str(built_trt).endswith("-rtx") != env.tensorrt_version.endswith("-rtx"):
+        # Each library deserializes only its own engines; the remedy is the other library.
+        built_lib, here_lib = (("TensorRT for RTX", "full TensorRT")
+                               if str(built_trt).endswith("-rtx") else
+                               ("full TensorRT", "TensorRT for RTX"))
+        problems.append(f"engine built with {built_lib} {built_trt}, this session uses "
+                        f"{here_lib} {env.tensorrt_version}: run it with "
+                        f"{'tensorrt_rtx' if built_lib.endswith('RTX') else 'tensorrt'} "
+                        f"(tensorrt_library= / $VGGT_MV_TENSORRT), or rebuild it with "
+                        f"`python cli.py build-engine --target "
+                        f"{'trt' if built_lib.endswith('RTX') else 'rtx'}`")
     elif not _trt_compatible(str(built_trt), env.tensorrt_version,
                              bool(opts.get("version_compatible"))):
         problems.append(f"TensorRT version mismatch: engine built with {built_trt}, this "
