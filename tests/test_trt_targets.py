@@ -123,6 +123,19 @@ def test_session_runs_rtx_engines_with_tensorrt_rtx_and_says_why_not_here(tmp_pa
     with pytest.raises(TrtUnavailableError, match="cannot run .*model.fp32.rtx.engine.*no CUDA"):
         trt_session.TrtSession(tmp_path)
     assert asked == ["tensorrt_rtx"]
+    # Both kinds in the bucket: full TensorRT's is taken where tensorrt is installed, the
+    # RTX one where tensorrt_rtx is the only TensorRT.
+    (tmp_path / "model.fp32.engine").write_bytes(b"full TensorRT's")
+    write_sidecar(tmp_path / "model.fp32.engine.json",
+                  dict(side, engine="model.fp32.engine", tensorrt_version="10.3.0",
+                       build_options={}))
+    _fake_module(monkeypatch, "tensorrt", "10.3.0")
+    with pytest.raises(TrtUnavailableError, match=r"cannot run .*model\.fp32\.engine"):
+        trt_session.TrtSession(tmp_path)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(TrtUnavailableError, match="cannot run .*model.fp32.rtx.engine"):
+        trt_session.TrtSession(tmp_path)
+    assert asked == ["tensorrt_rtx", None, "tensorrt_rtx"]
 
 
 OURS = ("VggtBiasedAttention", "VggtSparseAttention")

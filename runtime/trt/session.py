@@ -108,6 +108,19 @@ def find_engine(engine_dir: str | Path, precision: str | None = None,
 _TARGET_OF_LIBRARY = {"tensorrt": "trt", "tensorrt_rtx": "rtx"}
 
 
+def _engine_target(named: str | None) -> str | None:
+    """Which engines a session may pick: the named library's, else TensorRT for RTX's
+    where it is the only TensorRT installed (it cannot run full TensorRT's), else any."""
+    if named:
+        return _TARGET_OF_LIBRARY.get(named)
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("tensorrt") is None and \
+            importlib.util.find_spec("tensorrt_rtx") is not None:
+        return "rtx"
+    return None
+
+
 def _check(result: Any, what: str) -> Any:
     """cuda-python returns (err, *values); raise on error, return the value(s)."""
     err, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
@@ -135,8 +148,7 @@ class TrtSession(ClosingSession):
         # A library named up front (argument or $VGGT_MV_TENSORRT) runs only its own
         # engines; otherwise the engine found decides the library (engine_library).
         named = tensorrt_library or os.environ.get(TENSORRT_LIBRARY_ENV, "").strip() or None
-        self.engine_path = find_engine(self.folder, precision,
-                                       _TARGET_OF_LIBRARY.get(named) if named else None)
+        self.engine_path = find_engine(self.folder, precision, _engine_target(named))
         self.sidecar = read_sidecar(sidecar_path_for(self.engine_path))
         self.precision = self.sidecar["precision"]
         self._bucket = Bucket.from_dict(self.sidecar["bucket"])
