@@ -58,6 +58,7 @@ __all__ = [
     "preprocess_mask",
     "read_image",
     "read_mask",
+    "select_views",
     "load_image",
     "load_mask",
     "pool_mask_to_patches",
@@ -553,6 +554,10 @@ def _select_views(scene: SceneIndex, N: int, views: Sequence[int] | None) -> tup
             f"views {missing} do not exist in scene {scene.root}; it has {scene.num_views} "
             f"views {list(scene.views)}")
     return chosen
+
+
+# Public name: the Triton client (serving/) picks a clip's views exactly like load_clip.
+select_views = _select_views
 
 
 def load_clip(folder: str | Path | SceneIndex, t0: int, T: int, N: int,
