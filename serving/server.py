@@ -154,7 +154,7 @@ class TritonServer:
                  grpc_port: int | None = None, metrics_port: int | None = None,
                  host: str = "127.0.0.1", env: ServingEnv | None = None,
                  log_path: str | Path | None = None, extra_args: Sequence[str] = (),
-                 verbose: int = 0):
+                 verbose: int = 0, exit_timeout: int = 5):
         self.repo = Path(repo).resolve()
         if not self.repo.is_dir():
             raise ServerError(f"model repository {repo} does not exist; write one with "
@@ -166,6 +166,7 @@ class TritonServer:
         self.env = env or find_serving_env()
         self.extra_args = list(extra_args)
         self.verbose = verbose
+        self.exit_timeout = exit_timeout    # seconds Triton drains in-flight work on stop
         self._scratch: Path | None = None
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
@@ -189,6 +190,7 @@ class TritonServer:
                "--grpc-address", self.host, "--grpc-port", str(self.grpc_port),
                "--metrics-address", self.host, "--metrics-port", str(self.metrics_port),
                "--allow-metrics", "true", "--exit-on-error", "true",
+               "--exit-timeout-secs", str(self.exit_timeout),
                "--log-verbose", str(self.verbose)]
         if backend_dir is not None:
             cmd += ["--backend-directory", str(backend_dir)]
@@ -277,9 +279,11 @@ class TritonServer:
             raise ServerError(f"statistics of {model}: HTTP {code} {body[:200]!r}")
         return json.loads(body)
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (Triton unloads models and exits), SIGKILL to the process group after
-        ``timeout``; returns the exit code."""
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM (Triton stops taking requests, drains for ``exit_timeout`` s, unloads
+        and exits), SIGKILL to the process group after ``timeout``; returns the exit
+        code."""
+        timeout = self.exit_timeout + 15.0 if timeout is None else timeout
         code = None
         if self.proc is not None:
             if self.proc.poll() is None:
@@ -291,9 +295,14 @@ class TritonServer:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(self.proc.pid, signal.SIGKILL)
                     self.proc.wait(10)
-            # Stub processes left behind by a killed server: same process group.
+            # Stub processes left behind by a killed server: same process group. Wait
+            # (bounded) until the group is gone, so callers may rely on it.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    os.killpg(self.proc.pid, 0)
+                    time.sleep(0.1)
             code = self.proc.returncode
             self._log.close()
         if self._scratch is not None:
