@@ -8,5 +8,6 @@ tritonclient only inside the client. Modules:
 - ``triton_model``: the Python-backend model copied into the repository;
 - ``server``: find and run ``tritonserver`` (``serve``), readiness, clean stop;
 - ``client``: ``infer --server`` over HTTP or gRPC (tritonclient);
+- ``load``: concurrent closed-loop clients (bench and tests);
 - ``commands``: the typer commands cli.py registers.
 """

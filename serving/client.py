@@ -97,6 +97,9 @@ class TritonClient:
         kw = ({"connection_timeout": timeout, "network_timeout": timeout}
               if self.protocol == "http" else {})
         self.client = tc.InferenceServerClient(self.url, **kw)
+        # gRPC calls take their deadline per call (HTTP's is set on the client above).
+        self._grpc = ({"as_json": True, "client_timeout": timeout}
+                      if self.protocol == "grpc" else {})
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
@@ -110,17 +113,15 @@ class TritonClient:
                                      f"({type(e).__name__}: {e})") from e
 
     def _config(self, name: str) -> dict[str, Any]:
-        if self.protocol == "grpc":
-            return self._call("model config", self.client.get_model_config, name,
-                              as_json=True)["config"]
-        return self._call("model config", self.client.get_model_config, name)
+        cfg = self._call("model config", self.client.get_model_config, name, **self._grpc)
+        return cfg["config"] if self.protocol == "grpc" else cfg
 
     def choose_model(self, T: int, N: int, model: str | None = None) -> tuple[str, dict]:
         """The ready Python model whose frames input is [T, N, ...] (or ``model``)."""
         if model:
             return model, self._config(model)
         index = self._call("repository index", self.client.get_model_repository_index,
-                           **({"as_json": True} if self.protocol == "grpc" else {}))
+                           **self._grpc)
         if isinstance(index, dict):
             index = index.get("models", [])
         seen = []
@@ -178,8 +179,8 @@ class TritonClient:
             frame_paths=clip.frame_paths, timing={"inference": seconds})
 
     def statistics(self, model: str) -> dict[str, Any]:
-        kw = {"as_json": True} if self.protocol == "grpc" else {}
-        return self._call("statistics", self.client.get_inference_statistics, model, **kw)
+        return self._call("statistics", self.client.get_inference_statistics, model,
+                          **self._grpc)
 
     def close(self) -> None:
         self.client.close()

@@ -131,7 +131,7 @@ def _params(d: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def pipeline_config(manifest: dict[str, Any], opts: RepositoryOptions,
-                    extra_sys_path: str = "") -> str:
+                    extra_sys_path: str = "", plugins: str = "") -> str:
     b = Bucket.from_dict(manifest["bucket"])
     if b.batch != 1 or b.single_view or b.ext_mask:
         raise RepositoryError(f"bucket {b.name}: the Python model serves multi-view, batch-1 "
@@ -152,6 +152,7 @@ def pipeline_config(manifest: dict[str, Any], opts: RepositoryOptions,
             "conf_percentile": "none" if opts.conf_percentile is None
             else opts.conf_percentile,
             "threads": opts.threads or "",
+            "plugins": plugins,           # plugin library for backend trt, relative path
             # PYTHONPATH does not reach the Python-backend stub: model.py adds these.
             "extra_sys_path": extra_sys_path,
         }),
@@ -283,12 +284,18 @@ def export_repository(buckets: Iterable[str | Path], out: str | Path,
                                       f"cli.py build-engine` on the serving GPU first")
             for src in _bucket_files(folder, PORTABLE_GRAPH):
                 _place(src, version / BUCKET_DIR / src.name)
+            plugin_param = ""
             if engine is not None:
                 _place(engine, version / BUCKET_DIR / engine.name)
                 side = sidecar_path_for(engine)
                 if side.is_file():
                     _place(side, version / BUCKET_DIR / side.name)
-            atomic_write_text(tmp / mn["pipeline"] / "config.pbtxt", pipeline_config(m, opts))
+                if plugin is not None:
+                    # TrtSession loads it from here (relative to model.py's folder).
+                    _place(plugin, version / PLUGIN_DIR / plugin.name)
+                    plugin_param = f"{PLUGIN_DIR}/{plugin.name}"
+            atomic_write_text(tmp / mn["pipeline"] / "config.pbtxt",
+                              pipeline_config(m, opts, plugins=plugin_param))
             log(f"{mn['pipeline']}: Python backend ({opts.backend}), max batch "
                 f"{opts.max_batch_size}, {opts.instances} x {opts.kind}")
             if opts.include_onnx:

@@ -41,8 +41,10 @@ class TritonPythonModel:
         pct = params.get("conf_percentile", "50")
         threads = params.get("threads") or None
         backend = params.get("backend", "onnx")
+        plugins = params.get("plugins") or None
         self.predictor = Predictor(
             HERE / "bucket", backend=backend, graph="model.onnx",
+            plugin_lib=HERE / plugins if plugins else None,
             precision=params.get("precision") or None,
             threads=int(threads) if threads else None,
             conf_percentile=None if pct == "none" else float(pct),

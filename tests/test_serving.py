@@ -168,6 +168,20 @@ def test_repository_with_an_engine_wires_the_plugin(bucket, tmp_path):
     cmd = srv.command(None)
     assert f"tensorrt,plugins={(trt / 'plugins' / lib.name).resolve()}" in cmd
     assert "PLUGIN" in (out / "README.md").read_text().upper()
+    # The Python model on the engine (backend trt) carries engine and plugin itself.
+    out2 = tmp_path / "repo_trt"
+    export_repository([b], out2, RepositoryOptions(plugins=lib, backend="trt",
+                                                   kind="KIND_GPU", include_onnx=False))
+    version = out2 / names["pipeline"] / "1"
+    assert (version / "bucket" / "model.fp16.engine").is_file()
+    assert (version / "plugins" / lib.name).is_file()
+    p = validate_config(parse_pbtxt((out2 / names["pipeline"] / "config.pbtxt").read_text()))
+    params = dict(p["parameters"])
+    assert params["backend"]["string_value"] == "trt"
+    assert params["plugins"]["string_value"] == f"plugins/{lib.name}"
+    assert p["instance_group"] == [{"kind": "KIND_GPU", "count": 1}]
+    with pytest.raises(RepositoryError, match="has no engine"):
+        export_repository([bucket], tmp_path / "r3", RepositoryOptions(backend="trt"))
 
 
 def test_bad_input_leaves_nothing_half_written(bucket, tmp_path):
@@ -185,6 +199,21 @@ def test_bad_input_leaves_nothing_half_written(bucket, tmp_path):
     assert r.returncode == 2 and "not an exported bucket" in r.stdout + r.stderr
     assert not (tmp_path / "r2").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r2")]
+
+
+def test_infer_server_without_a_server_fails_clearly(mv_scene, tmp_path):
+    """From the main environment: either tritonclient is missing (this project keeps it
+    in .venv-serving) or nothing listens; both are a clear error, exit 2, no files."""
+    from serving.server import free_port
+
+    r = subprocess.run([sys.executable, "cli.py", "infer", "--server",
+                        f"http://127.0.0.1:{free_port()}", "--input", str(mv_scene), "--T",
+                        str(T), "--N", str(N), "--out", str(tmp_path / "o"), "--timeout",
+                        "5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    text = r.stdout + r.stderr
+    assert r.returncode == 2, text
+    assert "tritonclient is not installed" in text or "server unreachable" in text, text
+    assert not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------- against tritonserver
@@ -265,15 +294,17 @@ def test_load_is_batched_and_never_fails(server, serving_python, mv_scene):
                for b in after["batch_stats"])
 
 
-def test_server_stopped_mid_load(repo, serving_python, mv_scene):
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_server_stopped_mid_load(repo, serving_python, mv_scene, protocol):
     """Clients get an error that says the server went away, and nothing hangs."""
     from serving.server import TritonServer, find_serving_env
 
     srv = TritonServer(repo, env=find_serving_env(serving_python.parents[1]),
                        exit_timeout=2)
     srv.start(timeout=180)
+    url = f"http://{srv.http_url}" if protocol == "http" else f"grpc://{srv.grpc_url}"
     load = subprocess.Popen([str(serving_python), "-m", "serving.load", "--server",
-                             f"http://{srv.http_url}", "--input", str(mv_scene), "--T",
+                             url, "--input", str(mv_scene), "--T",
                              str(T), "--N", str(N), "--requests", "300", "--concurrency",
                              "8", "--timeout", "15"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -293,7 +324,7 @@ def test_server_stopped_mid_load(repo, serving_python, mv_scene):
     assert res["ok"] + res["failed"] == 300
     assert all("server unreachable or stopped" in e or "failed:" in e
                for e in res["errors"]), res["errors"]
-    assert any(f"http://{srv.http_url}" in e for e in res["errors"])
+    assert any(url in e for e in res["errors"])
     # Nothing of the server is left: its process group is empty.
     with pytest.raises(ProcessLookupError):
         os.killpg(srv.proc.pid, 0)
