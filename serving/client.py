@@ -19,6 +19,8 @@ from runtime.errors import NotEnoughFramesError, RuntimeDataError, SizeMismatchE
 from runtime.predictor import Prediction
 from runtime.preprocess import discover_scene, read_image, select_views
 
+from .repository import DERIVED_OUTPUTS
+
 __all__ = ["ServingClientError", "RemoteClip", "TritonClient", "load_frames", "PROTOCOLS"]
 
 PROTOCOLS = ("http", "grpc")
@@ -160,8 +162,7 @@ class TritonClient:
         t0 = time.perf_counter()
         got = self.infer_frames(name, clip.frames[None], outputs)
         seconds = time.perf_counter() - t0
-        derived = {"extrinsics", "intrinsics", "points", "confidence", "conf_mask", "colors"}
-        raw = {k: v for k, v in got.items() if k not in derived}  # batch axis kept
+        raw = {k: v for k, v in got.items() if k not in DERIVED_OUTPUTS}  # batch axis kept
         one = {k: v[0] for k, v in got.items()}
         missing = {"points", "confidence", "conf_mask", "colors"} - set(one)
         if missing:

@@ -35,7 +35,7 @@ from .pbtxt import ConfigError, Enum, to_pbtxt, triton_dtype
 
 __all__ = ["RepositoryOptions", "RepositoryError", "export_repository", "model_names",
            "pipeline_config", "onnx_config", "tensorrt_config", "pipeline_outputs",
-           "INDEX", "FRAMES_INPUT", "TOOLKIT_DIR", "BUCKET_DIR"]
+           "INDEX", "FRAMES_INPUT", "DERIVED_OUTPUTS", "TOOLKIT_DIR", "BUCKET_DIR"]
 
 INDEX = "serving.json"            # repository index: bucket -> model names (client routing)
 FRAMES_INPUT = "frames"           # the Python model's input: uint8 [T, N, H, W, C]
@@ -106,6 +106,10 @@ def _graph_io(manifest: dict[str, Any]) -> tuple[list, list]:
 def points_source(manifest: dict[str, Any]) -> str:
     outs = manifest["outputs"]
     return "depth" if "depth" in outs and "pose_enc" in outs else "head"
+
+
+# What the Python model adds to the raw outputs (runtime.Prediction's fields).
+DERIVED_OUTPUTS = ("extrinsics", "intrinsics", "points", "confidence", "conf_mask", "colors")
 
 
 def pipeline_outputs(manifest: dict[str, Any]) -> dict[str, tuple[str, list[int]]]:
