@@ -77,9 +77,9 @@ def export_triton(
 
 def serve(
     repo: Path = typer.Option(..., "--repo", help="Model repository from export-triton."),
-    http_port: int = typer.Option(8000, "--http-port"),
-    grpc_port: int = typer.Option(8001, "--grpc-port"),
-    metrics_port: int = typer.Option(8002, "--metrics-port"),
+    http_port: int = typer.Option(8000, "--http-port", help="0 picks a free port."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", help="0 picks a free port."),
+    metrics_port: int = typer.Option(8002, "--metrics-port", help="0 picks a free port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 "
                              "exposes the server to the network)."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for readiness."),
@@ -91,8 +91,12 @@ def serve(
     from .server import ServerError, TritonServer
 
     stop = threading.Event()
+    starting = [True]
 
     def on_signal(signum, frame):  # noqa: ARG001
+        if starting[0]:
+            # start() stops the half-started server on any exception, this one included.
+            raise KeyboardInterrupt
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -101,8 +105,13 @@ def serve(
                            log_path=log_file)
         console.print(f"starting tritonserver on {repo} ...", markup=False)
         srv.start(timeout)
+        starting[0] = False
     except ServerError as e:
         _fail(str(e), code=1)
+    except KeyboardInterrupt:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _fail("interrupted before the server was ready; it has been stopped", code=130)
     try:
         for m, b in srv.skipped.items():
             warn(f"{m} not loaded: this tritonserver has no {b} backend (the bundled "

@@ -358,3 +358,39 @@ def test_serve_command_starts_and_stops_on_signal(repo, serving_python):
             proc.kill()
     assert proc.returncode == 0, "".join(lines) + rest
     assert "stopped (exit code 0)" in rest
+
+
+def _servers_on(repo: Path) -> list[int]:
+    """pids of tritonserver processes serving ``repo`` (from /proc)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"tritonserver") and str(repo).encode() in cmd:
+                pids.append(int(d.name))
+    return pids
+
+
+def test_serve_sigterm_while_starting_leaves_no_server(repo, serving_python):
+    """SIGTERM before readiness: serve stops the half-started server (exit 130), or,
+    if it was ready by then, stops it as usual (exit 0); never an orphan server."""
+    env = {**os.environ, "VGGT_MV_SERVING_ENV": str(serving_python.parents[1])}
+    proc = subprocess.Popen([sys.executable, "cli.py", "serve", "--repo", str(repo),
+                             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("starting tritonserver"), first
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 130), first + rest
+    if proc.returncode == 130:
+        assert "interrupted before the server was ready" in rest
+    assert _servers_on(repo.resolve()) == []
