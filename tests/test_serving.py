@@ -305,11 +305,16 @@ def test_server_stopped_mid_load(repo, serving_python, mv_scene, protocol):
     url = f"http://{srv.http_url}" if protocol == "http" else f"grpc://{srv.grpc_url}"
     load = subprocess.Popen([str(serving_python), "-m", "serving.load", "--server",
                              url, "--input", str(mv_scene), "--T",
-                             str(T), "--N", str(N), "--requests", "300", "--concurrency",
-                             "8", "--timeout", "15"], cwd=ROOT, stdout=subprocess.PIPE,
+                             str(T), "--N", str(N), "--requests", "2000",
+                             "--concurrency", "8", "--timeout", "15"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(4)
+        # Stop once the server has answered some requests (not after a fixed sleep,
+        # so a faster machine cannot finish the load first).
+        name, deadline = f"vggt_mv_{bucket_name()}", time.monotonic() + 120
+        while int(srv.statistics(name)["model_stats"][0]["inference_count"]) < 8:
+            assert time.monotonic() < deadline and load.poll() is None, "no load arrived"
+            time.sleep(0.2)
         assert load.poll() is None, "the load finished before the server was stopped"
         t0 = time.monotonic()
         code = srv.stop()
@@ -321,7 +326,7 @@ def test_server_stopped_mid_load(repo, serving_python, mv_scene, protocol):
         srv.stop()
     res = json.loads(out.strip().splitlines()[-1])
     assert load.returncode == 1 and res["failed"] > 0 and res["ok"] > 0, res
-    assert res["ok"] + res["failed"] == 300
+    assert res["ok"] + res["failed"] == 2000
     assert all("server unreachable or stopped" in e or "failed:" in e
                for e in res["errors"]), res["errors"]
     assert any(url in e for e in res["errors"])
