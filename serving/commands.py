@@ -88,15 +88,11 @@ def serve(
 ) -> None:
     """Start tritonserver on a repository, wait until it is ready, print the endpoints;
     Ctrl-C or SIGTERM stops it cleanly."""
-    from .server import ServerError, TritonServer
+    from .server import ServerError, ServerInterrupted, TritonServer
 
     stop = threading.Event()
-    starting = [True]
 
-    def on_signal(signum, frame):  # noqa: ARG001
-        if starting[0]:
-            # start() stops the half-started server on any exception, this one included.
-            raise KeyboardInterrupt
+    def on_signal(signum, frame):  # noqa: ARG001 - only sets a flag (see start's abort)
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -104,14 +100,15 @@ def serve(
         srv = TritonServer(repo, http_port, grpc_port, metrics_port, host=host,
                            log_path=log_file)
         console.print(f"starting tritonserver on {repo} ...", markup=False)
-        srv.start(timeout)
-        starting[0] = False
-    except ServerError as e:
-        _fail(str(e), code=1)
-    except KeyboardInterrupt:
+        srv.start(timeout, abort=stop.is_set)
+    except ServerInterrupted:
         for s, h in old.items():
             signal.signal(s, h)
         _fail("interrupted before the server was ready; it has been stopped", code=130)
+    except ServerError as e:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _fail(str(e), code=1)
     try:
         for m, b in srv.skipped.items():
             warn(f"{m} not loaded: this tritonserver has no {b} backend (the bundled "

@@ -29,9 +29,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-__all__ = ["ServerError", "ServingEnv", "find_serving_env", "TritonServer", "free_port",
+__all__ = ["ServerError", "ServerInterrupted", "ServingEnv", "find_serving_env", "TritonServer", "free_port",
            "SERVING_ENV"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +41,10 @@ ENV_VAR = "VGGT_MV_SERVING_ENV"
 
 class ServerError(RuntimeError):
     pass
+
+
+class ServerInterrupted(ServerError):
+    """start() was asked to give up (Ctrl-C / SIGTERM) before the server was ready."""
 
 
 @dataclass
@@ -222,7 +226,11 @@ class TritonServer:
         env.pop("PYTHONHOME", None)
         return env
 
-    def start(self, timeout: float = 120.0) -> "TritonServer":
+    def start(self, timeout: float = 120.0,
+              abort: Callable[[], bool] | None = None) -> "TritonServer":
+        """Launch and wait for readiness. ``abort`` is polled while waiting (a signal
+        handler sets it): the half-started server is then stopped and ServerInterrupted
+        raised, with no exception thrown from inside a signal handler."""
         self._scratch = Path(tempfile.mkdtemp(prefix="vggt-mv-triton-"))
         backend_dir = _backend_dir(self.env, self._scratch) if self.env.backends else None
         log_path = self.log_path or self._scratch / "tritonserver.log"
@@ -234,7 +242,7 @@ class TritonServer:
                                      stderr=subprocess.STDOUT, env=self.environment(),
                                      start_new_session=True)
         try:
-            self.wait_ready(timeout)
+            self.wait_ready(timeout, abort)
         except BaseException:
             self.stop()
             raise
@@ -253,9 +261,11 @@ class TritonServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         return ""
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, abort: Callable[[], bool] | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if abort is not None and abort():
+                raise ServerInterrupted("interrupted before the server was ready")
             if self.proc.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.proc.returncode} "
                                   f"before it was ready; its log ({self.log_path}):\n"

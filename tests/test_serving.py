@@ -22,7 +22,7 @@ import pytest
 
 from runtime.layout import Bucket, load_manifest
 from serving.pbtxt import ConfigError, parse_pbtxt, validate_config
-from serving.repository import (INDEX, RepositoryError, RepositoryOptions,
+from serving.repository import (RepositoryError, RepositoryOptions,
                                 export_repository, model_names, onnx_config,
                                 pipeline_config, tensorrt_config)
 
@@ -184,6 +184,25 @@ def test_repository_with_an_engine_wires_the_plugin(bucket, tmp_path):
         export_repository([bucket], tmp_path / "r3", RepositoryOptions(backend="trt"))
 
 
+def test_export_triton_command(bucket, tmp_path):
+    out = tmp_path / "repo"
+    r = subprocess.run([sys.executable, "cli.py", "export-triton", "--bucket",
+                        str(bucket.parent), "--out", str(out), "--instances", "2",
+                        "--max-batch-size", "8", "--no-onnx-model"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "skipped, no engine" in r.stdout and "cli.py serve --repo" in r.stdout
+    name = f"vggt_mv_{bucket_name()}"
+    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", name, "serving.json"])
+    cfg = validate_config(parse_pbtxt((out / name / "config.pbtxt").read_text()))
+    assert cfg["max_batch_size"] == 8 and cfg["instance_group"][0]["count"] == 2
+    version = out / name / "1"
+    assert (version / "model.py").is_file() and (version / "runtime" / "layout.py").is_file()
+    assert load_manifest(version / "bucket") == load_manifest(bucket)
+    index = json.loads((out / "serving.json").read_text())
+    assert index["buckets"][0]["pipeline"] == name and "onnx" not in index["buckets"][0]
+
+
 def test_bad_input_leaves_nothing_half_written(bucket, tmp_path):
     out = tmp_path / "repo"
     export_repository([bucket], out, RepositoryOptions(include_onnx=False))
@@ -303,11 +322,11 @@ def test_server_stopped_mid_load(repo, serving_python, mv_scene, protocol):
                        exit_timeout=2)
     srv.start(timeout=180)
     url = f"http://{srv.http_url}" if protocol == "http" else f"grpc://{srv.grpc_url}"
-    load = subprocess.Popen([str(serving_python), "-m", "serving.load", "--server",
-                             url, "--input", str(mv_scene), "--T",
-                             str(T), "--N", str(N), "--requests", "2000",
-                             "--concurrency", "8", "--timeout", "15"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    load = subprocess.Popen([str(serving_python), "-m", "serving.load", "--server", url,
+                             "--input", str(mv_scene), "--T", str(T), "--N", str(N),
+                             "--requests", "2000", "--concurrency", "8", "--timeout", "15"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         # Stop once the server has answered some requests (not after a fixed sleep,
         # so a faster machine cannot finish the load first).
@@ -379,9 +398,10 @@ def _servers_on(repo: Path) -> list[int]:
     return pids
 
 
-def test_serve_sigterm_while_starting_leaves_no_server(repo, serving_python):
+def test_serve_sigterm_while_starting_leaves_no_server(repo, serving_python, tmp_path):
     """SIGTERM before readiness: serve stops the half-started server (exit 130), or,
     if it was ready by then, stops it as usual (exit 0); never an orphan server."""
+    repo = shutil.copytree(repo, tmp_path / "repo")  # own path: the shared server differs
     env = {**os.environ, "VGGT_MV_SERVING_ENV": str(serving_python.parents[1])}
     proc = subprocess.Popen([sys.executable, "cli.py", "serve", "--repo", str(repo),
                              "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
