@@ -158,6 +158,9 @@ def _infer(server=None, protocol=None, model=None, timeout=120.0, **kwargs) -> N
         _fail("--server runs on the server: drop --engine / --onnx")
     if kwargs.get("pad"):
         _fail("--pad is not available with --server (the server has fixed buckets)")
+    if kwargs.get("stream"):
+        _fail("--stream is not available with --server yet: run --stream locally "
+              "(--onnx / --engine), or send one clip per request")
     views = runtime_commands._parse_views(kwargs.get("views"))
     _infer_remote(server, protocol, model, kwargs["input"], kwargs["out"], kwargs.get("T"),
                   kwargs.get("N"), kwargs.get("t0", 0), views, kwargs.get("compress", False),

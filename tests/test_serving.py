@@ -235,6 +235,18 @@ def test_infer_server_without_a_server_fails_clearly(mv_scene, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("extra,says", [(["--pad"], "--pad is not available"),
+                                         (["--stream"], "--stream is not available"),
+                                         (["--onnx", "x"], "drop --engine / --onnx")])
+def test_infer_server_refuses_local_only_options(mv_scene, tmp_path, extra, says):
+    r = subprocess.run([sys.executable, "cli.py", "infer", "--server", "http://127.0.0.1:9",
+                        "--input", str(mv_scene), "--out", str(tmp_path / "o"), *extra],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert says in r.stdout + r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 # ---------------------------------------------------------------- against tritonserver
 def _local_infer(bucket: Path, scene: Path, out: Path) -> None:
     r = subprocess.run([sys.executable, "cli.py", "infer", "--onnx", str(bucket), "--graph",
