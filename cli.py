@@ -1,7 +1,8 @@
 """vggt-mv-deploy command line: argument parsing and calls, nothing else.
 
-Every command is a thin shell over a function in export/, vggt_mv/, runtime/, calib/ or
-accuracy/; heavy imports happen inside the commands so `--help` is instant. Conventions:
+Every command is a thin shell over a function in export/, vggt_mv/, runtime/, calib/,
+accuracy/ or serving/; heavy imports happen inside the commands so `--help` is instant.
+Conventions:
 --input is the frames folder, -o is a model config override, --repeats / --warmup time
 things, errors go through runtime.console.fail (exit 2: bad input, 1: a step failed).
 """
@@ -248,7 +249,8 @@ def _register_optional_commands() -> None:
     inside the command function, so registration costs nothing."""
     from calib.commands import calibrate, quantize
     from accuracy.commands import bench, check
-    from runtime.commands import build_engine, infer
+    from runtime.commands import build_engine
+    from serving.commands import export_triton, infer, serve
 
     app.command("calibrate")(calibrate)
     app.command("quantize")(quantize)
@@ -256,6 +258,8 @@ def _register_optional_commands() -> None:
     app.command("infer")(infer)
     app.command("check")(check)
     app.command("bench")(bench)
+    app.command("export-triton")(export_triton)
+    app.command("serve")(serve)
 
 
 _register_optional_commands()

@@ -58,6 +58,7 @@ __all__ = [
     "preprocess_mask",
     "read_image",
     "read_mask",
+    "select_views",
     "load_image",
     "load_mask",
     "pool_mask_to_patches",
@@ -535,7 +536,9 @@ def discover_scene(folder: str | Path) -> SceneIndex:
                       masks=masks, time_dirs={t: scanned[t][0] for t in times})
 
 
-def _select_views(scene: SceneIndex, N: int, views: Sequence[int] | None) -> tuple[int, ...]:
+def select_views(scene: SceneIndex, N: int, views: Sequence[int] | None) -> tuple[int, ...]:
+    """The views a clip uses: `views` checked against the scene, else its first N. Public
+    because the Triton client (serving/) must pick views exactly like load_clip."""
     if views is None:
         if N > scene.num_views:
             raise NotEnoughFramesError(
@@ -572,7 +575,7 @@ def load_clip(folder: str | Path | SceneIndex, t0: int, T: int, N: int,
         raise NotEnoughFramesError(
             f"scene {scene.root} has {scene.num_times} time steps; clip t0={t0}, T={T} needs "
             f"{t0 + T}")
-    chosen = _select_views(scene, N, views)
+    chosen = select_views(scene, N, views)
     times = scene.times[t0:t0 + T]
     paths = [[scene.frame_path(t, v) for v in chosen] for t in times]
     mask_paths = [[scene.mask_path(t, v) for v in chosen] for t in times] if with_masks else None

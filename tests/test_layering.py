@@ -1,7 +1,7 @@
 """The import layers hold: data moves forward on disk (export -> calib -> build -> run)
 and code only imports downwards. Bottom to top:
 
-    vggt_mv, plugins  ->  runtime  ->  export, calib  ->  accuracy  ->  cli
+    vggt_mv, plugins  ->  runtime  ->  export, calib  ->  accuracy, serving  ->  cli
 
 and runtime/ (including runtime/trt) imports with torch, onnx, polygraphy and
 onnx_graphsurgeon absent, as on a Jetson that only has numpy + TensorRT."""
@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"vggt_mv": 0, "plugins": 0, "runtime": 1, "export": 2, "calib": 2, "accuracy": 3,
-          "cli": 4}
+          "serving": 3, "cli": 4}
 
 
 def _sources():
