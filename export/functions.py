@@ -50,16 +50,24 @@ class _Body:
 
 
 def _attention_core(b: _Body, q: str, k: str, v: str, logit_bias_or_mask, kind: str) -> str:
-    qf, kf, vf = (b.op("Cast", x, to=_FLOAT) for x in (q, k, v))
-    logits = b.op("MatMul", qf, b.op("Transpose", kf, perm=[0, 1, 3, 2]))
-    logits = b.op("Mul", logits, b.attr_const("scale", "float"))
+    """softmax(scale * q kᵀ + bias | mask) v, precisions as the plugin kernel has them.
+
+    Both products run in q's type, so in model.fp16.onnx TensorRT gets FP16 x FP16 GEMMs
+    (tensor cores) instead of FP32 ones. q is scaled before q kᵀ so FP16 logits carry
+    |q k|·scale, not |q k| (8x further from FP16's 65504 at D=64, where the scale is exact).
+    Logits are widened to FP32 for the bias / mask and the softmax (the kernel keeps its
+    statistics in FP32 too); P is rounded to v's type for P v, as the kernel does before its
+    second MMA. In model.onnx every cast is FP32 -> FP32, a no-op."""
+    scale = b.op("CastLike", b.attr_const("scale", "float"), q)
+    logits = b.op("MatMul", b.op("Mul", q, scale), b.op("Transpose", k, perm=[0, 1, 3, 2]))
+    logits = b.op("Cast", logits, to=_FLOAT)
     if kind == "bias":
         logits = b.op("Add", logits, logit_bias_or_mask)
     else:
         neg = b.const(float("-inf"), _FLOAT)
         logits = b.op("Where", logit_bias_or_mask, logits, neg)
-    probs = b.op("Softmax", logits, axis=-1)
-    return b.op("CastLike", b.op("MatMul", probs, vf), q)
+    probs = b.op("CastLike", b.op("Softmax", logits, axis=-1), v)
+    return b.op("CastLike", b.op("MatMul", probs, v), q)
 
 
 def biased_attention_function(opset: int) -> onnx.FunctionProto:

@@ -168,6 +168,28 @@ def test_fp16_engine_attention_has_fp16_io(built, graph):
             io = l["inputs"] + l["constants"]
             assert io[:3] == ["Half"] * 3 and l["outputs"] == ["Half"], l
             assert all(t == "Float" for t in io[3:]), l
+    else:  # the parser inlines the attention functions: their GEMMs must be FP16 too
+        sites = attention_gemm_layers(rep)
+        assert len(sites) == sum(built[1]["dense"]["surgery"]["totals"].values()), sorted(sites)
+        for site, layers in sites.items():
+            # each layer holding a q·kᵀ / P·V MatMul of the site reads FP16 operands: a GEMM
+            # of two halves, or the builder's fused attention kernel on FP16 q, k, v (a
+            # function that widened q, k, v first showed up as Float x Float gemm layers)
+            for l in layers:
+                assert l["inputs"].count("Half") >= 2, (site, l)
+
+
+def attention_gemm_layers(rep) -> dict[str, list[dict]]:
+    """Engine layers made from a MatMul inside an inlined attention function, per site (the
+    layer's origin reads '..._MatMul | node_biased_attention_3 (BiasedAttention)')."""
+    import re
+
+    sites: dict[str, list[dict]] = {}
+    for l in rep["engine_layers"]:
+        for site in set(re.findall(r"_MatMul \| (\S+) \((?:Biased|Sparse)Attention\)",
+                                   l["origin"])):
+            sites.setdefault(site, []).append(l)
+    return sites
 
 
 @pytest.mark.parametrize("graph", ["model.int8.onnx", "model.int8.plugins.onnx"])
