@@ -142,7 +142,8 @@ def export(
     from export.buckets import BucketError, make_buckets
     from export.compare import Tolerance
     from export.exporter import ExportError
-    from export.pipeline import ExportOptions, ValidationError, export_buckets
+    from export.pipeline import (ExportOptions, ValidationError, export_buckets,
+                                 read_validation_inputs)
 
     inputs = inputs_alias or input
     try:
@@ -152,17 +153,23 @@ def export(
         _fail(str(e))
     if inputs != "random" and not Path(inputs).is_dir():
         _fail(f"--input {inputs!r} is neither 'random' nor a folder")
-    model, weights = _build_model(preset, option, checkpoint, pi3, seed_checkpoint, seed, strict,
-                                  allow_partial_load)
     tol = None
     if atol is not None or rtol is not None:
         tol = Tolerance(atol if atol is not None else 1e-3, rtol if rtol is not None else 1e-3)
     opts = ExportOptions(opset=opset, validate=validate, inputs=inputs, seed=seed, tolerance=tol)
+    from runtime.errors import RuntimeDataError
+
+    try:  # frames first: a bad --input is reported before the model is built or traced
+        feeds = read_validation_inputs(buckets, opts)
+    except (RuntimeDataError, OSError) as e:
+        _fail(f"--input {inputs}: {e}")
+    model, weights = _build_model(preset, option, checkpoint, pi3, seed_checkpoint, seed, strict,
+                                  allow_partial_load)
     t_all = time.perf_counter()
     try:
         results = export_buckets(model, buckets, out, opts, weights,
                                  log=lambda s: console.print(s, markup=False),
-                                 rule=lambda name: console.rule(name))
+                                 rule=lambda name: console.rule(name), feeds=feeds)
     except ValidationError as e:
         _fail(str(e), code=1)
     except (ExportError, BucketError, FileNotFoundError, ValueError) as e:

@@ -26,12 +26,14 @@ def check(
     depth AbsRel / delta<1.25, point error; writes Polygraphy JSON, summary.json and
     report.md with depth and error pictures. Exit 1 when a backend fails its profile."""
     from accuracy.check import run_check
+    from accuracy.runners import verify_recorded_checkpoints
     from export.pipeline import validation_feeds
     from runtime.layout import CHECK_DIR, Bucket, load_manifest
 
     frames = inputs_alias or input
     try:
         m = load_manifest(bucket)
+        verify_recorded_checkpoints(m)  # before any graph is blamed for a changed checkpoint
         feeds, desc = validation_feeds(Bucket.from_dict(m["bucket"]), frames, seed)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         fail(str(e))

@@ -16,6 +16,30 @@ from runtime.layout import ALL_GRAPHS, PRECISIONS, engine_filenames
 from runtime.trt.env import unavailable_reason
 
 
+def verify_recorded_checkpoints(manifest: dict[str, Any]) -> None:
+    """The checkpoints `check` reloads for its PyTorch reference must be the files the
+    bucket was exported from (sha256 recorded in the manifest): otherwise every graph would
+    be blamed for the checkpoint's change. Raises RuntimeDataError naming the file."""
+    from runtime.errors import RuntimeDataError
+    from runtime.layout import sha256_file
+
+    w = manifest.get("weights") or {}
+    for s in w.get("sources") or [] if isinstance(w.get("sources"), list) else []:
+        path, want = s.get("path"), s.get("sha256")
+        if not path:
+            continue
+        if not Path(path).is_file():
+            raise RuntimeDataError(
+                f"the {s.get('slot', 'checkpoint')} this bucket was exported from, {path}, is "
+                f"not found (paths are as given to export); put it back at that path, or "
+                f"re-export with the checkpoint you have")
+        if want and sha256_file(path) != want:
+            raise RuntimeDataError(
+                f"{path} is not the checkpoint this bucket was exported from (its sha256 "
+                f"differs from the manifest's): the PyTorch reference would disagree with "
+                f"correct graphs; restore that checkpoint, or re-export with this one")
+
+
 class TorchRunner(BaseRunner):
     """The PyTorch model a bucket was exported from, rebuilt from its manifest: the
     config, and the same seed (random init) or the recorded checkpoints."""

@@ -39,6 +39,7 @@ from runtime.layout import (
     precision_report,
     sha256_file,
 )
+from runtime.layout import _test_kill  # fault-injection hook (tests/test_faults.py)
 
 from .graph_utils import DEFAULT_EXCLUDE
 from .quantize import stack_batches
@@ -51,6 +52,24 @@ class PrecisionError(RuntimeError):
 
 def graph_names(mode: str) -> tuple[str, str]:
     return portable_graph(mode), plugin_graph(mode)
+
+
+def _invalidate_previous(bucket: Path, mode: str, log: Callable[[str], None]) -> None:
+    """The precision report is quantize's commit marker, written last: remove the old one
+    before any graph is replaced, so a run killed midway leaves graphs that no report
+    vouches for (refused on load: "re-run quantize") instead of new graphs beside the old
+    report's figures. Scratch files of a killed run are removed here too."""
+    rep = bucket / precision_report(mode)
+    names = graph_names(mode)
+    for p in sorted(bucket.iterdir()):
+        if p.name.startswith(tuple(f".{n}." for n in names)) and p.name.endswith(".tmp"):
+            p.unlink(missing_ok=True)
+            log(f"removed {p.name}, left by an interrupted quantize")
+    if rep.is_file():
+        rep.unlink()
+    elif any((bucket / n).is_file() for n in names):
+        log(f"replacing {' and '.join(n for n in names if (bucket / n).is_file())}: they have "
+            f"no {rep.name} (an interrupted quantize)")
 
 
 def _feeds_from_set(images: np.ndarray, masks: np.ndarray | None, manifest: dict
@@ -153,6 +172,7 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
         clips_info.setdefault("evaluation", "seeded random inputs (no calibration set given)")
 
     large = _has_external(onnx.load(str(src), load_external_data=False))
+    _invalidate_previous(bucket, mode, log)
     if mode == "fp16":
         from .fp16 import convert_fp16
 
@@ -171,6 +191,7 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
     # Same folder as the portable graph: its external-data references stay valid.
     with atomic_path(bucket / plugin_name) as tmp_plug:
         onnx.save(plug, str(tmp_plug))
+    _test_kill("quantize-graphs-written")
 
     # Against the FP32 graph on real frames: the same per-precision profile `check` uses.
     base = PROFILES[mode]
@@ -191,7 +212,9 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
         passed &= results[graph]["passed"]
     record = {
         "mode": mode, "bucket": manifest["bucket"], "source": file_entry(src, bucket),
-        "files": [file_entry(bucket / g, bucket) for g in (portable_name, plugin_name)],
+        "files": [file_entry(bucket / g, bucket) for g in (portable_name, plugin_name,
+                                                            portable_name + EXTERNAL_DATA_SUFFIX)
+                  if (bucket / g).is_file()],
         "conversion": conv, "excluded_patterns": list(exclude), "calibration": clips_info,
         "tolerances": {k: [profile.tol(k).atol, profile.tol(k).rtol] for k in refs[0]},
         "surgery": report.to_dict(), "accuracy_vs_fp32": results, "passed": passed,

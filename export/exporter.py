@@ -213,7 +213,45 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
         manifest["peak_rss_mb"] = round(_peak_rss_mb(), 1)
         manifest["seconds"] = {k: round(v, 2) for k, v in timings.items()}
         atomic_write_json(tmp / MANIFEST, manifest)
+        _carry_over(final, tmp, log)
     return BucketResult(bucket, final, manifest, timings, manifest.get("validation", {}))
+
+
+# What a re-export does with the files of the bucket it replaces. Everything made from the
+# previous graphs is stale once they change, so it goes: quantized graphs and their
+# precision reports, engines and sidecars, bench / check results. Whatever export and
+# those steps do not make (notes, calibration sets, which depend only on the bucket's
+# shape and frames) is copied into the new bucket. Both lists are printed.
+_MADE_FROM_GRAPHS = ("model.fp16.*", "model.int8.*", "precision_*.json", "*.engine",
+                     "*.engine.json", "bench.json", "check", ".*")
+_EXPORT_OWN = {PORTABLE_GRAPH, PLUGIN_GRAPH, PORTABLE_GRAPH + EXTERNAL_DATA_SUFFIX, MANIFEST}
+
+
+def _carry_over(old: Path, new: Path, log: Callable[[str], None]) -> None:
+    import fnmatch
+    import shutil
+
+    if not old.is_dir():
+        return
+    dropped, kept = [], []
+    for p in sorted(old.iterdir()):
+        if p.name in _EXPORT_OWN or (new / p.name).exists():
+            continue
+        if any(fnmatch.fnmatch(p.name, pat) for pat in _MADE_FROM_GRAPHS):
+            dropped.append(p.name)
+        elif p.is_dir():
+            shutil.copytree(p, new / p.name, symlinks=True)
+            kept.append(p.name + "/")
+        else:
+            shutil.copy2(p, new / p.name, follow_symlinks=False)
+            kept.append(p.name)
+    dropped = [d for d in dropped if not d.startswith(".")]  # scratch files: just gone
+    if dropped:
+        log(f"warning: re-export of {old.name} removes what was made from its previous "
+            f"graphs (stale now): {', '.join(dropped)}; re-run quantize / build-engine "
+            f"for them")
+    if kept:
+        log(f"re-export of {old.name} keeps files it does not make: {', '.join(kept)}")
 
 
 def _check(m: onnx.ModelProto, path: Path, large: bool) -> None:

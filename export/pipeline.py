@@ -76,11 +76,14 @@ def available_memory_bytes() -> int:
 
 
 def make_validator(model, bucket: Bucket, opts: ExportOptions,
-                   log: Callable[[str], None]) -> Callable[[Path, dict], dict]:
+                   log: Callable[[str], None],
+                   feeds_desc: tuple[dict, str] | None = None) -> Callable[[Path, dict], dict]:
+    """The validation step of one bucket; ``feeds_desc`` are its inputs when already read
+    (export_buckets reads --input before tracing, so a bad folder fails in seconds)."""
     from .exporter import torch_outputs
 
     def validate(folder: Path, manifest: dict) -> dict:
-        feeds, desc = validation_feeds(bucket, opts.inputs, opts.seed)
+        feeds, desc = feeds_desc or validation_feeds(bucket, opts.inputs, opts.seed)
         t0 = time.perf_counter()
         ref = torch_outputs(model, bucket, feeds)
         report: dict[str, Any] = {"inputs": desc, "torch_seconds": time.perf_counter() - t0,
@@ -119,9 +122,20 @@ def make_validator(model, bucket: Bucket, opts: ExportOptions,
     return validate
 
 
+def read_validation_inputs(buckets: list[Bucket], opts: ExportOptions
+                           ) -> dict[str, tuple[dict, str]]:
+    """Every bucket's validation inputs, read up front (before the model is built or
+    traced): a missing, short or unreadable --input folder is reported in seconds, not
+    after minutes of export."""
+    if not opts.validate:
+        return {}
+    return {b.name: validation_feeds(b, opts.inputs, opts.seed) for b in buckets}
+
+
 def export_buckets(model, buckets: list[Bucket], out_root: Path, opts: ExportOptions,
                    weights: dict[str, Any], log: Callable[[str], None] = print,
-                   rule: Callable[[str], None] | None = None) -> list:
+                   rule: Callable[[str], None] | None = None,
+                   feeds: dict[str, tuple[dict, str]] | None = None) -> list:
     """The `export` command's loop: every bucket exported (and validated) atomically, with a
     progress bar per bucket's steps. Stops at the first bucket that fails (ValidationError,
     ExportError, ...): the buckets before it are complete, nothing of it is written."""
@@ -129,6 +143,7 @@ def export_buckets(model, buckets: list[Bucket], out_root: Path, opts: ExportOpt
 
     from .exporter import export_bucket
 
+    inputs = feeds if feeds is not None else read_validation_inputs(buckets, opts)
     results = []
     bar = tqdm(buckets, desc="buckets", unit="bucket", disable=len(buckets) < 2)
     for bucket in bar:
@@ -147,7 +162,8 @@ def export_buckets(model, buckets: list[Bucket], out_root: Path, opts: ExportOpt
         try:
             res = export_bucket(model, bucket, out_root, opset=opts.opset, weights=weights,
                                 step=step, log=log,
-                                validate_fn=make_validator(model, bucket, opts, log)
+                                validate_fn=make_validator(model, bucket, opts, log,
+                                                           inputs[bucket.name])
                                 if opts.validate else None)
         finally:
             steps.update(steps.total - steps.n)

@@ -212,8 +212,29 @@ class BucketIndex:
             msg += (f"\nBuild missing engines with `python cli.py build-engine --{flag} "
                     f"--bucket DIR`.")
         else:
-            msg += f"\nExport a matching bucket with `python cli.py export --T {T} --N {N}`."
+            msg += f"\nExport a matching bucket with `{self._export_hint(T, N, H, W, ext_mask)}`."
         return msg
+
+    def _export_hint(self, T, N, H, W, ext_mask) -> str:
+        """The export command for the missing bucket, with every option it needs: the
+        model preset and bucket kind of the buckets already here, and the frame size."""
+        ref = next(iter(sorted(self.entries.values(), key=lambda e: e.name)), None)
+        cfg = (ref.manifest.get("model_config") or {}) if ref else {}
+        preset = cfg.get("name")
+        if H is None or W is None:
+            H, W = (ref.spec.H, ref.spec.W) if ref else (518, 518)
+        parts = ["python cli.py export"]
+        if preset and preset != "vggt_mv_1b":  # the default needs no flag
+            parts.append(f"--preset {preset}")
+        parts.append(f"--T {T} --N {N} --height {H} --width {W}")
+        if ref is not None and ref.spec.single_view:
+            parts.append("--single-view")
+        if ext_mask:
+            parts.append("--ext-mask")
+        weights = str((ref.manifest.get("weights") or {}).get("source", "")) if ref else ""
+        if weights and not weights.startswith("random"):
+            parts.append("--checkpoint <the checkpoint of the other buckets>")
+        return " ".join(parts)
 
 
 def _views(spec: BucketSpec) -> int:

@@ -27,7 +27,8 @@ __all__ = [
     "precision_report", "ALL_GRAPHS",
     "Bucket", "BucketError", "ManifestError", "ManifestIO", "load_manifest", "is_bucket", "bucket_folders",
     "sha256_file", "sha256_bytes", "file_entry",
-    "ArtifactIntegrityError", "verify_artifacts", "graph_records", "NO_VERIFY_ENV",
+    "ArtifactIntegrityError", "verify_artifacts", "graph_records", "load_precision_report",
+    "NO_VERIFY_ENV",
     "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
     "atomic_path", "atomic_directory", "recover_leftovers",
 ]
@@ -328,22 +329,52 @@ def verify_artifacts(folder: str | Path, entries: Iterable[Mapping[str, Any]], *
 def graph_records(folder: str | Path, manifest: Mapping[str, Any], graph: str
                   ) -> list[Mapping[str, Any]]:
     """The recorded files a graph needs: its own entry and the external-data files beside
-    it, from the manifest (export) or the precision report that wrote it (calib)."""
+    it, from the manifest (export) or the precision report that wrote it (quantize).
+
+    A quantized graph is vouched for only by its precision report, written last by
+    quantize: a graph without one (quantize killed, report deleted) or with a report made
+    from another model.onnx (the bucket re-exported since) raises ArtifactIntegrityError,
+    since its accuracy figures and calibration no longer describe it."""
     folder = Path(folder)
-    lists = [manifest.get("files") or []]
+    files = list(manifest.get("files") or [])
+    if any(e.get("name") == graph for e in files):
+        return _with_data(files, graph)
     for mode in ("fp16", "int8"):
-        rep = folder / precision_report(mode)
-        if rep.is_file():
-            try:
-                lists.append(json.loads(rep.read_text()).get("files") or [])
-            except (OSError, ValueError) as e:
-                raise ManifestError(f"{rep} is unreadable ({e}); re-run `python cli.py "
-                                    f"quantize --{mode}`") from e
-    for files in lists:
-        if any(e.get("name") == graph for e in files):
-            return [e for e in files if e.get("name") == graph
-                    or str(e.get("name", "")).endswith(EXTERNAL_DATA_SUFFIX)]
+        if graph not in (portable_graph(mode), plugin_graph(mode)):
+            continue
+        record = load_precision_report(folder, manifest, mode)
+        return _with_data(record.get("files") or [], graph)
     return []
+
+
+def _with_data(files: list[Mapping[str, Any]], graph: str) -> list[Mapping[str, Any]]:
+    return [e for e in files if e.get("name") == graph
+            or str(e.get("name", "")).endswith(EXTERNAL_DATA_SUFFIX)]
+
+
+def load_precision_report(folder: str | Path, manifest: Mapping[str, Any], mode: str
+                          ) -> dict[str, Any]:
+    """precision_<mode>.json, checked against the bucket it sits in: present, readable,
+    made from this bucket's model.onnx (sha256 of its source against the manifest's)."""
+    folder = Path(folder)
+    rep = folder / precision_report(mode)
+    rerun = f"re-run `python cli.py quantize --{mode} --bucket {folder}`"
+    if not rep.is_file():
+        raise ArtifactIntegrityError(
+            f"{folder / portable_graph(mode)} has no {rep.name} (quantize was interrupted, or "
+            f"the report was removed), so nothing vouches for its graphs; {rerun}")
+    try:
+        record = json.loads(rep.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactIntegrityError(f"{rep} is unreadable ({e}); {rerun}") from e
+    src = (record.get("source") or {}).get("sha256")
+    ours = next((e.get("sha256") for e in manifest.get("files") or []
+                 if e.get("name") == PORTABLE_GRAPH), None)
+    if src and ours and src != ours:
+        raise ArtifactIntegrityError(
+            f"{rep} was made from another {PORTABLE_GRAPH} (the bucket was re-exported "
+            f"since): its {mode} graphs and accuracy figures are stale; {rerun}")
+    return record
 
 
 # ---------------------------------------------------------------------- atomic writes

@@ -45,3 +45,11 @@ def _private_cache(tmp_path_factory):
         os.environ.pop("VGGT_MV_CACHE", None)
     else:
         os.environ["VGGT_MV_CACHE"] = old
+
+
+def stand_in_shared_library(path: Path) -> Path:
+    """A file the build plan accepts as a plugin library (an ELF64 header of type ET_DYN)
+    but nobody can load: plan tests hash it, never dlopen it."""
+    header = b"\x7fELF\x02\x01\x01" + bytes(9) + (3).to_bytes(2, "little")
+    path.write_bytes(header + b" stand-in: hashed by the plan, never loaded")
+    return path

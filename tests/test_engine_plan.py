@@ -35,9 +35,9 @@ def _bucket(root: Path, name="T2_N2_42x56", graphs=("model.plugins.onnx",), site
 
 @pytest.fixture
 def lib(tmp_path) -> Path:
-    p = tmp_path / "libvggt_mv_plugins.so"
-    p.write_bytes(b"\x7fELF stand-in: the plan hashes it, never loads it")
-    return p
+    from conftest import stand_in_shared_library
+
+    return stand_in_shared_library(tmp_path / "libvggt_mv_plugins.so")
 
 
 def cli() -> typer.Typer:

@@ -222,3 +222,158 @@ def test_vggt_checkpoint_into_page4d_config_is_an_expected_gap(state_dict_refs):
         model = VGGTMV(get_config())
     r = load_weights(model, checkpoint=state_dict_refs / "vggt_1b.json")
     assert len(r.missing) == 8 and r.gaps() == []  # the mask head is new by design
+
+
+# ------------------------------------------------ quantized graphs, engines, re-export
+@pytest.fixture(scope="module")
+def calib_npz(mv_scene, tmp_path_factory) -> Path:
+    from calib.dataset import build_calibration_set
+
+    return build_calibration_set(mv_scene, 2, 2, (42, 56), 4,
+                                 tmp_path_factory.mktemp("calib") / "calib.npz")
+
+
+def test_quantize_killed_midway_is_refused_then_recovered(damaged):
+    from calib.precision import make_precision
+
+    make_precision(damaged, "fp16", log=lambda s: None)
+    OnnxSession(damaged, graph="model.fp16.onnx")  # a finished quantize loads
+    r = run_cli("quantize", "--fp16", "--bucket", damaged,
+                env={"VGGT_MV_TEST_KILL_AT": "quantize-graphs-written"})
+    assert r.returncode == 137
+    # new graphs, and no old report beside them claiming figures for other graphs
+    assert not (damaged / "precision_fp16.json").exists()
+    with pytest.raises(ArtifactIntegrityError, match="has no precision_fp16.json.*quantize"):
+        OnnxSession(damaged, graph="model.fp16.onnx")
+    r = run_cli("build-engine", "--fp16", "--dry-run", "--bucket", damaged)
+    assert r.returncode == 1 and "has no precision_fp16.json" in r.stdout + r.stderr
+    r = run_cli("quantize", "--fp16", "--bucket", damaged)
+    assert r.returncode == 0, r.stderr
+    assert "an interrupted quantize" in r.stdout
+    OnnxSession(damaged, graph="model.fp16.plugins.onnx")
+
+
+def test_precision_report_of_another_export_is_stale(damaged):
+    import json
+
+    from calib.precision import make_precision
+
+    make_precision(damaged, "fp16", log=lambda s: None)
+    rep = damaged / "precision_fp16.json"
+    rec = json.loads(rep.read_text())
+    rec["source"]["sha256"] = "0" * 64  # as if quantized from an earlier model.onnx
+    rep.write_text(json.dumps(rec))
+    with pytest.raises(ArtifactIntegrityError, match="made from another model.onnx"):
+        OnnxSession(damaged, graph="model.fp16.plugins.onnx")
+
+
+def test_build_engine_dry_run_refuses_what_would_not_build(damaged, calib_npz, tmp_path):
+    from calib.precision import make_precision
+
+    text = tmp_path / "libvggt_mv_plugins.so"
+    text.write_text("not a library\n")
+    r = run_cli("build-engine", "--fp32", "--dry-run", "--bucket", damaged, "--plugins", text)
+    assert r.returncode == 1 and "is not a shared library (no ELF header)" in r.stdout, r.stdout
+    p = damaged / "model.plugins.onnx"
+    p.write_bytes(p.read_bytes()[:1000])
+    r = run_cli("build-engine", "--fp32", "--dry-run", "--bucket", damaged, "--plugins", text)
+    assert r.returncode == 1 and "model.plugins.onnx is 1,000 bytes" in r.stdout, r.stdout
+    # INT8: the calibration set the precision report names changed after quantize
+    npz = tmp_path / "calib.npz"
+    shutil.copy(calib_npz, npz)
+    make_precision(damaged, "int8", npz, backend="builtin", log=lambda s: None)
+    with np.load(npz) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["images"] = arrays["images"][::-1].copy()
+    np.savez(npz, **arrays)
+    r = run_cli("build-engine", "--int8", "--dry-run", "--bucket", damaged, "--plugins", text)
+    assert r.returncode == 1 and "changed since model.int8.plugins.onnx was calibrated" in \
+        r.stdout, r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_engine_built_from_an_older_graph_is_refused(damaged):
+    from runtime.trt.session import TrtSession
+    from runtime.trt.sidecar import EnvironmentInfo, SidecarMismatchError, make_sidecar, \
+        write_sidecar
+
+    manifest = layout.load_manifest(damaged)
+    engine = damaged / "model.fp32.engine"
+    engine.write_bytes(b"serialized engine")
+    side = make_sidecar(engine_file=engine.name, engine_sha256=layout.sha256_file(engine),
+                        env=EnvironmentInfo("10.3.0", "GPU", "8.6", None, None),
+                        bucket=manifest["bucket"], precision="fp32",
+                        source_onnx="model.plugins.onnx", source_onnx_sha256="0" * 64,
+                        build_options={}, inputs=manifest["inputs"],
+                        outputs=manifest["outputs"])
+    write_sidecar(layout.sidecar_path_for(engine), side)
+    with pytest.raises(SidecarMismatchError, match="built from another model.plugins.onnx"):
+        # refused before TensorRT is even imported (none here can run it)
+        TrtSession(damaged, precision="fp32", tensorrt_library="tensorrt")
+
+
+def test_reexport_keeps_notes_and_drops_what_the_old_graphs_made(tmp_path):
+    from export.buckets import Bucket
+    from export.exporter import export_bucket
+    from vggt_mv.config import tiny_config
+    from vggt_mv.models import VGGTMV
+
+    torch.manual_seed(0)
+    model = VGGTMV(tiny_config()).eval()
+    folder = export_bucket(model, Bucket(2, 1, 28, 28), tmp_path, log=lambda s: None).folder
+    for name in ("NOTES.md", "calib.npz", "model.fp16.onnx", "precision_fp16.json",
+                 "model.fp16.engine", "model.fp16.engine.json", "bench.json"):
+        (folder / name).write_text("x")
+    (folder / "check").mkdir()
+    said = []
+    export_bucket(model, Bucket(2, 1, 28, 28), tmp_path, log=said.append)
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == sorted(["NOTES.md", "calib.npz", "manifest.json", "model.onnx",
+                           "model.plugins.onnx"]), left
+    text = "\n".join(said)
+    assert "keeps files it does not make: NOTES.md, calib.npz" in text, text
+    assert "removes what was made from its previous graphs" in text
+    assert "model.fp16.engine" in text and "precision_fp16.json" in text
+
+
+def test_bad_input_folder_is_reported_before_the_model_is_built(tmp_path):
+    empty = tmp_path / "frames"
+    (empty / "images").mkdir(parents=True)
+    out = tmp_path / "art"
+    r = run_cli("export", "--preset", "tiny", "--T", 2, "--N", 2, "--height", 42, "--width",
+                56, "--input", empty, "--out", out)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert str(empty) in r.stderr and "Traceback" not in r.stderr
+    assert "RANDOM" not in r.stdout + r.stderr  # refused before the model was built
+    assert not out.exists()
+
+
+def test_missing_bucket_hint_names_every_export_option(bucket):
+    from runtime.dispatch import BucketIndex, UnknownBucketError
+
+    with pytest.raises(UnknownBucketError) as e:
+        BucketIndex.scan(bucket.parent).select(3, 2)
+    assert "python cli.py export --preset tiny --T 3 --N 2 --height 42 --width 56" in \
+        str(e.value)
+
+
+def test_check_refuses_a_checkpoint_that_changed_since_export(tmp_path):
+    from vggt_mv.config import tiny_config
+    from vggt_mv.models import VGGTMV
+
+    torch.manual_seed(0)
+    sd = VGGTMV(tiny_config()).state_dict()
+    ckpt = tmp_path / "model.pt"
+    torch.save(sd, ckpt)
+    out = tmp_path / "art"
+    r = run_cli(*EXPORT, "--checkpoint", ckpt, "--out", out)
+    assert r.returncode == 0, r.stderr
+    sd[next(iter(sd))] += 1.0  # fine-tuned in place after the export
+    torch.save(sd, ckpt)
+    r = run_cli("check", "--bucket", out / "T2_N2_42x56", "--out", tmp_path / "report")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert str(ckpt) in r.stderr and "not the checkpoint this bucket was exported from" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "report").exists()
+    ckpt.unlink()
+    r = run_cli("check", "--bucket", out / "T2_N2_42x56", "--out", tmp_path / "report")
+    assert r.returncode == 2 and "is not found" in r.stderr, r.stderr

@@ -287,8 +287,9 @@ def test_build_engine_rtx_refuses_orin_and_dry_runs(tiny_bucket):
     r = CliRunner().invoke(_cli(), ["build-engine", "--fp32", "--compute-capability", "86",
                                     "--bucket", str(tiny_bucket)])
     assert r.exit_code != 0 and "--target rtx" in r.output
-    lib = tiny_bucket / "stand-in.so"
-    lib.write_bytes(b"the dry run hashes it")
+    from conftest import stand_in_shared_library
+
+    lib = stand_in_shared_library(tiny_bucket / "stand-in.so")  # the dry run hashes it
     r = CliRunner().invoke(_cli(), ["build-engine", "--fp32", "--target", "rtx",
                                     "--compute-capability", "86,120", "--bucket",
                                     str(tiny_bucket), "--plugins", str(lib), "--dry-run"])

@@ -28,10 +28,14 @@ from ..layout import (
     bucket_folders,
     ENGINE_TARGETS,
     engine_filename,
+    graph_records,
     load_manifest,
+    load_precision_report,
     plugin_graph,
+    precision_report,
     sha256_file,
     sidecar_path_for,
+    verify_artifacts,
 )
 from .env import (
     GpuUnavailableError,
@@ -209,6 +213,8 @@ def plan_build(bucket_dirs: Iterable[str | Path], precision: str, calib: str | P
         if not item.onnx_path.is_file():
             hint = CREATE_GRAPH_HINT[precision].format(bucket=d)
             item.problems.append(f"{graph} not found in {d}; create it with {hint}")
+        else:
+            item.problems += _graph_problems(d, manifest, graph, precision)
         if manifest.get("ir_version", 0) > TRT103_MAX_IR:
             item.warnings.append(f"ONNX IR version {manifest['ir_version']} > "
                                  f"{TRT103_MAX_IR}: TensorRT 10.3 (JetPack 6) cannot parse it")
@@ -230,12 +236,52 @@ def plan_build(bucket_dirs: Iterable[str | Path], precision: str, calib: str | P
             f"vggt_mv::Vggt*Attention nodes; build it (python plugins/build.py) and pass "
             f"--plugins PATH or set ${PLUGIN_LIBRARY_ENV}")
     if lib is not None:
-        sha = sha256_file(lib)
+        why = not_a_shared_library(lib)
+        if why:
+            plan_problems.append(f"plugin library {lib} {why}: build it with `python "
+                                 f"plugins/build.py` and pass that file")
+        else:
+            sha = sha256_file(lib)
     cache = Path(timing_cache) if timing_cache else None
     if cache is not None and cache.exists() and not cache.is_file():
         plan_problems.append(f"--timing-cache {cache} is not a file")
     return BuildPlan(precision, items, lib, sha, ws, cache, calib_path, dict(options or {}),
                      plan_problems)
+
+
+def _graph_problems(folder: Path, manifest: dict, graph: str, precision: str) -> list[str]:
+    """The graph is what its manifest / precision report recorded (size, sha256), the
+    report is not stale, and an INT8 graph's calibration set, where it is still on disk, is
+    the one it was calibrated on."""
+    try:
+        verify_artifacts(folder, graph_records(folder, manifest, graph))
+        if precision != "int8":
+            return []
+        calib = load_precision_report(folder, manifest, precision).get("calibration") or {}
+    except ManifestError as e:  # ArtifactIntegrityError included
+        return [str(e)]
+    path, sha = calib.get("calibration_set"), calib.get("sha256")
+    if path and sha and Path(path).is_file() and sha256_file(path) != sha:
+        return [f"calibration set {path} changed since {graph} was calibrated on it (sha256 "
+                f"differs from {precision_report(precision)}): re-run `python cli.py quantize "
+                f"--int8 --bucket {folder}` to calibrate on it, or restore the original"]
+    return []
+
+
+def not_a_shared_library(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a plugin library (None when it looks like one): a text file
+    or a static archive given by mistake would only fail deep inside TensorRT."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(18)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if head[:4] != b"\x7fELF":
+        return "is not a shared library (no ELF header)"
+    order = "little" if head[5:6] == b"\x01" else "big"
+    if int.from_bytes(head[16:18], order) != 3:  # e_type ET_DYN
+        return "is an ELF file but not a shared library (e_type is not ET_DYN)"
+    return None
 
 
 def _fmt_bytes(n: int | None) -> str:

@@ -47,6 +47,7 @@ from .sidecar import (
     check_sidecar,
     read_sidecar,
     sidecar_path_for,
+    stale_source_problems,
 )
 
 __all__ = ["TrtSession", "TrtUnavailableError", "CudaError", "find_engine", "engine_library",
@@ -152,6 +153,9 @@ class TrtSession(ClosingSession):
         self.sidecar = read_sidecar(sidecar_path_for(self.engine_path))
         self.precision = self.sidecar["precision"]
         self._bucket = Bucket.from_dict(self.sidecar["bucket"])
+        stale = stale_source_problems(self.folder, self.sidecar)  # before any TensorRT work
+        if stale:
+            raise SidecarMismatchError(self.engine_path, stale)
 
         trt = import_tensorrt(library=engine_library(self.sidecar, tensorrt_library))
         self.lean = trt.__name__.startswith("tensorrt_lean")

@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..layout import (
+    MANIFEST,
     PRECISIONS,
     SIDECAR_SUFFIX,
+    ManifestError,
     atomic_write_json,
+    graph_records,
+    load_manifest,
     sha256_file,
     sidecar_path_for,
 )
@@ -40,6 +44,7 @@ __all__ = [
     "check_sidecar",
     "read_sidecar",
     "write_sidecar",
+    "stale_source_problems",
     "sha256_file",
 ]
 
@@ -166,6 +171,30 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     if problems:
         raise SidecarError(f"engine sidecar {p} is malformed: " + "; ".join(problems))
     return side
+
+
+def stale_source_problems(bucket_dir: str | Path, sidecar: Mapping[str, Any]) -> list[str]:
+    """Whether the engine was built from the graph the bucket holds now: the sidecar's
+    source sha256 against the manifest's (or precision report's) record of that graph, so
+    no hashing. A bucket re-exported or re-quantized since the build makes the engine
+    stale; it would run, and answer for the old graph. A folder without a manifest or a
+    record of that graph (engines shipped without their graphs) has nothing to compare
+    with; the engine's own sha256 is still checked against its sidecar."""
+    folder = Path(bucket_dir)
+    if not (folder / MANIFEST).is_file():
+        return []
+    src = sidecar.get("source_onnx") or {}
+    name, want = src.get("name"), src.get("sha256")
+    try:
+        rec = next((e for e in graph_records(folder, load_manifest(folder), str(name))
+                    if e.get("name") == name), None)
+    except ManifestError:  # no trustworthy record of that graph here: nothing to compare
+        return []
+    if rec is None or not want or not rec.get("sha256") or rec["sha256"] == want:
+        return []
+    return [f"the engine was built from another {name} than the one in {folder} (the bucket "
+            f"was re-exported or re-quantized since): it is stale; rebuild it with `python "
+            f"cli.py build-engine --{sidecar.get('precision', 'fp16')} --bucket {folder}`"]
 
 
 def write_sidecar(path: str | Path, side: Mapping[str, Any]) -> Path:
