@@ -146,6 +146,14 @@ def export(
                                  read_validation_inputs)
 
     inputs = inputs_alias or input
+    import onnx.defs
+
+    from export.exporter import MIN_OPSET
+
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        _fail(f"--opset {opset} is not supported: choose {MIN_OPSET}..."
+              f"{onnx.defs.onnx_opset_version()} (torch.onnx writes opset {MIN_OPSET}+; "
+              f"TensorRT 10.3 / JetPack 6 parses up to 20)")
     try:
         buckets = make_buckets(T, N, height, width, batch=batch, single_view=single_view,
                                ext_mask=ext_mask)

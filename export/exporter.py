@@ -45,6 +45,7 @@ from .surgery import surgery
 
 MANIFEST_VERSION = 1
 EXTERNAL_DATA_BYTES = 1_800_000_000
+MIN_OPSET = 18  # torch.onnx's dynamo exporter writes opset 18 and later only
 ONNX_IR_VERSION = 10  # onnxruntime 1.31 reads <= 13; TensorRT 10.3's parser <= 10
 
 
@@ -166,6 +167,10 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
         step("portable graph (model.onnx)")
         m = onnx.load(str(raw_path), load_external_data=False)
         m.ir_version = ONNX_IR_VERSION
+        got = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+        if got != opset:  # torch.onnx falls back to its own opset when it cannot convert
+            raise ExportError(f"asked for opset {opset}, torch.onnx wrote opset {got}; choose "
+                              f"--opset between {MIN_OPSET} and {onnx.defs.onnx_opset_version()}")
         raw_sites = {op: [n.name for n in m.graph.node if n.op_type == op]
                      for op in contract.op_names()}
         m, counts = to_portable(m)

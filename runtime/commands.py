@@ -92,7 +92,7 @@ def infer(
                                 "steps sharing --overlap steps, chained into one world frame "
                                 "(cameras.jsonl, TUM trajectories, bounded points.ply, depth "
                                 "PNGs, windows.json)."),
-    window: Optional[int] = typer.Option(None, "--window", help="--stream: time steps per "
+    window: Optional[int] = typer.Option(None, "--window", min=2, help="--stream: time steps per "
                                          "window (a bucket with this T; default its T)."),
     overlap: int = typer.Option(1, "--overlap", help="--stream: time steps shared by "
                                 "consecutive windows (>= 1, < --window)."),

@@ -128,6 +128,12 @@ def test_predictor_arrays_refuse_other_dtypes_and_ranges(bucket):
     (["model-info", "--T", "2", "--N", "2", "--height", "57"], "nearest: 56x518"),
     (["model-info", "--T", "2", "--N", "2", "-o", "depth=abc"], "depth='abc'"),
     (["bench", "--bucket", "{tmp}/no_such_bucket"], "no_such_bucket"),
+    # torch.onnx used to fall back to opset 18 silently while the manifest said 5
+    (["export", "--preset", "tiny", "--opset", "5", "--out", "{tmp}/no_such_bucket"],
+     "--opset 5 is not supported"),
+    # --window 0 used to mean "the bucket's T"
+    (["infer", "--stream", "--onnx", "{tmp}", "--input", "{tmp}", "--window", "0", "--out",
+      "{tmp}/no_such_bucket"], "--window"),
 ])
 def test_cli_errors_are_one_line_with_exit_2(args, needle, tmp_path):
     r = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])

@@ -1,0 +1,299 @@
+"""Fault sweep (issue #13): tries faults a new user would hit, beyond the ones
+tests/test_faults.py pins down, against the tiny preset and real frames, and prints one
+row per fault: exit code, the first line of the message, leftovers, and a verdict.
+
+Verdicts: "refused" (non-zero exit, a message, no traceback, nothing left behind), "ok"
+(exit 0 and the expected files: the fault is one the tool absorbs), "BAD" (anything else:
+a traceback, exit 0 where it should refuse, or leftovers). Exit 1 when any row is BAD.
+
+    python scripts/fault_sweep.py [--keep DIR] [--json out.json]
+
+It exports one tiny bucket first (about 30 s), then runs each fault in its own process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENE = ROOT.parent / "shared" / "data" / "mv_scene"
+TINY = ["--preset", "tiny", "--T", "2", "--N", "2", "--height", "42", "--width", "56"]
+BASE: list[Path] = []  # the exported tiny bucket's root, set by main()
+
+
+@dataclass
+class Fault:
+    name: str
+    args: Callable[[Path], list[str]]          # CLI arguments, given the work folder
+    setup: Callable[[Path], None] = lambda w: None
+    expect: str = "refuse"                      # "refuse" or "ok"
+    out: str | None = "out"                     # folder that must not exist after a refusal
+    env: dict = field(default_factory=dict)
+    signal_after: float | None = None           # send SIGTERM this many seconds in
+    skip: Callable[[], str | None] = lambda: None  # a reason this fault cannot happen here
+
+
+def copy_scene(w: Path, name: str = "scene") -> Path:
+    dst = w / name
+    if not dst.exists():
+        shutil.copytree(SCENE, dst)
+    return dst
+
+
+def copy_bucket(w: Path) -> Path:
+    dst = w / "bucket" / "T2_N2_42x56"
+    if not dst.exists():
+        shutil.copytree(BASE[0] / "T2_N2_42x56", dst)
+    return dst
+
+
+def frame(w: Path, t: int = 0, v: int = 0) -> Path:
+    return copy_scene(w) / "images" / f"time_{t:02d}" / f"view{v}.png"
+
+
+def infer(w: Path, *extra: str, scene: str = "scene") -> list[str]:
+    return ["infer", "--onnx", str(w / "bucket"), "--graph", "model.onnx", "--input",
+            str(w / scene), "--T", "2", "--N", "2", "--out", str(w / "out"), *extra]
+
+
+def _rewrite_png(p: Path, convert: Callable[[Image.Image], Image.Image]) -> None:
+    convert(Image.open(p).convert("RGB")).save(p)
+
+
+def _edit_manifest(w: Path, edit: Callable[[dict], None]) -> None:
+    m = copy_bucket(w) / "manifest.json"
+    d = json.loads(m.read_text())
+    edit(d)
+    m.write_text(json.dumps(d))
+
+
+class _Evil:  # pickled into a checkpoint: unpickling it would run a shell command
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def _evil_checkpoint(w: Path) -> None:
+    import pickle
+
+    (w / "evil.pt").write_bytes(pickle.dumps({"model": _Evil()}))
+
+
+FAULTS = [
+    # bucket folders
+    Fault("manifest.json deleted", lambda w: infer(w),
+          lambda w: (copy_scene(w), (copy_bucket(w) / "manifest.json").unlink())),
+    Fault("manifest.json not JSON", lambda w: infer(w),
+          lambda w: (copy_scene(w), (copy_bucket(w) / "manifest.json").write_text("{oops"))),
+    Fault("manifest bucket T edited to 3", lambda w: infer(w, "--pad"),
+          lambda w: (copy_scene(w), _edit_manifest(w, lambda d: d["bucket"].update(T=3)))),
+    Fault("manifest inputs shape edited", lambda w: infer(w),
+          lambda w: (copy_scene(w), _edit_manifest(
+              w, lambda d: d["inputs"]["images"]["shape"].__setitem__(-1, 70)))),
+    Fault("graph replaced by the other graph", lambda w: infer(w),
+          lambda w: (copy_scene(w), shutil.copy(copy_bucket(w) / "model.plugins.onnx",
+                                                copy_bucket(w) / "model.onnx"))),
+    Fault("graph deleted", lambda w: infer(w),
+          lambda w: (copy_scene(w), (copy_bucket(w) / "model.onnx").unlink())),
+    Fault("bucket folder is empty", lambda w: infer(w),
+          lambda w: (copy_scene(w), (w / "bucket").mkdir())),
+    # frames
+    Fault("--T beyond the frames", lambda w: infer(w)[:-6] + ["--T", "40", "--N", "2",
+                                                             "--out", str(w / "out")],
+          lambda w: (copy_scene(w), copy_bucket(w))),
+    Fault("--views out of range", lambda w: infer(w, "--views", "0,9"),
+          lambda w: (copy_scene(w), copy_bucket(w))),
+    Fault("--views not numbers", lambda w: infer(w, "--views", "a,b"),
+          lambda w: (copy_scene(w), copy_bucket(w))),
+    Fault("truncated PNG", lambda w: infer(w),
+          lambda w: (copy_bucket(w), frame(w).write_bytes(frame(w).read_bytes()[:200]))),
+    Fault("text file named view0.png", lambda w: infer(w),
+          lambda w: (copy_bucket(w), frame(w).write_text("not an image"))),
+    Fault("empty PNG file", lambda w: infer(w),
+          lambda w: (copy_bucket(w), frame(w).write_bytes(b""))),
+    Fault("a view missing at one time step", lambda w: infer(w),
+          lambda w: (copy_bucket(w), frame(w, 1, 1).unlink())),
+    Fault("greyscale 8-bit PNG", lambda w: infer(w), expect="ok",
+          setup=lambda w: (copy_bucket(w), _rewrite_png(frame(w), lambda i: i.convert("L")))),
+    Fault("RGBA PNG", lambda w: infer(w), expect="ok",
+          setup=lambda w: (copy_bucket(w), _rewrite_png(frame(w), lambda i: i.convert("RGBA")))),
+    Fault("palette PNG", lambda w: infer(w), expect="ok",
+          setup=lambda w: (copy_bucket(w), _rewrite_png(frame(w), lambda i: i.convert("P")))),
+    Fault("one view at another resolution", lambda w: infer(w),
+          setup=lambda w: (copy_bucket(w), _rewrite_png(
+              frame(w, 0, 1), lambda i: i.resize((i.width // 2, i.height // 2))))),
+    Fault("frames as JPEG", lambda w: infer(w), expect="ok",
+          setup=lambda w: (copy_bucket(w), [
+              (Image.open(p).convert("RGB").save(p.with_suffix(".jpg")), p.unlink())
+              for p in sorted((copy_scene(w) / "images").glob("time_*/view*.png"))])),
+    Fault("--input is a file", lambda w: infer(w, scene="scene/images/time_00/view0.png"),
+          lambda w: (copy_scene(w), copy_bucket(w))),
+    # infer options
+    Fault("--conf-percentile 150", lambda w: infer(w, "--conf-percentile", "150"),
+          lambda w: (copy_scene(w), copy_bucket(w))),
+    Fault("--points-from nonsense", lambda w: infer(w, "--points-from", "nonsense"),
+          lambda w: (copy_scene(w), copy_bucket(w))),
+    Fault("--graph that is not in the bucket", lambda w: infer(w)[:4] + [
+        "model.int8.onnx"] + infer(w)[5:], lambda w: (copy_scene(w), copy_bucket(w))),
+    Fault("--provider nonsense", lambda w: infer(w, "--provider", "tpu"),
+          lambda w: (copy_scene(w), copy_bucket(w))),
+    Fault("--stream --window 0", lambda w: infer(w, "--stream", "--window", "0")[:2] + [
+        str(w / "bucket"), "--input", str(w / "scene"), "--N", "2", "--stream", "--window", "0",
+        "--out", str(w / "out")], lambda w: (copy_scene(w), copy_bucket(w))),
+    Fault("--out under a read-only folder", lambda w: infer(w)[:-1] + [str(w / "ro" / "out")],
+          lambda w: (copy_scene(w), copy_bucket(w), (w / "ro").mkdir(),
+                     os.chmod(w / "ro", 0o555)), out="ro/out",
+          skip=lambda: "running as root: permissions do not apply" if os.geteuid() == 0
+          else None),
+    # the tiny infer takes under a second: --repeats keeps it running when the signal comes
+    Fault("SIGTERM during infer", lambda w: infer(w, "--repeats", "2000"), signal_after=1.5,
+          setup=lambda w: (copy_scene(w), copy_bucket(w))),
+    Fault("$VGGT_MV_PLUGINS names a missing file",
+          lambda w: ["build-engine", "--fp16", "--dry-run", "--bucket", str(w / "bucket")],
+          lambda w: copy_bucket(w), env={"VGGT_MV_PLUGINS": "/nonexistent/lib.so"}, out=None),
+    # export / model
+    Fault("export --T 0", lambda w: ["export", *TINY[:2], "--T", "0", "--N", "2",
+                                     "--out", str(w / "out")]),
+    Fault("export --height 0", lambda w: ["export", *TINY[:6], "--height", "0", "--width",
+                                          "56", "--out", str(w / "out")]),
+    Fault("export --opset 5", lambda w: ["export", *TINY, "--opset", "5", "--no-validate",
+                                         "--out", str(w / "out")]),
+    Fault("export -o no_such_key=1", lambda w: ["export", *TINY, "-o", "no_such_key=1",
+                                                "--out", str(w / "out")]),
+    Fault("export --checkpoint missing file", lambda w: ["export", *TINY, "--checkpoint",
+                                                         str(w / "nope.pt"), "--out",
+                                                         str(w / "out")]),
+    Fault("export --checkpoint a text file", lambda w: ["export", *TINY, "--checkpoint",
+                                                        str(w / "ck.pt"), "--out",
+                                                        str(w / "out")],
+          lambda w: (w / "ck.pt").write_text("hello")),
+    Fault("export --checkpoint with a pickled shell command",
+          lambda w: ["export", *TINY, "--checkpoint", str(w / "evil.pt"), "--out",
+                     str(w / "out")], _evil_checkpoint),
+    Fault("inspect-checkpoint on a directory", lambda w: ["inspect-checkpoint", str(w)], out=None),
+    Fault("model-info --N -1", lambda w: ["model-info", "--T", "2", "--N", "-1"], out=None),
+    # later steps
+    Fault("calibrate --clips 0", lambda w: ["calibrate", "--bucket", str(w / "bucket" /
+                                             "T2_N2_42x56"), "--input", str(SCENE), "--clips",
+                                            "0", "--out", str(w / "out" / "c.npz")],
+          lambda w: copy_bucket(w)),
+    Fault("calibrate from a scene with too few views",
+          lambda w: ["calibrate", "--bucket", str(w / "bucket" / "T2_N2_42x56"), "--input",
+                     str(w / "scene"), "--out", str(w / "out" / "c.npz")],
+          lambda w: (copy_bucket(w), [shutil.rmtree(p) if p.is_dir() else p.unlink()
+                                      for p in (copy_scene(w) / "images").glob("time_*/view[123].png")])),
+    Fault("quantize --int8 without a calibration set",
+          lambda w: ["quantize", "--int8", "--bucket", str(w / "bucket" / "T2_N2_42x56")],
+          lambda w: copy_bucket(w), out=None),
+    Fault("build-engine with no precision flag",
+          lambda w: ["build-engine", "--dry-run", "--bucket", str(w / "bucket")],
+          lambda w: copy_bucket(w), out=None),
+    Fault("build-engine --workspace abc",
+          lambda w: ["build-engine", "--fp32", "--dry-run", "--workspace", "abc", "--bucket",
+                     str(w / "bucket")], lambda w: copy_bucket(w), out=None),
+    Fault("check --bucket that is a file", lambda w: ["check", "--bucket", str(w / "f")],
+          lambda w: (w / "f").write_text("x"), out=None),
+    Fault("bench --backend nonsense",
+          lambda w: ["bench", "--bucket", str(w / "bucket" / "T2_N2_42x56"), "--backend",
+                     "nonsense", "--repeats", "1"], lambda w: copy_bucket(w), out=None),
+    Fault("export-triton from a non-bucket",
+          lambda w: ["export-triton", "--bucket", str(w), "--out", str(w / "out")]),
+    Fault("infer --server with an ftp:// URL",
+          lambda w: ["infer", "--server", "ftp://127.0.0.1:1", "--input", str(SCENE), "--out",
+                     str(w / "out")]),
+]
+
+
+def run_fault(f: Fault, work: Path) -> dict:
+    why = f.skip()
+    if why:
+        return {"fault": f.name, "exit": None, "verdict": "skipped", "message": why,
+                "leftovers": [], "seconds": 0.0}
+    w = work / f.name.replace(" ", "_").replace("/", "_")[:60]
+    w.mkdir(parents=True)
+    f.setup(w)
+    env = dict(os.environ, **f.env)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *f.args(w)], cwd=w,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if f.signal_after is not None:
+        time.sleep(f.signal_after)
+        proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    text = (err or "") + (out or "")
+    lines = [ln for ln in (err or out or "").splitlines() if ln.strip()
+             and not ln.startswith(("warning: no checkpoint", "built "))]
+    first = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "")
+    leftovers = []
+    if f.out and (w / f.out).exists():
+        leftovers.append(f.out)
+    leftovers += [p.name for p in w.rglob(".*partial-*")] + [p.name for p in w.rglob("*.tmp")]
+    pwned = (w / "PWNED").exists()
+    if f.expect == "ok":
+        good = proc.returncode == 0 and "Traceback" not in text and (w / "out" /
+                                                                     "run.json").is_file()
+        verdict = "ok" if good else "BAD"
+    else:
+        good = proc.returncode not in (0, None) and "Traceback" not in text and not leftovers
+        verdict = "refused" if good else "BAD"
+    if pwned:
+        verdict = "BAD (pickle executed)"
+    if os.path.isdir(w / "ro"):
+        os.chmod(w / "ro", 0o755)
+    return {"fault": f.name, "exit": proc.returncode, "verdict": verdict,
+            "message": first.strip()[:160], "leftovers": leftovers,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one)")
+    ap.add_argument("--json", type=Path, help="write the rows as JSON here")
+    ap.add_argument("-k", default="", help="only faults whose name contains this")
+    a = ap.parse_args()
+    work = a.keep or Path(tempfile.mkdtemp(prefix="fault_sweep_"))
+    work.mkdir(parents=True, exist_ok=True)
+    base = work / "base"
+    BASE.append(base)
+    if not (base / "T2_N2_42x56" / "manifest.json").is_file():
+        r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "export", *TINY,
+                            "--no-validate", "--out", str(base)], capture_output=True, text=True)
+        if r.returncode:
+            print(r.stderr[-3000:], file=sys.stderr)
+            return 2
+    rows = []
+    chosen = [f for f in FAULTS if a.k in f.name]
+    for i, f in enumerate(chosen, 1):
+        row = run_fault(f, work / "runs")
+        rows.append(row)
+        print(f"[{i:2d}/{len(chosen)}] {row['verdict']:<8} exit {row['exit']!s:>4}  "
+              f"{f.name}: {row['message']}", flush=True)
+    bad = [r for r in rows if r["verdict"].startswith("BAD")]
+    print(f"\n{len(rows)} faults: {sum(r['verdict'] == 'refused' for r in rows)} refused "
+          f"clearly, {sum(r['verdict'] == 'ok' for r in rows)} absorbed (right result), "
+          f"{len(bad)} BAD, {sum(r['verdict'] == 'skipped' for r in rows)} skipped")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
