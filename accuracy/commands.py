@@ -27,6 +27,7 @@ def check(
     report.md with depth and error pictures. Exit 1 when a backend fails its profile."""
     from accuracy.check import run_check
     from accuracy.runners import verify_recorded_checkpoints
+    from export.compare import load_profiles
     from export.pipeline import validation_feeds
     from runtime.layout import CHECK_DIR, Bucket, load_manifest
 
@@ -34,6 +35,7 @@ def check(
     try:
         m = load_manifest(bucket)
         verify_recorded_checkpoints(m)  # before any graph is blamed for a changed checkpoint
+        load_profiles(profiles)  # a bad --profiles file fails here, before any backend runs
         feeds, desc = validation_feeds(Bucket.from_dict(m["bucket"]), frames, seed)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         fail(str(e))

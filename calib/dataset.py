@@ -7,7 +7,9 @@ ones the deployed engine sees.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,16 +58,43 @@ def sample_clips(scene: SceneIndex, T: int, N: int, num_clips: int, stride: int 
         if stride < 1:
             raise RuntimeDataError(f"stride must be >= 1, got {stride}")
         starts = [(k * stride) % (last + 1) for k in range(num_clips)]
+    subsets = math.comb(scene.num_views, N)
+    if num_clips > (last + 1) * subsets:
+        # more would repeat clips, and a repeated clip can land on both sides of the
+        # calibration / held-out split: the held-out accuracy would not be held out
+        raise RuntimeDataError(
+            f"scene {scene.root} holds only {(last + 1) * subsets} distinct clips of T={T}, "
+            f"N={N} ({last + 1} start steps x {subsets} view subsets); ask for at most that "
+            f"many (--clips)")
     rng = np.random.default_rng(seed)
+    used: set[Clip] = set()
     clips: list[Clip] = []
     for t0 in starts:
+        clip = _unused_clip(scene, int(t0), N, last, rng, used)
+        used.add(clip)
+        clips.append(clip)
+    return clips
+
+
+def _unused_clip(scene: SceneIndex, t0: int, N: int, last: int, rng: np.random.Generator,
+                 used: set[Clip]) -> Clip:
+    """A clip at t0 (else the nearest start with one left) that is not in ``used``: a
+    seeded random view subset first, then every subset in order."""
+    for shift in sorted(range(-last, last + 1), key=abs):
+        t = t0 + shift
+        if not 0 <= t <= last:
+            continue
         if N == scene.num_views:
-            views = scene.views
+            candidates = [tuple(scene.views)]
         else:
             pick = rng.choice(scene.num_views, size=N, replace=False)
-            views = tuple(scene.views[i] for i in sorted(pick.tolist()))
-        clips.append((int(t0), tuple(int(v) for v in views)))
-    return clips
+            first = tuple(scene.views[i] for i in sorted(pick.tolist()))
+            candidates = [first] + list(itertools.combinations(scene.views, N))
+        for views in candidates:
+            clip = (t, tuple(int(v) for v in views))
+            if clip not in used:
+                return clip
+    raise RuntimeDataError("no unused clip left")  # unreachable: counted above
 
 
 def split_indices(clips: Sequence[Clip], holdout_fraction: float

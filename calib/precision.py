@@ -33,11 +33,13 @@ from runtime.layout import (
     atomic_path,
     atomic_write_json,
     file_entry,
+    graph_records,
     load_manifest,
     plugin_graph,
     portable_graph,
     precision_report,
     sha256_file,
+    verify_artifacts,
 )
 from runtime.layout import _test_kill  # fault-injection hook (tests/test_faults.py)
 
@@ -132,6 +134,8 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
     bucket = Path(bucket_dir)
     manifest = load_manifest(bucket)
     src = bucket / PORTABLE_GRAPH
+    # a truncated / bit-flipped model.onnx is named here, not by protobuf's DecodeError
+    verify_artifacts(bucket, graph_records(bucket, manifest, PORTABLE_GRAPH))
     t0 = time.perf_counter()
     clips_info: dict[str, Any] = {}
     calib_feeds: list[dict] = []

@@ -73,11 +73,25 @@ def precision_of(name: str) -> str:
 
 def load_profiles(override: str | Path | None = None) -> dict[str, Profile]:
     """Defaults, optionally overridden by a JSON {"fp16": {"atol": ..., ...}, ...}."""
+    from runtime.errors import RuntimeDataError
+
     profiles = {k: Profile(**v.to_dict()) for k, v in PROFILES.items()}
     if override:
-        data = json.loads(Path(override).read_text())
+        example = '{"fp16": {"atol": 0.1, "rtol": 0.1}}'
+        try:
+            data = json.loads(Path(override).read_text())
+        except (OSError, ValueError) as e:
+            raise RuntimeDataError(f"--profiles {override}: cannot read it as JSON ({e}); "
+                                   f"expected e.g. {example}") from e
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise RuntimeDataError(f"--profiles {override}: expected an object of profiles, "
+                                   f"e.g. {example}")
         for name, fields in data.items():
             base = profiles.get(name, PROFILES["fp32"]).to_dict()
+            unknown = sorted(set(fields) - set(base))
+            if unknown:
+                raise RuntimeDataError(f"--profiles {override}: profile {name!r} has unknown "
+                                       f"field(s) {unknown}; known: {sorted(base)}")
             base.update(fields, name=name)
             profiles[name] = Profile(**base)
     return profiles

@@ -498,6 +498,9 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     ``final`` stays untouched.
     """
     final = Path(final)
+    if final.exists() and not final.is_dir():
+        # a folder never replaces a file: it may be the user's, and is not ours to delete
+        raise RuntimeDataError(f"{final} is a file; give a folder path (or remove the file)")
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_leftovers(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-",

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from runtime.layout import (EXTERNAL_DATA_SUFFIX, MANIFEST, PORTABLE_GRAPH, PRECISIONS,
-                            Bucket, atomic_directory, atomic_write_json, atomic_write_text,
-                            bucket_folders, engine_filename, is_bucket, load_manifest,
-                            sidecar_path_for)
+                            Bucket, ManifestError, atomic_directory, atomic_write_json,
+                            atomic_write_text, bucket_folders, engine_filename,
+                            graph_records, is_bucket, load_manifest, sidecar_path_for,
+                            verify_artifacts)
 
 from .pbtxt import ConfigError, Enum, to_pbtxt, triton_dtype
 
@@ -262,6 +263,10 @@ def export_repository(buckets: Iterable[str | Path], out: str | Path,
         m = load_manifest(f)
         if not (f / PORTABLE_GRAPH).is_file():
             raise RepositoryError(f"{f} has no {PORTABLE_GRAPH}; re-export the bucket")
+        try:  # a damaged graph is named here, not by the server's model loader later
+            verify_artifacts(f, graph_records(f, m, PORTABLE_GRAPH))
+        except ManifestError as e:
+            raise RepositoryError(str(e)) from e
         manifests.append((f, m))
     names = [Bucket.from_dict(m["bucket"]).name for _, m in manifests]
     if len(set(names)) != len(names):
