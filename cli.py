@@ -73,6 +73,16 @@ def _config(preset: str, options: list[str]):
         _fail(str(e))
 
 
+def _meta_parameters(cfg) -> int:
+    """Parameter count without allocating weights."""
+    import torch
+
+    from vggt_mv.models import VGGTMV
+
+    with torch.device("meta"):
+        return VGGTMV(cfg).num_parameters()
+
+
 def _build_model(preset: str, options: list[str], checkpoint: Optional[Path],
                  pi3: Optional[Path], seed_checkpoint: Optional[Path], seed: int,
                  strict: bool, allow_partial_load: bool = False):
@@ -134,6 +144,10 @@ def export(
     validate: bool = typer.Option(True, help="run both graphs in onnxruntime vs PyTorch after export"),
     input: str = typer.Option("random", "--input", "-i", help="validation inputs: 'random' or a folder like ../shared/data/mv_scene"),
     inputs_alias: Optional[str] = typer.Option(None, "--inputs", hidden=True, help="old spelling of --input"),
+    skip_resource_check: bool = typer.Option(False, "--skip-resource-check", help="do not "
+                                             "refuse up front when the disk under --out or "
+                                             "this machine's memory looks too small for the "
+                                             "bucket (estimates: export/resources.py)"),
     atol: Optional[float] = typer.Option(None, help="override absolute tolerance for every output"),
     rtol: Optional[float] = typer.Option(None, help="override relative tolerance for every output"),
 ) -> None:
@@ -171,6 +185,16 @@ def export(
         feeds = read_validation_inputs(buckets, opts)
     except (RuntimeDataError, OSError) as e:
         _fail(f"--input {inputs}: {e}")
+    from export.resources import check_resources, estimate
+
+    cfg = _config(preset, option)
+    params = _meta_parameters(cfg)
+    if skip_resource_check:
+        needs = [estimate(cfg, b, params, validate) for b in buckets]
+    else:  # disk and memory, before a minute of tracing
+        needs = check_resources(cfg, buckets, params, validate, out)
+    for b, n in zip(buckets, needs):
+        console.print(f"{b.name}: {n.describe()}", markup=False)
     model, weights = _build_model(preset, option, checkpoint, pi3, seed_checkpoint, seed, strict,
                                   allow_partial_load)
     t_all = time.perf_counter()
@@ -182,6 +206,14 @@ def export(
         _fail(str(e), code=1)
     except (ExportError, BucketError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _fail(f"disk full writing {e.filename or out}: this export needs ~"
+              f"{sum(n.disk_bytes for n in needs) / 1e9:.2f} GB under {out}; nothing of the "
+              f"failed bucket was kept; free space there or choose another --out", code=1)
     _summary(results, time.perf_counter() - t_all)
 
 
@@ -235,6 +267,13 @@ def model_info(
     table.add_row("View-SA sequence (B*T x N*F)", f"{T} x {N * F}")
     for k, v in sites.items():
         table.add_row(f"{k} sites", str(v))
+    from export.resources import available_memory_bytes, estimate
+
+    for validate in (True, False):
+        n = estimate(cfg, Bucket(T, N, height, width), model.num_parameters(), validate)
+        table.add_row(f"export{'' if validate else ' --no-validate'}: disk / peak memory",
+                      f"~{n.disk_bytes / 1e9:.2f} GB / ~{n.memory_bytes / 1e9:.1f} GB")
+    table.add_row("memory available here", f"{available_memory_bytes() / 1e9:.1f} GB")
     console.print(table)
 
 

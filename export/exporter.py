@@ -34,6 +34,7 @@ from runtime.layout import (
     PLUGIN_GRAPH,
     PORTABLE_GRAPH,
     Bucket,
+    _test_disk_full,
     atomic_directory,
     atomic_write_json,
     file_entry,
@@ -159,6 +160,7 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
                 input_names=names_in, output_names=names_out,
                 custom_translation_table=translation_table(), verbose=False)
         raw_path = tmp / PORTABLE_GRAPH
+        _test_disk_full("export-graph", raw_path)
         prog.save(str(raw_path), external_data=large)
         del prog
         timings["export"] = time.perf_counter() - t0

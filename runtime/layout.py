@@ -450,6 +450,15 @@ def _test_kill(point: str) -> None:
         os._exit(137)
 
 
+def _test_disk_full(point: str, path: str | Path) -> None:
+    """Fault-injection hook of tests/test_faults.py: a write at a named point fails as on
+    a full disk (ENOSPC), which a small test machine cannot reach for real."""
+    if os.environ.get("VGGT_MV_TEST_DISK_FULL_AT") == point:
+        import errno  # noqa: PLC0415
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

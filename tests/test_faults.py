@@ -443,3 +443,61 @@ def test_fault_sweep_script_runs_and_judges(tmp_path):
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert len(rows) == 4 and all(x["verdict"] == "refused" for x in rows), rows
     assert all(x["message"].startswith("error:") for x in rows), rows
+
+
+# ------------------------------------------------ disk and memory, before tracing
+def _full_size():
+    from vggt_mv.config import get_config
+    from vggt_mv.models import VGGTMV
+
+    cfg = get_config("vggt_mv_1b")
+    with torch.device("meta"):
+        return cfg, VGGTMV(cfg).num_parameters()
+
+
+def test_resource_estimates_reproduce_the_measured_runs():
+    from export.resources import estimate
+    from runtime.layout import Bucket
+
+    cfg, params = _full_size()
+    # measured (README): 4.80 GB written, peak RSS 16.4 GB with validation (22 GB free)
+    n = estimate(cfg, Bucket(2, 2, 392, 518), params, True, available_memory=22e9)
+    assert 4.8e9 <= n.disk_bytes <= 1.1 * 4.8e9
+    assert 16.4e9 <= n.memory_bytes <= 1.15 * 16.4e9 and n.dense_validated
+    # export --no-validate at T=8, N=4, 518x518: peak RSS 5.5 GB
+    n = estimate(cfg, Bucket(8, 4, 518, 518), params, False)
+    assert 5.5e9 <= n.memory_bytes <= 1.25 * 5.5e9
+
+
+def test_memory_refusal_names_the_largest_bucket_that_fits(monkeypatch, tmp_path):
+    from export.resources import ResourceError, check_resources
+    from runtime.layout import Bucket
+
+    cfg, params = _full_size()
+    monkeypatch.setenv("VGGT_MV_TEST_AVAILABLE_MEMORY", "30e9")
+    with pytest.raises(ResourceError, match=r"T4_N4_518x518 needs ~31\.\d GB.*30\.0 GB "
+                                            r"available: --T 4 --N 3 fits"):
+        check_resources(cfg, [Bucket(4, 4, 518, 518)], params, True, tmp_path)
+    monkeypatch.setenv("VGGT_MV_TEST_AVAILABLE_MEMORY", "12e9")
+    with pytest.raises(ResourceError, match="no 392x518 bucket fits; --no-validate fits"):
+        check_resources(cfg, [Bucket(2, 2, 392, 518)], params, True, tmp_path)
+
+
+def test_export_refuses_a_disk_too_small_up_front(tmp_path):
+    out = tmp_path / "art"
+    r = run_cli(*EXPORT, "--out", out, env={"VGGT_MV_TEST_FREE_DISK": "1000"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"not enough disk under {tmp_path}" in r.stderr and "GB are free" in r.stderr
+    assert "RANDOM" not in r.stdout + r.stderr and not out.exists()  # before the model
+    r = run_cli(*EXPORT, "--out", out, "--skip-resource-check",
+                env={"VGGT_MV_TEST_FREE_DISK": "1000"})
+    assert r.returncode == 0 and (out / "T2_N2_42x56" / "manifest.json").is_file(), r.stderr
+
+
+def test_disk_full_while_writing_names_the_path_and_leaves_nothing(tmp_path):
+    out = tmp_path / "art"
+    r = run_cli(*EXPORT, "--out", out, env={"VGGT_MV_TEST_DISK_FULL_AT": "export-graph"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "disk full writing" in r.stderr and "model.onnx" in r.stderr
+    assert "this export needs ~" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists() or not list(out.iterdir())  # no bucket, no .partial-* folder

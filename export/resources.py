@@ -1,0 +1,144 @@
+"""What an export needs from the machine, known before a minute of tracing: disk for the
+bucket, and peak memory for tracing + validation. `export` refuses up front when either
+does not fit (naming the numbers and what would fit), `model-info` prints both.
+
+The estimates are simple models fitted to runs measured on this project's 2-core, 24 GB
+machine (random weights: weights never change sizes), and lean conservative:
+
+- disk: the bucket is model.onnx + model.plugins.onnx (+ model.onnx.data, shared by both,
+  once the weights pass EXTERNAL_DATA_BYTES; below that each graph embeds them). Measured,
+  full-size default model (1,256,559,023 parameters): T=2,N=2 518x392 wrote 4,802 MB
+  (model.onnx 9.9 MB + model.onnx.data 4.79 GB + model.plugins.onnx 0.76 MB); T=8,N=4
+  518x518 4.78 GB. 4 bytes x parameters (5.03 GB) bounds the data file (some parameters,
+  unused by the exported heads, are not in it) and 16 MB the two graph protos.
+- memory, peak RSS: tracing holds the weights about 1.1 times (T=8,N=4 518x518 export
+  --no-validate: 5.5 GB = 1.09 x 5.03 GB). Validation adds the onnxruntime sessions' own
+  weight copies while the PyTorch model stays loaded (3 x weights) plus the portable graph's
+  dense attention logits (export.pipeline.dense_attention_bytes; model.onnx validation is
+  skipped when they pass 60% of the available memory, as the validator does): T=2,N=2
+  518x392 estimates 3 x 5.03 + 1.11 = 16.2 GB against 16.4 GB measured (16.1 / 16.4 GB
+  on two runs), so a 1 GB margin is added on top of the sum.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import RuntimeDataError
+from runtime.layout import Bucket
+
+GB = 1e9
+GRAPH_PROTO_BYTES = 16_000_000   # both graph protos of the full-size model: 10.7 MB measured
+TRACE_WEIGHT_COPIES = 1.1        # export --no-validate, T=8,N=4 518x518: 5.5 GB / 5.03 GB
+VALIDATE_WEIGHT_COPIES = 3.0     # PyTorch model + the onnxruntime session's weights + arena
+MEMORY_MARGIN_BYTES = 1_000_000_000
+DENSE_SKIP_FRACTION = 0.6        # export.pipeline skips model.onnx validation above this
+# Test hooks (tests/test_faults.py): pretend this machine has this much free disk / memory.
+FREE_DISK_ENV = "VGGT_MV_TEST_FREE_DISK"
+AVAILABLE_MEMORY_ENV = "VGGT_MV_TEST_AVAILABLE_MEMORY"
+
+
+class ResourceError(RuntimeDataError):
+    """The machine cannot hold the export (a bucket too large for it): raised before
+    anything is traced, exit 2 like any other choice the user can change."""
+
+
+@dataclass(frozen=True)
+class Needs:
+    disk_bytes: int
+    memory_bytes: int
+    dense_validated: bool   # whether model.onnx's dense attention is validated at this size
+
+    def describe(self) -> str:
+        return (f"needs ~{self.disk_bytes / GB:.2f} GB of disk, ~{self.memory_bytes / GB:.1f} "
+                f"GB peak memory")
+
+
+def disk_bytes(num_parameters: int, external_data_bytes: int) -> int:
+    weights = 4 * num_parameters
+    if weights > external_data_bytes:
+        return int(weights + GRAPH_PROTO_BYTES)
+    return int(2 * weights + GRAPH_PROTO_BYTES // 10)  # each graph embeds the weights
+
+
+def estimate(config, bucket: Bucket, num_parameters: int, validate: bool,
+             available_memory: int | None = None) -> Needs:
+    """Disk and peak memory of exporting ``bucket`` of a model with ``config``."""
+    from .exporter import EXTERNAL_DATA_BYTES
+    from .pipeline import dense_attention_bytes
+
+    weights = 4 * num_parameters
+    if not validate:
+        return Needs(disk_bytes(num_parameters, EXTERNAL_DATA_BYTES),
+                     int(TRACE_WEIGHT_COPIES * weights + MEMORY_MARGIN_BYTES), False)
+    avail = available_memory_bytes() if available_memory is None else available_memory
+    dense = dense_attention_bytes(config, bucket)
+    dense_validated = dense <= DENSE_SKIP_FRACTION * avail
+    peak = VALIDATE_WEIGHT_COPIES * weights + (dense if dense_validated else 0)
+    return Needs(disk_bytes(num_parameters, EXTERNAL_DATA_BYTES),
+                 int(peak + MEMORY_MARGIN_BYTES), dense_validated)
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable (what can be allocated without swapping)."""
+    fake = os.environ.get(AVAILABLE_MEMORY_ENV)
+    if fake:
+        return int(float(fake))
+    from .pipeline import available_memory_bytes as meminfo
+
+    return meminfo()
+
+
+def free_disk_bytes(path: str | Path) -> tuple[Path, int]:
+    """(the existing folder measured, its free bytes) for an output path not yet made."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    fake = os.environ.get(FREE_DISK_ENV)
+    return p, int(float(fake)) if fake else shutil.disk_usage(p).free
+
+
+def largest_fitting(config, bucket: Bucket, num_parameters: int, validate: bool,
+                    memory: int) -> str | None:
+    """The largest bucket (most frames, same frame size and kind) whose export fits in
+    ``memory``, as export options; None when not even T=1, N=1 fits."""
+    best = None
+    for T in range(bucket.T, 0, -1):
+        for N in range(1 if bucket.single_view else bucket.N, 0, -1):
+            b = Bucket(T, N, bucket.H, bucket.W, batch=bucket.batch,
+                       single_view=bucket.single_view, ext_mask=bucket.ext_mask)
+            if estimate(config, b, num_parameters, validate, memory).memory_bytes <= memory:
+                if best is None or T * N > best[0] * best[1]:
+                    best = (T, N)
+    return None if best is None else f"--T {best[0]} --N {best[1]}"
+
+
+def check_resources(config, buckets: list[Bucket], num_parameters: int, validate: bool,
+                    out: str | Path) -> list[Needs]:
+    """Every bucket's needs; raises ResourceError when the disk under ``out`` or this
+    machine's memory cannot hold the largest of them."""
+    needs = [estimate(config, b, num_parameters, validate) for b in buckets]
+    where, free = free_disk_bytes(out)
+    # Buckets are written one at a time, each replacing its old folder only at the end.
+    total = sum(n.disk_bytes for n in needs)
+    if total > free:
+        raise ResourceError(
+            f"not enough disk under {where}: the export writes ~{total / GB:.2f} GB "
+            f"({len(buckets)} bucket(s)), {free / GB:.2f} GB are free; free space there or "
+            f"choose another --out (--skip-resource-check to try anyway)")
+    memory = available_memory_bytes()
+    for b, n in zip(buckets, needs):
+        if n.memory_bytes <= memory:
+            continue
+        hint = largest_fitting(config, b, num_parameters, validate, memory)
+        alt = [f"{hint} fits" if hint else f"no {b.H}x{b.W} bucket fits"]
+        if validate and estimate(config, b, num_parameters, False).memory_bytes <= memory:
+            alt.append("--no-validate fits (validate the weights at a smaller bucket)")
+        raise ResourceError(
+            f"{b.name} needs ~{n.memory_bytes / GB:.1f} GB of memory at its peak "
+            f"({'tracing + validation' if validate else 'tracing'}), this machine has "
+            f"{memory / GB:.1f} GB available: {'; '.join(alt)} "
+            f"(--skip-resource-check to try anyway)")
+    return needs
