@@ -49,7 +49,7 @@ def infer(
     T: Optional[int] = typer.Option(None, "--T", help="Time steps to run (default: all "
                                     "from --t0)."),
     N: Optional[int] = typer.Option(None, "--N", help="Views to run (default: all)."),
-    t0: int = typer.Option(0, "--t0", help="First time step (position in the sorted "
+    t0: int = typer.Option(0, "--t0", min=0, help="First time step (position in the sorted "
                            "sequence)."),
     views: Optional[str] = typer.Option(None, "--views", help="Views to use, e.g. 0,2,3 "
                                         "(default: the first N)."),
