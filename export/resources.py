@@ -12,12 +12,17 @@ machine (random weights: weights never change sizes), and lean conservative:
   518x518 4.78 GB. 4 bytes x parameters (5.03 GB) bounds the data file (some parameters,
   unused by the exported heads, are not in it) and 16 MB the two graph protos.
 - memory, peak RSS: tracing holds the weights about 1.1 times (T=8,N=4 518x518 export
-  --no-validate: 5.5 GB = 1.09 x 5.03 GB). Validation adds the onnxruntime sessions' own
-  weight copies while the PyTorch model stays loaded (3 x weights) plus the portable graph's
-  dense attention logits (export.pipeline.dense_attention_bytes; model.onnx validation is
-  skipped when they pass 60% of the available memory, as the validator does): T=2,N=2
-  518x392 estimates 3 x 5.03 + 1.11 = 16.2 GB against 16.4 GB measured (16.1 / 16.4 GB
-  on two runs), so a 1 GB margin is added on top of the sum.
+  --no-validate: 5.5 GB = 1.09 x 5.03 GB); it never materializes activations. Validation
+  runs the model: the PyTorch forward's activations grow with frames x pixels (T=2,N=2
+  518x392 forward: 6.7 GB peak - 5.03 GB weights = 2,060 bytes per frame pixel, mostly
+  the DPT heads' full-resolution features), and the onnxruntime sessions add their own
+  weight copies while the PyTorch model stays loaded (3 x weights), plus the portable
+  graph's dense attention logits (export.pipeline.dense_attention_bytes; model.onnx
+  validation is skipped when they pass 60% of the available memory, as the validator
+  does). T=2,N=2 518x392: 3 x 5.03 + 1.11 + 1.71 + 0.5 = 18.4 GB against 16.4 GB measured
+  (16.1 / 16.4 GB on two runs): the terms do not all peak at once, so it errs high.
+  At T=8,N=4 518x518 the activation term alone is ~18 GB: validation there needs a
+  larger machine than the 24 GB one these figures come from (--no-validate fits).
 """
 from __future__ import annotations
 
@@ -33,7 +38,8 @@ GB = 1e9
 GRAPH_PROTO_BYTES = 16_000_000   # both graph protos of the full-size model: 10.7 MB measured
 TRACE_WEIGHT_COPIES = 1.1        # export --no-validate, T=8,N=4 518x518: 5.5 GB / 5.03 GB
 VALIDATE_WEIGHT_COPIES = 3.0     # PyTorch model + the onnxruntime session's weights + arena
-MEMORY_MARGIN_BYTES = 1_000_000_000
+ACTIVATION_BYTES_PER_PIXEL = 2_100  # per frame pixel, PyTorch forward (see above)
+MEMORY_MARGIN_BYTES = 500_000_000   # interpreter, libraries, allocator slack
 DENSE_SKIP_FRACTION = 0.6        # export.pipeline skips model.onnx validation above this
 # Test hooks (tests/test_faults.py): pretend this machine has this much free disk / memory.
 FREE_DISK_ENV = "VGGT_MV_TEST_FREE_DISK"
@@ -76,7 +82,9 @@ def estimate(config, bucket: Bucket, num_parameters: int, validate: bool,
     avail = available_memory_bytes() if available_memory is None else available_memory
     dense = dense_attention_bytes(config, bucket)
     dense_validated = dense <= DENSE_SKIP_FRACTION * avail
-    peak = VALIDATE_WEIGHT_COPIES * weights + (dense if dense_validated else 0)
+    frames = bucket.batch * bucket.T * (1 if bucket.single_view else bucket.N)
+    activations = ACTIVATION_BYTES_PER_PIXEL * frames * bucket.H * bucket.W
+    peak = VALIDATE_WEIGHT_COPIES * weights + (dense if dense_validated else 0) + activations
     return Needs(disk_bytes(num_parameters, EXTERNAL_DATA_BYTES),
                  int(peak + MEMORY_MARGIN_BYTES), dense_validated)
 

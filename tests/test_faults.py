@@ -475,8 +475,8 @@ def test_memory_refusal_names_the_largest_bucket_that_fits(monkeypatch, tmp_path
 
     cfg, params = _full_size()
     monkeypatch.setenv("VGGT_MV_TEST_AVAILABLE_MEMORY", "30e9")
-    with pytest.raises(ResourceError, match=r"T4_N4_518x518 needs ~31\.\d GB.*30\.0 GB "
-                                            r"available: --T 4 --N 3 fits"):
+    with pytest.raises(ResourceError, match=r"T4_N4_518x518 needs ~40\.\d GB.*30\.0 GB "
+                                            r"available: --T 3 --N 3 fits"):
         check_resources(cfg, [Bucket(4, 4, 518, 518)], params, True, tmp_path)
     monkeypatch.setenv("VGGT_MV_TEST_AVAILABLE_MEMORY", "12e9")
     with pytest.raises(ResourceError, match="no 392x518 bucket fits; --no-validate fits"):
