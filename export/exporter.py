@@ -29,16 +29,24 @@ from torch import nn
 from plugins import contract
 
 from runtime.layout import (
+    BENCH,
+    CHECK_DIR,
     EXTERNAL_DATA_SUFFIX,
     MANIFEST,
     PLUGIN_GRAPH,
     PORTABLE_GRAPH,
+    PRECISIONS,
     Bucket,
     _test_disk_full,
     atomic_directory,
     atomic_write_json,
+    engine_filenames,
     file_entry,
     load_manifest,  # noqa: F401 - re-exported for export callers
+    plugin_graph,
+    portable_graph,
+    precision_report,
+    sidecar_path_for,
 )
 
 from .portable import to_portable
@@ -229,13 +237,17 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
 # precision reports, engines and sidecars, bench / check results. Whatever export and
 # those steps do not make (notes, calibration sets, which depend only on the bucket's
 # shape and frames) is copied into the new bucket. Both lists are printed.
-_MADE_FROM_GRAPHS = ("model.fp16.*", "model.int8.*", "precision_*.json", "*.engine",
-                     "*.engine.json", "bench.json", "check", ".*")
+# The names come from runtime/layout.py, the one home of a bucket's file names.
 _EXPORT_OWN = {PORTABLE_GRAPH, PLUGIN_GRAPH, PORTABLE_GRAPH + EXTERNAL_DATA_SUFFIX, MANIFEST}
+_MADE_FROM_GRAPHS = (
+    {g for p in ("fp16", "int8") for g in (portable_graph(p), plugin_graph(p),
+                                            portable_graph(p) + EXTERNAL_DATA_SUFFIX)}
+    | {precision_report(p) for p in ("fp16", "int8")}
+    | {n for p in PRECISIONS for e in engine_filenames(p) for n in (e, sidecar_path_for(e).name)}
+    | {BENCH, CHECK_DIR})
 
 
 def _carry_over(old: Path, new: Path, log: Callable[[str], None]) -> None:
-    import fnmatch
     import shutil
 
     if not old.is_dir():
@@ -244,7 +256,7 @@ def _carry_over(old: Path, new: Path, log: Callable[[str], None]) -> None:
     for p in sorted(old.iterdir()):
         if p.name in _EXPORT_OWN or (new / p.name).exists():
             continue
-        if any(fnmatch.fnmatch(p.name, pat) for pat in _MADE_FROM_GRAPHS):
+        if p.name in _MADE_FROM_GRAPHS or p.name.startswith("."):  # hidden: scratch files
             dropped.append(p.name)
         elif p.is_dir():
             shutil.copytree(p, new / p.name, symlinks=True)
