@@ -27,7 +27,7 @@ import numpy as np
 
 from .dispatch import BucketEntry, BucketIndex, Selection, pad_feeds, trim_outputs
 from .errors import NotEnoughFramesError, RuntimeDataError
-from .layout import atomic_directory
+from .layout import atomic_directory, atomic_write_json
 from .outputs import atomic_write, colorize, save_png, write_ply
 from .postprocess import confidence_mask, depth_to_world_points, pose_encoding_to_extri_intri
 from .preprocess import discover_scene, load_clip, read_image
@@ -90,9 +90,12 @@ class Prediction:
         return arrays
 
     def write_outputs(self, out_dir: str | Path, cmap: str = "turbo",
-                      conf_cmap: str = "viridis", compress: bool = False) -> dict[str, Any]:
+                      conf_cmap: str = "viridis", compress: bool = False,
+                      extra_json: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """predictions.npz, points.ply (colored, confidence-filtered), depth/ and
         confidence/ PNGs per (time step, view), run.json. Every file is written atomically.
+        ``extra_json`` {file name: data}: JSON files that appear in the folder together with
+        the outputs (batch's done marker: present exactly when everything else is).
         Returns {"npz", "ply", "depth_png": [...], "confidence_png": [...], "run_json",
         "points"} with paths and the PLY vertex count."""
         final = Path(out_dir)
@@ -106,6 +109,8 @@ class Prediction:
         # never mixes this clip's frames with an earlier clip's (t05 beside old t00).
         with atomic_directory(final) as tmp:
             written = self._write(tmp, cmap, conf_cmap, compress)
+            for name, data in (extra_json or {}).items():
+                atomic_write_json(tmp / name, data)
 
         def moved(v: Any) -> Any:
             if isinstance(v, Path):

@@ -325,6 +325,11 @@ class StreamingPredictor:
         # length keeps the same memory. ``last_report`` is the newest window's.
         self.counts = {"first": 0, "aligned": 0, "fallback": 0}
         self.windows_run = 0
+        self.windows_submitted = 0
+        # Windows handed to a parallel predictor (runtime/batch: ``submit_window`` /
+        # ``result`` / ``max_pending``) and not chained yet, oldest first: they are
+        # inferred anywhere, in any order, but chained here, in time order.
+        self._pending: deque[tuple[list[int], Any, float]] = deque()
         self.last_report: WindowReport | None = None
         self._t_start = time.perf_counter()
         self._ran_last = False
@@ -359,7 +364,7 @@ class StreamingPredictor:
         self._buf.append((t, step))
         self._since += 1
         self._ran_last = False
-        first_window = not self.windows_run
+        first_window = not self.windows_submitted
         if len(self._buf) == self.window and (first_window or
                                               self._since >= self.window - self.overlap):
             return self._run_window()
@@ -411,11 +416,30 @@ class StreamingPredictor:
             self.run_folder(path, loops)
 
     # ------------------------------------------------------------------ windows
-    def _run_window(self) -> WindowReport:
+    def _run_window(self) -> WindowReport | None:
         t0 = time.perf_counter()
         times = [t for t, _ in self._buf]
         images = np.stack([s for _, s in self._buf])[None]  # [1, T, N, 3, H, W]
-        pred = self.p.predict_arrays(images, times=times, views=self.views)
+        self.windows_submitted += 1
+        self._since = 0
+        self._ran_last = True
+        submit = getattr(self.p, "submit_window", None)
+        if submit is None:  # a local Predictor: infer and chain now
+            return self._chain(times, self.p.predict_arrays(images, times=times,
+                                                            views=self.views), t0)
+        self._pending.append((times, submit(images, times, self.views), t0))
+        rep = None
+        while len(self._pending) > self.p.max_pending:  # bounded: constant memory
+            rep = self._chain_oldest()
+        return rep
+
+    def _chain_oldest(self) -> WindowReport:
+        times, handle, t0 = self._pending.popleft()
+        return self._chain(times, self.p.result(handle), t0)
+
+    def _chain(self, times: list[int], pred: Any, t0: float) -> WindowReport:
+        """Alignment and writing, always on this (the driver's) side and in time order:
+        each window is fitted to the previous one's world points."""
         if pred.extrinsics is None:
             raise RuntimeDataError(f"bucket {pred.bucket} has no camera head: streaming "
                                    f"needs poses to chain windows")
@@ -443,8 +467,6 @@ class StreamingPredictor:
         self.windows_run += 1
         self.counts[rep.status] += 1
         self.last_report = rep
-        self._since = 0
-        self._ran_last = True
         msg = (f"window {rep.index}: t {times[0]}..{times[-1]} ({len(rep.new_times)} new), "
                f"{rep.status}, scale {rep.scale:.4g}"
                + (f", residual {rep.residual:.3g}" if rep.residual is not None else "")
@@ -460,11 +482,13 @@ class StreamingPredictor:
         """Runs a last window over the newest steps if some are not covered yet, writes the
         cloud, windows.json and run.json, and moves the output folder into place."""
         try:
-            if not self.windows_run and len(self._buf) < self.window:
+            if not self.windows_submitted and len(self._buf) < self.window:
                 raise RuntimeDataError(f"the stream ended after {len(self._buf)} time steps; "
                                        f"a window needs {self.window}")
             if not self._ran_last and self._since:
                 self._run_window()
+            while self._pending:
+                self._chain_oldest()
             elapsed = time.perf_counter() - self._t_start
             counts = dict(self.counts)
             run = {"window": self.window, "overlap": self.overlap, "views": self.views,
@@ -480,6 +504,7 @@ class StreamingPredictor:
         return {**run, **out}
 
     def abort(self) -> None:
+        self._pending.clear()
         if self._writer is not None:
             self._writer.abort()
 

@@ -1,0 +1,83 @@
+"""run_batch: items -> OUT/<item>/ on an ActorPool; ParallelWindows: the windows of one
+stream on the pool, chained in order by StreamingPredictor on this (the driver's) side."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .items import ItemResult, Item, is_done, summarize, write_batch_json
+from .pool import ActorPool, Call
+
+__all__ = ["run_batch", "ParallelWindows"]
+
+
+def run_batch(items: Sequence[Item], out: str | Path, pool: ActorPool,
+              infer: Mapping[str, Any], progress: Any = None,
+              on_result: Callable[[ItemResult, ActorPool], None] | None = None,
+              **summary_extra: Any) -> tuple[list[ItemResult], dict[str, Any]]:
+    """Runs every item not done yet; returns the results in ``items`` order and the
+    summary, both also in OUT/batch.json (written even when interrupted: the items not
+    reached are listed as ``pending``, and their done markers make the next run resume)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results: dict[str, ItemResult] = {}
+    for it in items:
+        if is_done(out / it.name):
+            results[it.name] = ItemResult(it.name, it.input, "skipped",
+                                          message="done in an earlier run")
+    if progress is not None:
+        progress.update(len(results))
+    for it in items:
+        if it.name not in results:
+            pool.submit(Call(it.name, "run_item", (it.name, it.input, str(out), dict(infer)),
+                             pass_attempt=True))
+    try:
+        while pool.pending():
+            for call in pool.wait():
+                res = call.result
+                if call.error is not None or not isinstance(res, ItemResult):
+                    it = next(i for i in items if i.name == call.key)
+                    res = ItemResult(it.name, it.input, "failed", message=str(call.error),
+                                     attempts=call.attempts)
+                results[res.name] = res
+                if progress is not None:
+                    progress.update(1)
+                if on_result is not None:
+                    on_result(res, pool)
+    finally:
+        ordered = [results.get(it.name) or ItemResult(it.name, it.input, "pending")
+                   for it in items]
+        summary = summarize([r for r in ordered if r.status != "pending"],
+                            time.perf_counter() - t0,
+                            pending=sum(r.status == "pending" for r in ordered),
+                            actor_deaths=len(pool.dead), **summary_extra)
+        write_batch_json(out, ordered, summary)
+    return ordered, summary
+
+
+class ParallelWindows:
+    """What StreamingPredictor needs of a predictor, with windows inferred on the pool:
+    ``select`` (bucket choice, local), ``submit_window`` / ``result`` and
+    ``max_pending`` (windows in flight: bounds the driver's memory)."""
+
+    def __init__(self, predictor: Any, pool: ActorPool, max_pending: int | None = None):
+        self._p, self.pool = predictor, pool
+        self.max_pending = max_pending or 2 * len(pool.actors)
+        self._n = 0
+
+    def select(self, *args: Any, **kwargs: Any) -> Any:
+        return self._p.select(*args, **kwargs)
+
+    def submit_window(self, images: np.ndarray, times: Sequence[int],
+                      views: Sequence[int]) -> Call:
+        self._n += 1
+        ref = self.pool._ray.put(images)  # once: a retry after an actor death reuses it
+        return self.pool.submit(Call(f"window {self._n - 1} (t {times[0]}..{times[-1]})",
+                                     "predict_window", (ref, list(times), list(views))))
+
+    def result(self, call: Call) -> Any:
+        return self.pool.result(call)
