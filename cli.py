@@ -303,6 +303,7 @@ def _register_optional_commands() -> None:
     inside the command function, so registration costs nothing."""
     from calib.commands import calibrate, quantize
     from accuracy.commands import bench, check
+    from runtime.batch.command import batch
     from runtime.commands import build_engine
     from serving.commands import export_triton, infer, serve
 
@@ -310,6 +311,7 @@ def _register_optional_commands() -> None:
     app.command("quantize")(quantize)
     app.command("build-engine")(build_engine)
     app.command("infer")(infer)
+    app.command("batch")(batch)
     app.command("check")(check)
     app.command("bench")(bench)
     app.command("export-triton")(export_triton)

@@ -105,6 +105,10 @@ def infer(
                                    "the merged point cloud (voxels coarsen beyond it)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="--stream: replace a "
                                    "non-empty --out folder."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="--stream: infer "
+                                          "the windows on this many Ray actors in parallel, "
+                                          "chained in order here (pip install -e "
+                                          "'.\\[batch]'; joins $RAY_ADDRESS if set)."),
 ) -> None:
     """Run VGGT_MV on a multi-view clip: writes predictions.npz, a colored PLY point
     cloud, depth and confidence PNGs per (time step, view) and run.json; prints timing."""
@@ -121,9 +125,12 @@ def infer(
     repeats = repeat_alias or repeats
     view_list = _parse_views(views)
     pct = None if conf_percentile is not None and conf_percentile < 0 else conf_percentile
+    if workers is not None and not stream:
+        _fail("--workers runs the windows of --stream in parallel; for many clips use "
+              "`batch`")
     if stream:
         _infer_stream(engine or onnx, "trt" if engine else "onnx", input, out, window,
-                      overlap, N, view_list, loops, fps, max_points, overwrite,
+                      overlap, N, view_list, loops, fps, max_points, overwrite, workers,
                       dict(graph=graph, precision=precision, providers=provider,
                            plugin_lib=plugins, use_cuda_graph=cuda_graph, allow_pad=pad,
                            threads=threads, conf_percentile=pct,
@@ -178,7 +185,8 @@ def infer(
 
 def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int | None,
                   overlap: int, N: int | None, views: list[int] | None, loops: int,
-                  fps: float | None, max_points: int, overwrite: bool, opts: dict) -> None:
+                  fps: float | None, max_points: int, overwrite: bool,
+                  workers: int | None, opts: dict) -> None:
     from .dispatch import UnknownBucketError
     from .errors import RuntimeDataError
     from .predictor import Predictor
@@ -186,10 +194,19 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
     from .streaming import StreamingPredictor
     from .trt.sidecar import SidecarError
 
+    pool = None
     try:
         with Predictor(root, backend=backend, **opts) as predictor:
             T = window or max(e.spec.T for e in predictor.index)
-            s = StreamingPredictor(predictor, T, overlap, out, N=N, views=views, fps=fps,
+            runner = predictor
+            if workers:  # windows on Ray actors; alignment stays here, in order
+                from .batch.command import ray_pool
+                from .batch.run import ParallelWindows
+
+                pool, _ = ray_pool(root, backend, opts, workers, 1.0,
+                                   1.0 if backend == "trt" else 0.0, None, None)
+                runner = ParallelWindows(predictor, pool)
+            s = StreamingPredictor(runner, T, overlap, out, N=N, views=views, fps=fps,
                                    max_points=max_points, overwrite=overwrite,
                                    log=lambda m: console.print(m, markup=False),
                                    warn=warn)
@@ -202,6 +219,9 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
     except (UnknownBucketError, RuntimeDataError, OSError, SessionError, SidecarError,
             ValueError) as e:
         _fail(str(e))
+    finally:
+        if pool is not None:
+            pool.close()
     console.print(f"stream: {summary['windows']} windows ({summary['aligned']} aligned, "
                   f"{summary['fallback']} fallback) in {summary['seconds']:.1f} s "
                   f"({summary['windows_per_minute']:.1f} windows/min); wrote {summary['out']}: "

@@ -49,12 +49,18 @@ def run_batch(items: Sequence[Item], out: str | Path, pool: ActorPool,
                 if on_result is not None:
                     on_result(res, pool)
     finally:
+        wall = time.perf_counter() - t0
         ordered = [results.get(it.name) or ItemResult(it.name, it.input, "pending")
                    for it in items]
-        summary = summarize([r for r in ordered if r.status != "pending"],
-                            time.perf_counter() - t0,
+        try:
+            workers = pool.info()
+        except Exception:  # noqa: BLE001 - interrupted: the record matters more
+            workers = []
+        summary = summarize([r for r in ordered if r.status != "pending"], wall,
                             pending=sum(r.status == "pending" for r in ordered),
-                            actor_deaths=len(pool.dead), **summary_extra)
+                            actor_deaths=len(pool.dead), workers_started=pool.started,
+                            session_loads=sum(w["session_loads"] for w in workers),
+                            workers_info=workers, **summary_extra)
         write_batch_json(out, ordered, summary)
     return ordered, summary
 

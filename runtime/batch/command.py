@@ -1,0 +1,115 @@
+"""The `batch` command (typer), registered by cli.py. Ray is imported when it runs."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..console import console, warn
+from ..console import fail as _fail
+
+__all__ = ["batch", "ray_pool"]
+
+
+def ray_pool(root: Path, backend: str, predictor_opts: dict, workers: int,
+             cpus_per_worker: float, gpus_per_worker: float, address: str | None,
+             object_store_mb: int | None):
+    """Ray started (or joined) and a pool of ``workers`` actors: (pool, ray start-up s)."""
+    from .pool import ActorPool, start_ray
+
+    if backend == "onnx" and predictor_opts.get("threads") is None and not gpus_per_worker:
+        # ORT's default is one thread per core of the machine: K actors would each take
+        # every core. One thread per reserved CPU instead.
+        predictor_opts = {**predictor_opts, "threads": max(1, int(cpus_per_worker))}
+    num_cpus = None if address else max(1, int(round(workers * cpus_per_worker)))
+    num_gpus = None if address or not gpus_per_worker else int(workers * gpus_per_worker + .999)
+    started = start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus,
+                        object_store_mb=object_store_mb)
+    return ActorPool(root, backend, predictor_opts, workers, cpus=cpus_per_worker,
+                     gpus=gpus_per_worker), started
+
+
+def batch(
+    engine: Optional[Path] = typer.Option(None, "--engine", help="Bucket folder or export "
+                                          "root with TensorRT engines (one GPU per worker)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Bucket folder or export root; "
+                                        "onnxruntime (CPU unless --provider cuda)."),
+    input: Path = typer.Option(..., "--input", "-i", help="Folder whose sub-folders are the "
+                               "clips, or a text file with one clip folder per line."),
+    out: Path = typer.Option(..., "--out", help="OUT/<item>/ per clip (infer's outputs + "
+                             "batch_done.json) and OUT/batch.json."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Ray actors, one loaded "
+                                "session each."),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", min=0.1),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="1 on a "
+                                          "GPU node: Ray gives each actor its own GPU."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray "
+                                          "cluster (auto, HOST:6379, ray://HOST:10001); "
+                                          "default: start a local instance."),
+    object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", min=75,
+                                                  help="Local instance's object store "
+                                                  "(default: Ray's, 30% of memory)."),
+    T: Optional[int] = typer.Option(None, "--T"), N: Optional[int] = typer.Option(None, "--N"),
+    t0: int = typer.Option(0, "--t0", min=0),
+    views: Optional[str] = typer.Option(None, "--views", help="e.g. 0,2,3"),
+    pad: bool = typer.Option(False, "--pad"),
+    graph: str = typer.Option("model.plugins.onnx", "--graph"),
+    provider: str = typer.Option("cpu", "--provider"),
+    precision: Optional[str] = typer.Option(None, "--precision"),
+    plugins: Optional[Path] = typer.Option(None, "--plugins"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads per "
+                                          "worker (default: --cpus-per-worker)."),
+    conf_percentile: float = typer.Option(50.0, "--conf-percentile"),
+    compress: bool = typer.Option(False, "--compress"),
+) -> None:
+    """Run many clips on a pool of Ray actors (each loads the session once): per clip the
+    same files as `infer` in OUT/<item>/, a done marker so a re-run skips finished clips,
+    failures recorded without stopping the others, OUT/batch.json and a summary table.
+    Needs the batch extra (pip install -e '.\\[batch]')."""
+    from tqdm import tqdm
+
+    from ..commands import _parse_views
+    from ..errors import RuntimeDataError
+    from .items import discover_items
+    from .run import run_batch
+
+    if (engine is None) == (onnx is None):
+        _fail("give exactly one of --engine DIR (TensorRT) or --onnx DIR (onnxruntime)")
+    root, backend = (engine, "trt") if engine else (onnx, "onnx")
+    opts = dict(graph=graph, precision=precision, providers=provider, plugin_lib=plugins,
+                allow_pad=pad, threads=threads,
+                conf_percentile=None if conf_percentile < 0 else conf_percentile)
+    infer = {"T": T, "N": N, "t0": t0, "views": _parse_views(views), "compress": compress}
+    try:
+        from ..dispatch import BucketIndex
+
+        BucketIndex.scan(root)  # a wrong --onnx is one message, not one per actor
+        items = discover_items(input)
+        pool, ray_s = ray_pool(root, backend, opts, workers, cpus_per_worker,
+                               gpus_per_worker, address, object_store_mb)
+    except (RuntimeDataError, OSError, ValueError) as e:
+        _fail(str(e))
+    try:
+        with tqdm(total=len(items), desc="batch", unit="clip") as bar:
+            results, s = run_batch(items, out, pool, infer, progress=bar,
+                                   ray_start_s=round(ray_s, 3), workers=workers)
+    finally:
+        pool.close()
+    table = Table(title=f"batch: {len(items)} items on {workers} workers -> {out}")
+    for col in ("done", "skipped", "failed", "clips/s", "latency p50 s", "latency p90 s",
+                "session loads", "retried"):
+        table.add_column(col, justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    table.add_row(str(s["done"]), str(s["skipped"]), str(s["failed"]), fmt(s["clips_per_s"]),
+                  fmt(s["latency_p50_s"]), fmt(s["latency_p90_s"]),
+                  str(s["session_loads"]), str(s["retried"]))
+    console.print(table)
+    for r in results:
+        if r.status == "failed":
+            warn(f"{r.name} ({r.input}): {r.message}")
+    console.print(f"wrote {out / 'batch.json'}; Ray start-up {ray_s:.1f} s", markup=False)
+    if s["failed"]:
+        raise typer.Exit(1)
