@@ -10,10 +10,11 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[test]"
+# batch: Ray for tests/test_batch.py (`batch`, `infer --stream --workers`)
+python -m pip install -q -e ".[test,batch]"
 python - <<'PY'
 import importlib
-for m in ("torch", "onnx", "onnxruntime", "onnxruntime_extensions", "onnx_graphsurgeon", "polygraphy"):
+for m in ("torch", "onnx", "onnxruntime", "onnxruntime_extensions", "onnx_graphsurgeon", "polygraphy", "ray"):
     mod = importlib.import_module(m)
     print(f"{m:24s} {getattr(mod, '__version__', '?')}")
 PY
