@@ -200,11 +200,11 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
             T = window or max(e.spec.T for e in predictor.index)
             runner = predictor
             if workers:  # windows on Ray actors; alignment stays here, in order
-                from .batch.command import ray_pool
+                from .batch.command import default_gpus, ray_pool
                 from .batch.run import ParallelWindows
 
                 pool, _ = ray_pool(root, backend, opts, workers, 1.0,
-                                   1.0 if backend == "trt" else 0.0, None, None)
+                                   default_gpus(backend, opts["providers"]), None, None)
                 runner = ParallelWindows(predictor, pool)
             s = StreamingPredictor(runner, T, overlap, out, N=N, views=views, fps=fps,
                                    max_points=max_points, overwrite=overwrite,

@@ -1,7 +1,7 @@
 """The `batch` command (typer), registered by cli.py. Ray is imported when it runs."""
 from __future__ import annotations
 
-import time
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +11,12 @@ from rich.table import Table
 from ..console import console, warn
 from ..console import fail as _fail
 
-__all__ = ["batch", "ray_pool"]
+__all__ = ["batch", "ray_pool", "default_gpus"]
+
+
+def default_gpus(backend: str, provider: str) -> float:
+    """One GPU per actor where the session runs on one (TensorRT, onnxruntime CUDA)."""
+    return 1.0 if backend == "trt" or "cuda" in provider.lower() else 0.0
 
 
 def ray_pool(root: Path, backend: str, predictor_opts: dict, workers: int,
@@ -24,6 +29,7 @@ def ray_pool(root: Path, backend: str, predictor_opts: dict, workers: int,
         # ORT's default is one thread per core of the machine: K actors would each take
         # every core. One thread per reserved CPU instead.
         predictor_opts = {**predictor_opts, "threads": max(1, int(cpus_per_worker))}
+    address = address or os.environ.get("RAY_ADDRESS")  # ray.init's own convention
     num_cpus = None if address else max(1, int(round(workers * cpus_per_worker)))
     num_gpus = None if address or not gpus_per_worker else int(workers * gpus_per_worker + .999)
     started = start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus,
@@ -44,8 +50,9 @@ def batch(
     workers: int = typer.Option(2, "--workers", min=1, help="Ray actors, one loaded "
                                 "session each."),
     cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", min=0.1),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="1 on a "
-                                          "GPU node: Ray gives each actor its own GPU."),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, "--gpus-per-worker", min=0.0, help="GPUs Ray reserves per actor (each sees "
+        "its own); default 1 for --engine or --provider cuda, else 0."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray "
                                           "cluster (auto, HOST:6379, ray://HOST:10001); "
                                           "default: start a local instance."),
@@ -79,6 +86,8 @@ def batch(
     if (engine is None) == (onnx is None):
         _fail("give exactly one of --engine DIR (TensorRT) or --onnx DIR (onnxruntime)")
     root, backend = (engine, "trt") if engine else (onnx, "onnx")
+    if gpus_per_worker is None:
+        gpus_per_worker = default_gpus(backend, provider)
     opts = dict(graph=graph, precision=precision, providers=provider, plugin_lib=plugins,
                 allow_pad=pad, threads=threads,
                 conf_percentile=None if conf_percentile < 0 else conf_percentile)

@@ -8,6 +8,7 @@ in a run. Ray is imported inside these functions only.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -54,10 +55,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
         # Actors import this checkout's runtime/, not another copy on sys.path; on a
         # cluster (address given) every node has the package installed instead.
         repo = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus,
                  object_store_memory=None if object_store_mb is None
                  else int(object_store_mb) << 20,
-                 _temp_dir=temp_dir, runtime_env={"env_vars": {"PYTHONPATH": repo}}, **kw)
+                 _temp_dir=temp_dir, runtime_env={"env_vars": {"PYTHONPATH": path}}, **kw)
     return time.perf_counter() - t0
 
 
