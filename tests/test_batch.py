@@ -146,7 +146,7 @@ def test_an_actor_killed_mid_run_has_its_item_retried(pool, clips, serial, tmp_p
     assert len(pool.actors) == 2
 
 
-def test_a_corrupt_clip_is_reported_and_the_rest_finish(pool, clips, tmp_path):
+def test_a_corrupt_clip_is_reported_and_the_rest_finish(pool, bucket, clips, tmp_path):
     from typer.testing import CliRunner
 
     import cli as command_line
@@ -160,9 +160,8 @@ def test_a_corrupt_clip_is_reported_and_the_rest_finish(pool, clips, tmp_path):
     for d in (root / "one_view").iterdir():
         (d / "view1.png").unlink()
     out = tmp_path / "out"
-    bucket = pool._args[0]
     r = CliRunner().invoke(command_line.app, [
-        "batch", "--onnx", bucket, "--graph", "model.onnx", "--input", str(root), "--out",
+        "batch", "--onnx", str(bucket), "--graph", "model.onnx", "--input", str(root), "--out",
         str(out), "--workers", "2", "--cpus-per-worker", "0.5"])
     assert r.exit_code == 1, r.output  # a failed item: the step failed, the rest are done
     items = {i["name"]: i for i in json.loads((out / BATCH_JSON).read_text())["items"]}
