@@ -25,6 +25,7 @@ def run_batch(items: Sequence[Item], out: str | Path, pool: ActorPool,
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results: dict[str, ItemResult] = {}
+    by_name = {it.name: it for it in items}
     for it in items:
         if is_done(out / it.name):
             results[it.name] = ItemResult(it.name, it.input, "skipped",
@@ -40,7 +41,7 @@ def run_batch(items: Sequence[Item], out: str | Path, pool: ActorPool,
             for call in pool.wait():
                 res = call.result
                 if call.error is not None or not isinstance(res, ItemResult):
-                    it = next(i for i in items if i.name == call.key)
+                    it = by_name[call.key]
                     res = ItemResult(it.name, it.input, "failed", message=str(call.error),
                                      attempts=call.attempts)
                 results[res.name] = res
