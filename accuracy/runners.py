@@ -152,7 +152,9 @@ def make_runner(folder: Path, backend: str, manifest: dict[str, Any]) -> BaseRun
 
         precision = precision_of(target) if target else None
         library = "tensorrt_rtx" if target.endswith(".rtx.engine") else None
+        route = None if not target else "native" if ".native." in target else "plugin"
         return SessionRunner(lambda: trt_session.TrtSession(folder, precision=precision,
-                                                            tensorrt_library=library),
+                                                            tensorrt_library=library,
+                                                            attention=route),
                              name=backend)
     raise ValueError(f"unknown backend {backend!r}")

@@ -34,7 +34,9 @@ from runtime.layout import (
     atomic_write_json,
     file_entry,
     graph_records,
+    graph_has_plugins,
     load_manifest,
+    native_graph,
     plugin_graph,
     portable_graph,
     precision_report,
@@ -52,8 +54,9 @@ class PrecisionError(RuntimeError):
     pass
 
 
-def graph_names(mode: str) -> tuple[str, str]:
-    return portable_graph(mode), plugin_graph(mode)
+def graph_names(mode: str) -> tuple[str, str, str]:
+    """(portable, native, plugin) graph of a precision: the order quantize writes them."""
+    return portable_graph(mode), native_graph(mode), plugin_graph(mode)
 
 
 def _invalidate_previous(bucket: Path, mode: str, log: Callable[[str], None]) -> None:
@@ -123,7 +126,8 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
                    tolerances: dict[str, Tolerance] | None = None,
                    log: Callable[[str], None] = print, backend: str = "auto",
                    method: str = "entropy") -> dict[str, Any]:
-    """Writes model.<mode>.onnx, model.<mode>.plugins.onnx and precision_<mode>.json.
+    """Writes model.<mode>.onnx, model.<mode>.native.onnx, model.<mode>.plugins.onnx and
+    precision_<mode>.json.
 
     The `holdout_fraction` of the calibration set's clips that start last (at least one;
     calib.dataset.split_indices) never reach the calibrator; accuracy vs the FP32 model.onnx is measured on them. `backend` and
@@ -187,14 +191,21 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
         log(f"calibrating INT8 ({backend}) on {len(calib_feeds)} real clips")
         model, conv = quantize_int8(src, calib_feeds, exclude, backend=backend, method=method,
                                     large=large, log=log)
-    portable_name, plugin_name = graph_names(mode)
+    portable_name, native_name, plugin_name = graph_names(mode)
     _save(model, bucket / portable_name)
-    plug, report = surgery(onnx.load(str(bucket / portable_name), load_external_data=False),
-                           {contract.BIASED_OP: manifest["attention_sites"][contract.BIASED_OP],
-                            contract.SPARSE_OP: manifest["attention_sites"][contract.SPARSE_OP]})
-    # Same folder as the portable graph: its external-data references stay valid.
-    with atomic_path(bucket / plugin_name) as tmp_plug:
-        onnx.save(plug, str(tmp_plug))
+    del model
+    sites = {contract.BIASED_OP: manifest["attention_sites"][contract.BIASED_OP],
+             contract.SPARSE_OP: manifest["attention_sites"][contract.SPARSE_OP]}
+    converted = onnx.load(str(bucket / portable_name), load_external_data=False)
+    reports = {}
+    # Both routes from the one converted graph: the same FP16 casts / INT8 Q/DQ in each.
+    # Same folder as the portable graph: their external-data references stay valid.
+    for name, route in ((native_name, "native"), (plugin_name, "plugin")):
+        out, reports[route] = surgery(converted, sites, route=route)
+        with atomic_path(bucket / name) as tmp_graph:
+            onnx.save(out, str(tmp_graph))
+        del out
+    del converted
     _test_kill("quantize-graphs-written")
 
     # Against the FP32 graph on real frames: the same per-precision profile `check` uses.
@@ -204,7 +215,8 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
     refs = [run_onnx(src, f, plugins=False) for f in eval_feeds]
     results: dict[str, Any] = {}
     passed = True
-    for graph, plugins in ((portable_name, False), (plugin_name, True)):
+    for graph in (portable_name, native_name, plugin_name):
+        plugins = graph_has_plugins(graph, manifest["attention_sites"])
         gots = [run_onnx(bucket / graph, f, plugins=plugins) for f in eval_feeds]
         ref, got = stack_batches(refs), stack_batches(gots)
         rows = compare_outputs(ref, got, profile)
@@ -216,12 +228,14 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
         passed &= results[graph]["passed"]
     record = {
         "mode": mode, "bucket": manifest["bucket"], "source": file_entry(src, bucket),
-        "files": [file_entry(bucket / g, bucket) for g in (portable_name, plugin_name,
-                                                            portable_name + EXTERNAL_DATA_SUFFIX)
+        "files": [file_entry(bucket / g, bucket)
+                  for g in (portable_name, native_name, plugin_name,
+                            portable_name + EXTERNAL_DATA_SUFFIX)
                   if (bucket / g).is_file()],
         "conversion": conv, "excluded_patterns": list(exclude), "calibration": clips_info,
         "tolerances": {k: [profile.tol(k).atol, profile.tol(k).rtol] for k in refs[0]},
-        "surgery": report.to_dict(), "accuracy_vs_fp32": results, "passed": passed,
+        "surgery": reports["plugin"].to_dict(),
+        "native_surgery": reports["native"].to_dict(), "accuracy_vs_fp32": results, "passed": passed,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     atomic_write_json(bucket / precision_report(mode), record)

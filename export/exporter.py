@@ -5,8 +5,9 @@ everything succeeded):
   torch.onnx.export (dynamo) -> raw graph with one contract node per attention site
   -> portable.to_portable -> model.onnx (standard ops + vggt_mv.fn local functions)
   -> surgery.surgery      -> model.plugins.onnx (TensorRT plugin nodes)
-  -> onnx.checker on both -> manifest.json
-Weights above ~2 GB go to one external file, model.onnx.data, that both graphs share.
+  -> surgery.surgery(route="native") -> model.native.onnx (dense sites as ONNX Attention)
+  -> onnx.checker on each -> manifest.json
+Weights above ~2 GB go to one external file, model.onnx.data, that all graphs share.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from runtime.layout import (
     CHECK_DIR,
     EXTERNAL_DATA_SUFFIX,
     MANIFEST,
+    NATIVE_GRAPH,
     PLUGIN_GRAPH,
     PORTABLE_GRAPH,
     PRECISIONS,
@@ -43,6 +45,7 @@ from runtime.layout import (
     engine_filenames,
     file_entry,
     load_manifest,  # noqa: F401 - re-exported for export callers
+    native_graph,
     plugin_graph,
     portable_graph,
     precision_report,
@@ -195,6 +198,13 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
         plug_path = tmp / PLUGIN_GRAPH
         onnx.save(pm, str(plug_path))
         _check(pm, plug_path, large)
+
+        step("native attention (model.native.onnx)")
+        nm, native_report = surgery(m, expected, raw_sites, route="native")
+        native_path = tmp / NATIVE_GRAPH
+        onnx.save(nm, str(native_path))
+        _check(nm, native_path, large)
+        del nm
         timings["surgery"] = time.perf_counter() - t0
 
         manifest = {
@@ -212,6 +222,7 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
                          "dynamo": True, "python": platform.python_version()},
             "attention_sites": expected,
             "surgery": report.to_dict(),
+            "native_surgery": native_report.to_dict(),
             "plugins": {op: {"plugin_version": contract.plugin_version(op),
                              "plugin_namespace": contract.PLUGIN_NAMESPACE,
                              "onnx_domain": contract.ONNX_DOMAIN}
@@ -238,9 +249,10 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
 # those steps do not make (notes, calibration sets, which depend only on the bucket's
 # shape and frames) is copied into the new bucket. Both lists are printed.
 # The names come from runtime/layout.py, the one home of a bucket's file names.
-_EXPORT_OWN = {PORTABLE_GRAPH, PLUGIN_GRAPH, PORTABLE_GRAPH + EXTERNAL_DATA_SUFFIX, MANIFEST}
+_EXPORT_OWN = {PORTABLE_GRAPH, PLUGIN_GRAPH, NATIVE_GRAPH, PORTABLE_GRAPH + EXTERNAL_DATA_SUFFIX,
+               MANIFEST}
 _MADE_FROM_GRAPHS = (
-    {g for p in ("fp16", "int8") for g in (portable_graph(p), plugin_graph(p),
+    {g for p in ("fp16", "int8") for g in (portable_graph(p), plugin_graph(p), native_graph(p),
                                             portable_graph(p) + EXTERNAL_DATA_SUFFIX)}
     | {precision_report(p) for p in ("fp16", "int8")}
     | {n for p in PRECISIONS for e in engine_filenames(p) for n in (e, sidecar_path_for(e).name)}

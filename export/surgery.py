@@ -1,4 +1,6 @@
-"""Graph surgery: every portable attention site -> one TensorRT plugin node.
+"""Graph surgery: every portable attention site -> one TensorRT plugin node (route
+"plugin"), or every dense site -> one standard ONNX `Attention` node and every sparse
+site -> a plugin node (route "native", export/native.py).
 
 Exact by construction: a site is a call of vggt_mv.fn::BiasedAttention or
 ::SparseAttention (see export/portable.py), never a pattern guessed from MatMul/Softmax.
@@ -16,6 +18,10 @@ import onnx_graphsurgeon as gs
 
 from plugins import contract
 
+from .native import SITE_SUFFIX, is_native_site, lower_dense_sites
+
+ROUTES = ("plugin", "native")
+
 
 class SurgeryError(RuntimeError):
     pass
@@ -26,25 +32,45 @@ class SurgeryReport:
     replaced: dict[str, int] = field(default_factory=dict)
     already_plugins: dict[str, int] = field(default_factory=dict)
     site_names: dict[str, list[str]] = field(default_factory=dict)
+    route: str = "plugin"
+    # sites served by a standard Attention node (route "native"), per op
+    native: dict[str, int] = field(default_factory=dict)
 
     @property
     def totals(self) -> dict[str, int]:
         return {op: self.replaced.get(op, 0) + self.already_plugins.get(op, 0)
-                for op in contract.op_names()}
+                + self.native.get(op, 0) for op in contract.op_names()}
 
     def to_dict(self) -> dict:
-        return {"replaced": self.replaced, "already_plugins": self.already_plugins,
-                "totals": self.totals}
+        d = {"replaced": self.replaced, "already_plugins": self.already_plugins,
+             "totals": self.totals}
+        if self.route == "native":
+            d.update(route="native", native=self.native)
+        return d
 
 
 def surgery(model: onnx.ModelProto, expected: dict[str, int] | None = None,
-            expected_sites: dict[str, list[str]] | None = None
+            expected_sites: dict[str, list[str]] | None = None, route: str = "plugin"
             ) -> tuple[onnx.ModelProto, SurgeryReport]:
-    """Replace function-call sites by plugin nodes. `expected` maps op type -> count."""
-    graph = gs.import_onnx(model)
+    """Replace function-call sites by plugin nodes (or, route "native", dense sites by
+    `Attention` nodes). `expected` maps op type -> count. `model` is not modified."""
+    if route not in ROUTES:
+        raise ValueError(f"surgery route must be one of {ROUTES}, got {route!r}")
     report = SurgeryReport(replaced={op: 0 for op in contract.op_names()},
                            already_plugins={op: 0 for op in contract.op_names()},
-                           site_names={op: [] for op in contract.op_names()})
+                           site_names={op: [] for op in contract.op_names()},
+                           route=route, native={op: 0 for op in contract.op_names()})
+    if route == "native":
+        src = model
+        model = onnx.ModelProto()
+        model.CopyFrom(src)
+        lower_dense_sites(model)
+        for node in model.graph.node:
+            if is_native_site(node):
+                report.native[contract.BIASED_OP] += 1
+                report.site_names[contract.BIASED_OP].append(
+                    node.name[: -len(SITE_SUFFIX)])
+    graph = gs.import_onnx(model)
     problems = []
     for node in graph.nodes:
         if node.domain == contract.FUNCTION_DOMAIN and contract.is_portable_function(node.op):
@@ -85,7 +111,10 @@ def surgery(model: onnx.ModelProto, expected: dict[str, int] | None = None,
     del out.functions[:]
     out.functions.extend(kept)
     imports = {o.domain: o.version for o in out.opset_import}
-    imports[contract.ONNX_DOMAIN] = 1
+    if any(n.domain == contract.ONNX_DOMAIN for n in out.graph.node):
+        imports[contract.ONNX_DOMAIN] = 1
+    else:  # a native graph of a dense bucket: nothing of ours left in it
+        imports.pop(contract.ONNX_DOMAIN, None)
     if not any(f.domain == contract.FUNCTION_DOMAIN for f in kept) and not any(
             n.domain == contract.FUNCTION_DOMAIN for n in out.graph.node):
         imports.pop(contract.FUNCTION_DOMAIN, None)
@@ -97,11 +126,11 @@ def surgery(model: onnx.ModelProto, expected: dict[str, int] | None = None,
     return out, report
 
 
-def surgery_file(src: str | Path, dst: str | Path, expected: dict[str, int] | None = None
-                 ) -> SurgeryReport:
+def surgery_file(src: str | Path, dst: str | Path, expected: dict[str, int] | None = None,
+                 route: str = "plugin") -> SurgeryReport:
     """File to file, keeping external weights where they are (same folder)."""
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src), load_external_data=False)
-    out, report = surgery(model, expected)
+    out, report = surgery(model, expected, route=route)
     onnx.save(out, str(dst))
     return report

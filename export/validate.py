@@ -20,9 +20,13 @@ def run_onnx(path: str | Path, feeds: Mapping[str, np.ndarray], plugins: bool,
         src = session_source(path, so)
     else:
         so = ort.SessionOptions()
+    from runtime.layout import ort_disabled_optimizers
+
+    disabled = ort_disabled_optimizers(path)
     if threads:
         so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"],
+                                **({"disabled_optimizers": disabled} if disabled else {}))
     names = [o.name for o in sess.get_outputs()]
     inputs = {i.name for i in sess.get_inputs()}
     outs = sess.run(names, {k: v for k, v in feeds.items() if k in inputs})

@@ -57,7 +57,11 @@ def infer(
                              "repeating the last time step / view; outputs are trimmed. "
                              "Copies take part in attention, so results shift slightly."),
     graph: str = typer.Option("model.plugins.onnx", "--graph", help="ONNX graph in the "
-                              "bucket for --onnx: model.plugins.onnx or model.onnx."),
+                              "bucket for --onnx: model.plugins.onnx, model.native.onnx "
+                              "or model.onnx."),
+    attention: Optional[str] = typer.Option(
+        None, "--attention", help="--engine: run the native or the plugin engine where a "
+        "bucket has both (default: native first)."),
     provider: str = typer.Option("cpu", "--provider", help="onnxruntime execution "
                                  "providers for --onnx, comma separated: cpu, cuda."),
     precision: Optional[str] = typer.Option(None, "--precision", help="Engine precision "
@@ -122,6 +126,9 @@ def infer(
         _fail("give exactly one of --engine DIR (TensorRT) or --onnx DIR (onnxruntime)")
     if engine is not None and precision not in (None, "fp16", "int8", "fp32"):
         _fail(f"--precision must be fp16, int8 or fp32, got {precision!r}")
+    if attention is not None and (engine is None or attention not in ("native", "plugin")):
+        _fail("--attention native|plugin chooses between engines of --engine buckets; for "
+              "--onnx pick the graph with --graph model.native.onnx")
     repeats = repeat_alias or repeats
     view_list = _parse_views(views)
     pct = None if conf_percentile is not None and conf_percentile < 0 else conf_percentile
@@ -134,7 +141,8 @@ def infer(
                       dict(graph=graph, precision=precision, providers=provider,
                            plugin_lib=plugins, use_cuda_graph=cuda_graph, allow_pad=pad,
                            threads=threads, conf_percentile=pct,
-                           conf_threshold=conf_threshold, points_from=points_from))
+                           conf_threshold=conf_threshold, points_from=points_from,
+                           attention=attention))
         return
     t_start = time.perf_counter()
     try:
@@ -143,7 +151,7 @@ def infer(
                              providers=provider, plugin_lib=plugins,
                              use_cuda_graph=cuda_graph, allow_pad=pad, threads=threads,
                              conf_percentile=pct, conf_threshold=conf_threshold,
-                             points_from=points_from)
+                             points_from=points_from, attention=attention)
         with pred_obj as predictor:
             pred = predictor.predict(input, T=T, N=N, t0=t0, views=view_list)
             runs = [pred.timing["inference"]]
@@ -230,12 +238,18 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
 
 
 def build_engine(
-    fp16: bool = typer.Option(False, "--fp16", help="Build from model.fp16.plugins.onnx "
-                              "(FP16 casts in the graph; LayerNorm/softmax/reductions FP32)."),
-    int8: bool = typer.Option(False, "--int8", help="Build from model.int8.plugins.onnx "
-                              "(explicit Q/DQ in the graph)."),
-    fp32: bool = typer.Option(False, "--fp32", help="Build model.plugins.onnx as exported "
-                              "(FP32 reference engine)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Build from model.fp16.native.onnx / "
+                              "model.fp16.plugins.onnx (FP16 casts in the graph; "
+                              "LayerNorm/softmax/reductions FP32)."),
+    int8: bool = typer.Option(False, "--int8", help="Build from model.int8.native.onnx / "
+                              "model.int8.plugins.onnx (explicit Q/DQ in the graph)."),
+    fp32: bool = typer.Option(False, "--fp32", help="Build model.native.onnx / "
+                              "model.plugins.onnx as exported (FP32 reference engine)."),
+    attention: str = typer.Option(
+        "auto", "--attention", help="native: TensorRT's own fused attention (ONNX "
+        "Attention -> IAttention; TensorRT >= 10.14 or --target rtx; no plugin library "
+        "unless the bucket has sparse sites); plugin: our plugins at every site (the only "
+        "route on TensorRT 10.3 / JetPack 6); auto: native where the library has it."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration set the INT8 "
                                          "graph was quantized with (recorded in the "
                                          "sidecar; TensorRT itself no longer calibrates)."),
@@ -266,10 +280,11 @@ def build_engine(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate inputs and print the "
                                  "build plan; works without TensorRT or a GPU."),
 ) -> None:
-    """Build one TensorRT engine per bucket from its plugin graph, strongly typed (the
-    precision lives in the ONNX: works the same on TensorRT 10.3 / JetPack 6 and 11.x).
-    Writes model.<precision>.engine and model.<precision>.engine.json (sidecar: TensorRT
-    version, GPU, compute capability, plugin sha256, bucket, source ONNX sha256, options)."""
+    """Build one TensorRT engine per bucket from its native or plugin graph (--attention),
+    strongly typed (the precision lives in the ONNX: works the same on TensorRT 10.3 /
+    JetPack 6 and 11.x). Writes model.<precision>[.native][.rtx].engine and its .json
+    sidecar (TensorRT version, GPU, compute capability, attention route, plugin sha256 when
+    used, bucket, source ONNX sha256, options)."""
     from .layout import TIMING_CACHE, is_bucket
     from .trt.build import EngineBuildError, build_engines, format_plan, plan_build
 
@@ -287,6 +302,11 @@ def build_engine(
             base = first.parent if is_bucket(first) else first
             cache = base / TIMING_CACHE
     opts = {"builder_optimization_level": opt_level} if opt_level is not None else {}
+    from .layout import ATTENTION_ROUTES
+
+    if attention not in ("auto",) + ATTENTION_ROUTES:
+        _fail(f"--attention must be auto, native or plugin, got {attention!r}")
+    opts["attention"] = attention
     if version_compatible:
         opts["version_compatible"] = True
     if target not in ("trt", "rtx"):
@@ -328,10 +348,10 @@ def build_engine(
     except EngineBuildError as e:
         _fail(str(e))
     table = Table(title=f"build-engine summary ({precision})")
-    for col in ("bucket", "status", "engine", "size", "seconds", "note"):
+    for col in ("bucket", "status", "attention", "engine", "size", "seconds", "note"):
         table.add_column(col)
     for r in results:
-        table.add_row(r.item.bucket_name, r.status, str(r.item.engine_path),
+        table.add_row(r.item.bucket_name, r.status, r.item.route, str(r.item.engine_path),
                       f"{r.engine_bytes / 1e6:,.1f} MB" if r.engine_bytes else "-",
                       f"{r.seconds:.1f}", r.message[:80])
     console.print(table)

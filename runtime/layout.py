@@ -23,7 +23,9 @@ from .errors import RuntimeDataError
 __all__ = [
     "PRECISIONS", "MANIFEST", "PORTABLE_GRAPH", "PLUGIN_GRAPH", "BENCH", "CHECK_DIR",
     "TIMING_CACHE", "SIDECAR_SUFFIX", "EXTERNAL_DATA_SUFFIX",
-    "portable_graph", "plugin_graph", "ENGINE_PATTERN", "ENGINE_TARGETS", "engine_filename", "engine_filenames", "sidecar_path_for",
+    "portable_graph", "plugin_graph", "NATIVE_GRAPH", "native_graph", "ATTENTION_ROUTES",
+    "graph_for_route", "route_of_graph", "graph_has_plugins", "ort_disabled_optimizers",
+    "ENGINE_PATTERN", "ENGINE_TARGETS", "engine_filename", "engine_filenames", "sidecar_path_for",
     "precision_report", "ALL_GRAPHS",
     "Bucket", "BucketError", "ManifestError", "ManifestIO", "load_manifest", "is_bucket", "bucket_folders",
     "sha256_file", "sha256_bytes", "file_entry",
@@ -38,6 +40,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 MANIFEST = "manifest.json"
 PORTABLE_GRAPH = "model.onnx"            # standard ops + vggt_mv.fn local functions
 PLUGIN_GRAPH = "model.plugins.onnx"      # the same graph with TensorRT plugin nodes
+NATIVE_GRAPH = "model.native.onnx"       # dense sites as ONNX Attention, sparse as plugins
 EXTERNAL_DATA_SUFFIX = ".data"           # model.onnx.data, shared by both graphs when large
 BENCH = "bench.json"
 CHECK_DIR = "check"
@@ -70,23 +73,82 @@ def plugin_graph(precision: str = "fp32") -> str:
     return PLUGIN_GRAPH if p == "fp32" else f"model.{p}.plugins.onnx"
 
 
+def native_graph(precision: str = "fp32") -> str:
+    """model.native.onnx (fp32), model.fp16.native.onnx, model.int8.native.onnx: every
+    dense attention site one standard ONNX Attention node (export/native.py)."""
+    p = _check_precision(precision)
+    return NATIVE_GRAPH if p == "fp32" else f"model.{p}.native.onnx"
+
+
+# How an engine serves its attention sites: "native" (TensorRT's own IAttention, from the
+# native graph; sparse sites still plugins) or "plugin" (our plugins, from the plugin
+# graph). Native first: it is what `--attention auto` prefers where the library has it.
+ATTENTION_ROUTES = ("native", "plugin")
+
+
+def graph_for_route(precision: str, route: str) -> str:
+    if route not in ATTENTION_ROUTES:
+        raise ValueError(f"attention route must be one of {ATTENTION_ROUTES}, got {route!r}")
+    return native_graph(precision) if route == "native" else plugin_graph(precision)
+
+
+def route_of_graph(graph: str) -> str | None:
+    """"native" / "plugin" for the engine-building graphs, None for portable ones."""
+    name = Path(graph).name
+    if any(name == native_graph(p) for p in PRECISIONS):
+        return "native"
+    if any(name == plugin_graph(p) for p in PRECISIONS):
+        return "plugin"
+    return None
+
+
+def graph_has_plugins(graph: str | Path, attention_sites: Mapping[str, int] | None) -> bool:
+    """Whether a bucket graph holds plugin nodes, from its name and the manifest's site
+    counts: plugin graphs always do (when the model has sites), native graphs only for
+    sparse sites, portable graphs never."""
+    route = route_of_graph(str(graph))
+    sites = dict(attention_sites or {})
+    if route == "plugin":
+        return sum(sites.values()) > 0 if sites else True
+    if route == "native":
+        return sites.get("VggtSparseAttention", 0) > 0 if sites else True
+    return False
+
+
+def ort_disabled_optimizers(graph: str | Path) -> list[str]:
+    """onnxruntime graph optimizers to switch off for a graph. The INT8 native graph:
+    QDQPropagationTransformer moves DequantizeLinear across the Slice/Concat of a biased
+    site and onnxruntime 1.31's CPU provider then fails to place the Attention node."""
+    return ["QDQPropagationTransformer"] if Path(graph).name == native_graph("int8") else []
+
+
 # Every graph a bucket may hold, in the order reports list them.
-ALL_GRAPHS = tuple(g for p in PRECISIONS for g in (portable_graph(p), plugin_graph(p)))
+ALL_GRAPHS = tuple(g for p in PRECISIONS
+                   for g in (portable_graph(p), native_graph(p), plugin_graph(p)))
 
 
-def engine_filename(precision: str, target: str = "trt") -> str:
-    """model.fp16.engine (full TensorRT) or model.fp16.rtx.engine (TensorRT for RTX)."""
+def engine_filename(precision: str, target: str = "trt", route: str = "plugin") -> str:
+    """model.fp16.engine (full TensorRT) or model.fp16.rtx.engine (TensorRT for RTX); the
+    native route adds .native (model.fp16.native.engine) so both routes' engines can sit
+    in one bucket."""
     if target not in ENGINE_TARGETS:
         raise ValueError(f"engine target must be one of {ENGINE_TARGETS}, got {target!r}")
+    if route not in ATTENTION_ROUTES:
+        raise ValueError(f"attention route must be one of {ATTENTION_ROUTES}, got {route!r}")
     pattern = RTX_ENGINE_PATTERN if target == "rtx" else ENGINE_PATTERN
-    return pattern.format(precision=_check_precision(precision))
+    name = pattern.format(precision=_check_precision(precision))
+    if route == "native":
+        name = name.replace(f"model.{precision}.", f"model.{precision}.native.", 1)
+    return name
 
 
-def engine_filenames(precision: str, target: str | None = None) -> list[str]:
+def engine_filenames(precision: str, target: str | None = None,
+                     route: str | None = None) -> list[str]:
     """The engine names a bucket may hold for a precision: one target's, or (None) every
-    target's, full TensorRT first."""
-    return [engine_filename(precision, t) for t in (ENGINE_TARGETS if target is None
-                                                     else (target,))]
+    target's, full TensorRT first; per target the native route first."""
+    targets = ENGINE_TARGETS if target is None else (target,)
+    routes = ATTENTION_ROUTES if route is None else (route,)
+    return [engine_filename(precision, t, r) for t in targets for r in routes]
 
 
 def sidecar_path_for(engine_path: str | Path) -> Path:
@@ -340,7 +402,7 @@ def graph_records(folder: str | Path, manifest: Mapping[str, Any], graph: str
     if any(e.get("name") == graph for e in files):
         return _with_data(files, graph)
     for mode in ("fp16", "int8"):
-        if graph not in (portable_graph(mode), plugin_graph(mode)):
+        if graph not in (portable_graph(mode), plugin_graph(mode), native_graph(mode)):
             continue
         record = load_precision_report(folder, manifest, mode)
         return _with_data(record.get("files") or [], graph)

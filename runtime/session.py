@@ -24,8 +24,10 @@ from .layout import (
     PORTABLE_GRAPH,
     Bucket,
     ManifestIO,
+    graph_has_plugins,
     graph_records,
     load_manifest,
+    ort_disabled_optimizers,
     verify_artifacts,
 )
 
@@ -65,10 +67,8 @@ def _normalize_providers(providers: Sequence[str] | str) -> list[str]:
 
 
 def _has_plugin_nodes(path: Path, manifest: Mapping[str, Any]) -> bool:
-    # Decided from the manifest (no onnx import): plugin graphs are named *.plugins.onnx
-    # and only hold plugin nodes when the bucket has attention sites.
-    return ".plugins." in path.name and any(int(v) for v in
-                                           manifest.get("attention_sites", {"x": 1}).values())
+    # Decided from the name and the manifest's site counts (no onnx import).
+    return graph_has_plugins(path.name, manifest.get("attention_sites"))
 
 
 class ClosingSession:
@@ -130,9 +130,12 @@ class OnnxSession(ClosingSession, ManifestIO):
             src = str(self.path)
         if threads:
             so.intra_op_num_threads = int(threads)
+        disabled = ort_disabled_optimizers(self.path)
         t0 = time.perf_counter()
         try:
-            self._sess = ort.InferenceSession(src, so, providers=self.providers)
+            self._sess = ort.InferenceSession(
+                src, so, providers=self.providers,
+                **({"disabled_optimizers": disabled} if disabled else {}))
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise SessionError(f"onnxruntime cannot load {self.path}: {e}") from e
         self.load_seconds = time.perf_counter() - t0

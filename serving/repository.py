@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from runtime.layout import (EXTERNAL_DATA_SUFFIX, MANIFEST, PORTABLE_GRAPH, PRECISIONS,
                             Bucket, ManifestError, atomic_directory, atomic_write_json,
-                            atomic_write_text, bucket_folders, engine_filename,
+                            atomic_write_text, bucket_folders, engine_filenames,
                             graph_records, is_bucket, load_manifest, sidecar_path_for,
                             verify_artifacts)
 
@@ -200,12 +200,25 @@ def _copy_toolkit(dst: Path) -> None:
 
 
 def _pick_engine(folder: Path, precision: str | None) -> Path | None:
+    """Full TensorRT's engine (Triton's TensorRT backend), native attention first."""
     order = [precision] if precision else ["fp16", "int8", "fp32"]
     for p in order:
-        eng = folder / engine_filename(p)
-        if eng.is_file():
-            return eng
+        for name in engine_filenames(p, "trt"):
+            if (folder / name).is_file():
+                return folder / name
     return None
+
+
+def _needs_plugins(engine: Path) -> bool:
+    """From the engine's sidecar: a native engine of a dense bucket needs no library.
+    Without a readable sidecar, assume it does (the safe side: the server loads it)."""
+    from runtime.trt.sidecar import engine_needs_plugins  # noqa: PLC0415
+
+    try:
+        side = json.loads(sidecar_path_for(engine).read_text())
+    except (OSError, ValueError):
+        return True
+    return engine_needs_plugins(side)
 
 
 def _bucket_files(folder: Path, graph: str) -> list[Path]:
@@ -300,7 +313,7 @@ def export_repository(buckets: Iterable[str | Path], out: str | Path,
                 side = sidecar_path_for(engine)
                 if side.is_file():
                     _place(side, version / BUCKET_DIR / side.name)
-                if plugin is not None:
+                if plugin is not None and _needs_plugins(engine):
                     # TrtSession loads it from here (relative to model.py's folder).
                     _place(plugin, version / PLUGIN_DIR / plugin.name)
                     plugin_param = f"{PLUGIN_DIR}/{plugin.name}"
@@ -328,13 +341,15 @@ def export_repository(buckets: Iterable[str | Path], out: str | Path,
                                       tensorrt_config(m, opts))
                     entry["trt"] = mn["trt"]
                     entry["trt_engine"] = eng.name
-                    if plugin is not None:
+                    if plugin is not None and _needs_plugins(eng):
                         _place(plugin, tmp / mn["trt"] / PLUGIN_DIR / plugin.name)
                         entry["trt_plugins"] = f"{mn['trt']}/{PLUGIN_DIR}/{plugin.name}"
                     else:
                         entry["trt_plugins"] = None
                     log(f"{mn['trt']}: TensorRT, {eng.name}"
-                        + (f", plugins {plugin.name}" if plugin else
+                        + (", no plugin library needed (native attention)"
+                           if not _needs_plugins(eng) else
+                           f", plugins {plugin.name}" if plugin else
                            ", no plugin library given (--plugins)"))
             entries.append(entry)
         index = {"format": 1, "buckets": entries,

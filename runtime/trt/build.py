@@ -1,4 +1,11 @@
-"""TensorRT engine building: one engine per bucket, from its plugin graph, with a sidecar.
+"""TensorRT engine building: one engine per bucket, from its native or plugin graph, with
+a sidecar.
+
+Attention route (``--attention``): "native" builds model[.P].native.onnx, whose dense sites
+are standard ONNX Attention nodes that TensorRT >= 10.14 and TensorRT for RTX fuse into
+their own IAttention kernels (no library of ours unless the bucket has sparse sites);
+"plugin" builds model[.P].plugins.onnx with our plugins at every site, the only route of
+TensorRT 10.3 (JetPack 6). "auto" takes native where the library parses Attention.
 
 TensorRT 11 has no FP16/INT8 builder flags and no implicit calibration; TensorRT 10.3
 (JetPack 6) has both but also strongly typed networks. Building strongly typed on both
@@ -21,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..layout import (
+    ATTENTION_ROUTES,
     MANIFEST,
     PRECISIONS,
     ManifestError,
@@ -28,6 +36,8 @@ from ..layout import (
     bucket_folders,
     ENGINE_TARGETS,
     engine_filename,
+    graph_for_route,
+    graph_has_plugins,
     graph_records,
     load_manifest,
     load_precision_report,
@@ -42,6 +52,7 @@ from .env import (
     TrtUnavailableError,
     import_tensorrt,
     make_logger,
+    parse_version,
     require_gpu,
     version_label,
 )
@@ -56,6 +67,11 @@ from .sidecar import EnvironmentInfo, make_sidecar, write_sidecar
 
 __all__ = [
     "GRAPH_FOR_PRECISION",
+    "ATTENTION_CHOICES",
+    "NATIVE_MIN_TRT",
+    "native_support",
+    "choose_route",
+    "allow_decomposed_attention",
     "CREATE_GRAPH_HINT",
     "PRECISIONS",
     "EngineBuildError",
@@ -71,14 +87,87 @@ __all__ = [
 # The graph each precision builds from; fp16/int8 are written by calib/ (quantization).
 GRAPH_FOR_PRECISION = {p: plugin_graph(p) for p in PRECISIONS}
 CREATE_GRAPH_HINT = {
-    "fp32": "python cli.py export (it writes model.plugins.onnx)",
+    "fp32": "python cli.py export (it writes {graph})",
     "fp16": "the FP16 conversion in calib/ (e.g. `python cli.py quantize --fp16 --bucket "
-            "{bucket}`), which writes model.fp16.plugins.onnx",
+            "{bucket}`), which writes {graph}",
     "int8": "INT8 quantization in calib/ (e.g. `python cli.py quantize --int8 --calib DIR "
-            "--bucket {bucket}`), which writes model.int8.plugins.onnx",
+            "--bucket {bucket}`), which writes {graph}",
 }
 # TensorRT 10.3's ONNX parser reads IR <= 10 and opsets it knows (<= 20).
 TRT103_MAX_IR, TRT103_MAX_OPSET = 10, 20
+# The first full TensorRT whose ONNX parser maps Attention (opset 23) to IAttention.
+NATIVE_MIN_TRT = (10, 14)
+ATTENTION_CHOICES = ("auto",) + ATTENTION_ROUTES
+
+
+def native_support(target: str, version: str | None) -> tuple[bool, str]:
+    """Whether the builder of `target` turns ONNX Attention into its fused IAttention
+    layer, and why (the reason is printed by the plan)."""
+    if target == "rtx":
+        return True, "TensorRT for RTX parses ONNX Attention into IAttention"
+    if version is None:
+        return False, "TensorRT version unknown (not installed here)"
+    v = parse_version(version)
+    if v[:2] >= NATIVE_MIN_TRT:
+        return True, f"TensorRT {version} parses ONNX Attention into IAttention"
+    return False, (f"TensorRT {version} has no IAttention (needs "
+                   f"{'.'.join(map(str, NATIVE_MIN_TRT))}+; JetPack 6 ships 10.3)")
+
+
+def choose_route(attention: str, target: str, version: str | None,
+                 has_native_graph: bool) -> tuple[str, str | None, str | None]:
+    """(route, note, problem) for one bucket. auto: native where the library has
+    IAttention and the bucket has a native graph, else the plugin route (said why)."""
+    if attention not in ATTENTION_CHOICES:
+        raise EngineBuildError(f"--attention must be one of {ATTENTION_CHOICES}, "
+                               f"got {attention!r}")
+    ok, why = native_support(target, version)
+    if attention == "plugin":
+        return "plugin", None, None
+    if attention == "native":
+        if not ok and version is not None:
+            return "native", None, (f"--attention native: {why}; use --attention plugin")
+        return "native", None if ok else f"{why}; the build needs TensorRT >= 10.14", None
+    if ok and has_native_graph:
+        return "native", f"attention auto -> native: {why}", None
+    if ok:
+        return "plugin", ("attention auto -> plugin: no native graph in the bucket (exported "
+                          "before native attention; re-export to get one)"), None
+    return "plugin", f"attention auto -> plugin: {why}", None
+
+
+def _installed_tensorrt_version() -> str | None:
+    """The full TensorRT's version from its package metadata (no import: cheap, and the
+    plan must work where importing it fails)."""
+    from importlib import metadata  # noqa: PLC0415
+
+    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_cu12_bindings",
+                 "tensorrt_cu13_bindings"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def allow_decomposed_attention(trt, network) -> int:
+    """Marks every IAttention of a parsed network decomposable; returns how many.
+
+    The fused attention kernels cover FP16 / BF16 (and FP8) inputs; an FP32 attention,
+    or a head size without a fused kernel on some target, would otherwise fail the build.
+    Decomposable lets the builder fall back to GEMM + softmax + GEMM for those only: the
+    FP16 builds still get fused kernels (tests/test_trt_rtx_build.py reads the tactic)."""
+    kind = getattr(getattr(trt, "LayerType", None), "ATTENTION_INPUT", None)
+    if kind is None:
+        return 0
+    n = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == kind:
+            layer.__class__ = trt.IAttentionInputLayer  # get_layer returns the base class
+            layer.attention.decomposable = True
+            n += 1
+    return n
 
 
 class EngineBuildError(RuntimeError):
@@ -112,6 +201,7 @@ class BuildItem:
     onnx_path: Path
     engine_path: Path
     needs_plugins: bool
+    route: str = "plugin"
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -183,16 +273,26 @@ def plan_build(bucket_dirs: Iterable[str | Path], precision: str, calib: str | P
     if calib_path is not None and precision != "int8":
         plan_problems.append("--calib only applies to --int8")
 
-    target = (options or {}).get("target", "trt")  # the engine file name follows it
+    options = dict(options or {})
+    target = options.get("target", "trt")  # the engine file name follows it
     if target not in ENGINE_TARGETS:
         raise EngineBuildError(f"target must be one of {ENGINE_TARGETS}, got {target!r}")
+    attention = options.setdefault("attention", "auto")
+    version = None if target == "rtx" else _installed_tensorrt_version()
     items: list[BuildItem] = []
     for d in dirs:
         name = d.name
-        graph = GRAPH_FOR_PRECISION[precision]
-        item = BuildItem(d, name, {}, precision, d / graph, d / engine_filename(precision, target),
-                         needs_plugins=True)
+        route, note, problem = choose_route(
+            attention, target, version, (d / graph_for_route(precision, "native")).is_file())
+        graph = graph_for_route(precision, route)
+        item = BuildItem(d, name, {}, precision, d / graph,
+                         d / engine_filename(precision, target, route),
+                         needs_plugins=True, route=route)
         items.append(item)
+        if note:
+            item.warnings.append(note)
+        if problem:
+            item.problems.append(problem)
         if not d.is_dir():
             item.problems.append(f"bucket folder {d} does not exist")
             continue
@@ -208,10 +308,12 @@ def plan_build(bucket_dirs: Iterable[str | Path], precision: str, calib: str | P
         item.manifest = manifest
         item.bucket = dict(manifest.get("bucket", {}))
         item.bucket_name = item.bucket.get("name", name)
-        sites = manifest.get("attention_sites") or {}
-        item.needs_plugins = any(int(v) for v in sites.values()) if sites else True
+        item.needs_plugins = graph_has_plugins(graph, manifest.get("attention_sites"))
         if not item.onnx_path.is_file():
-            hint = CREATE_GRAPH_HINT[precision].format(bucket=d)
+            hint = CREATE_GRAPH_HINT[precision].format(bucket=d, graph=graph)
+            if route == "native" and (d / graph_for_route(precision, "plugin")).is_file():
+                hint = ("a re-export (`python cli.py export`, then quantize again for FP16 / "
+                        "INT8): the bucket predates native attention; or use --attention plugin")
             item.problems.append(f"{graph} not found in {d}; create it with {hint}")
         else:
             item.problems += _graph_problems(d, manifest, graph, precision)
@@ -226,15 +328,22 @@ def plan_build(bucket_dirs: Iterable[str | Path], precision: str, calib: str | P
 
     lib, sha = None, None
     needs = any(i.needs_plugins for i in items)
+    # A plugin-free build never looks for the library: found or not, it would not be used
+    # (and its sha would tie the engine to a file it does not need). An explicit --plugins
+    # is still checked, so a typo is not silently ignored.
     try:
-        lib = resolve_plugin_library(plugins)
+        lib = resolve_plugin_library(plugins) if (needs or plugins) else None
     except FileNotFoundError as e:
         plan_problems.append(str(e))
     if lib is None and needs and not any("plugin library" in p for p in plan_problems):
+        which = sorted({i.onnx_path.name for i in items if i.needs_plugins})
+        native_hint = "" if all(i.route == "native" for i in items) else (
+            "; or build the native graph with --attention native (TensorRT >= 10.14 / "
+            "TensorRT for RTX), which needs no library for dense buckets")
         plan_problems.append(
-            f"plugin library {LIB_NAME} not found: the plugin graphs hold "
+            f"plugin library {LIB_NAME} not found: {', '.join(which)} hold "
             f"vggt_mv::Vggt*Attention nodes; build it (python plugins/build.py) and pass "
-            f"--plugins PATH or set ${PLUGIN_LIBRARY_ENV}")
+            f"--plugins PATH or set ${PLUGIN_LIBRARY_ENV}{native_hint}")
     if lib is not None:
         why = not_a_shared_library(lib)
         if why:
@@ -245,7 +354,7 @@ def plan_build(bucket_dirs: Iterable[str | Path], precision: str, calib: str | P
     cache = Path(timing_cache) if timing_cache else None
     if cache is not None and cache.exists() and not cache.is_file():
         plan_problems.append(f"--timing-cache {cache} is not a file")
-    return BuildPlan(precision, items, lib, sha, ws, cache, calib_path, dict(options or {}),
+    return BuildPlan(precision, items, lib, sha, ws, cache, calib_path, options,
                      plan_problems)
 
 
@@ -306,7 +415,8 @@ def format_plan(plan: BuildPlan) -> str:
     for it in plan.items:
         status = "OK" if not it.problems else "BLOCKED"
         lines.append(f"  [{status}] {it.bucket_name}: {it.onnx_path} -> {it.engine_path.name}"
-                     f" (+ {it.sidecar_path.name})")
+                     f" (+ {it.sidecar_path.name}), attention {it.route}"
+                     + ("" if it.needs_plugins else ", no plugin library needed"))
         lines += [f"      problem: {p}" for p in it.problems]
         lines += [f"      note: {w}" for w in it.warnings]
     lines += [f"  problem: {p}" for p in plan.problems]
@@ -393,8 +503,7 @@ def build_engines(plan: BuildPlan, *, log: Callable[[str], None] = print,
             load_plugin_library(trt, plan.plugin_library)
         except PluginLoadError as e:
             raise EngineBuildError(f"{e}: {'; '.join(messages[-5:])}") from e
-    env = EnvironmentInfo(version_label(trt), gpu.name, gpu.compute_capability,
-                          plan.plugin_sha256, str(plan.plugin_library or "") or None)
+    label = version_label(trt)
     if builder_optimization_level is None:
         builder_optimization_level = plan.options.get("builder_optimization_level")
     cache_bytes = plan.timing_cache.read_bytes() if (
@@ -414,14 +523,15 @@ def build_engines(plan: BuildPlan, *, log: Callable[[str], None] = print,
         atomic_write_bytes(item.engine_path, serialized)
         secs = time.perf_counter() - t0
         contract_version = item.manifest.get("contract_version")
-        opts = {**plan.build_options(),
+        opts = {**plan.build_options(), "attention": item.route,
                 "builder_optimization_level": builder_optimization_level}
         side = make_sidecar(
             engine_file=item.engine_path.name, engine_sha256=sha256_file(item.engine_path),
-            env=env, bucket=item.bucket, precision=item.precision,
+            env=_item_env(plan, item, label, gpu.name, gpu.compute_capability),
+            bucket=item.bucket, precision=item.precision,
             source_onnx=item.onnx_path.name, source_onnx_sha256=sha256_file(item.onnx_path),
             build_options=opts, inputs=inputs, outputs=outputs,
-            plugin_library=str(plan.plugin_library) if plan.plugin_library else None,
+            plugin_library=_item_library(plan, item),
             contract_version=contract_version, build_seconds=secs)
         write_sidecar(item.sidecar_path, side)
         if plan.timing_cache is not None and cache_bytes:
@@ -429,6 +539,18 @@ def build_engines(plan: BuildPlan, *, log: Callable[[str], None] = print,
         results.append(BuildResult(item, "built", secs, item.engine_path.stat().st_size))
         log(f"{item.bucket_name}: built {item.engine_path} in {secs:.1f} s")
     return results
+
+
+def _item_library(plan: BuildPlan, item: BuildItem) -> str | None:
+    """The plugin library an engine depends on: none for a plugin-free (native) engine,
+    so loading it never asks for a library it does not use."""
+    return str(plan.plugin_library) if plan.plugin_library and item.needs_plugins else None
+
+
+def _item_env(plan: BuildPlan, item: BuildItem, version: str, gpu: str, cc: str
+              ) -> EnvironmentInfo:
+    lib = _item_library(plan, item)
+    return EnvironmentInfo(version, gpu, cc, plan.plugin_sha256 if lib else None, lib)
 
 
 def _build_one(trt, logger, messages, item: BuildItem, plan: BuildPlan, cache_bytes: bytes,
@@ -450,6 +572,8 @@ def _build_one(trt, logger, messages, item: BuildItem, plan: BuildPlan, cache_by
                     f"register vggt_mv::VggtBiasedAttention/VggtSparseAttention version 1)")
         raise EngineBuildError(f"ONNX parser rejected {item.onnx_path.name}: "
                                + "; ".join(errs or messages[-5:]) + hint)
+    if item.route == "native":
+        allow_decomposed_attention(trt, network)
     config = builder.create_builder_config()
     if plan.workspace_bytes is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
@@ -501,7 +625,8 @@ def _build_engines_rtx(plan: BuildPlan, log: Callable[[str], None]) -> list[Buil
         with tempfile.TemporaryDirectory(prefix=".rtx-", dir=item.bucket_dir) as tmp:
             spec = {"graph": str(item.onnx_path), "engine": str(Path(tmp) / "engine"),
                     "capabilities": caps, "workspace_bytes": plan.workspace_bytes,
-                    "plugin_library": str(plan.plugin_library) if plan.plugin_library else None}
+                    "plugin_library": _item_library(plan, item),
+                    "native": item.route == "native"}
             (Path(tmp) / "spec.json").write_text(json.dumps(spec))
             out_file = Path(tmp) / "out.json"
             proc = subprocess.run([sys.executable, str(worker), str(Path(tmp) / "spec.json"),
@@ -517,17 +642,19 @@ def _build_engines_rtx(plan: BuildPlan, log: Callable[[str], None]) -> list[Buil
             os.replace(spec["engine"], item.engine_path)
         version = f"{out['version']}-rtx"
         secs = time.perf_counter() - t0
-        env = EnvironmentInfo(version, RTX_GPU_NAME, ",".join(caps), plan.plugin_sha256,
-                              str(plan.plugin_library or "") or None)
+        env = _item_env(plan, item, version, RTX_GPU_NAME, ",".join(caps))
+        opts = {**plan.build_options(), "attention": item.route}
+        if item.route == "native":
+            opts["attention_layers"] = out.get("attention_layers", 0)
         side = make_sidecar(
             engine_file=item.engine_path.name, engine_sha256=sha256_file(item.engine_path),
             env=env, bucket=item.bucket, precision=item.precision,
             source_onnx=item.onnx_path.name, source_onnx_sha256=sha256_file(item.onnx_path),
-            build_options=plan.build_options(), inputs=out["inputs"], outputs=out["outputs"],
-            plugin_library=str(plan.plugin_library) if plan.plugin_library else None,
+            build_options=opts, inputs=out["inputs"], outputs=out["outputs"],
+            plugin_library=_item_library(plan, item),
             contract_version=item.manifest.get("contract_version"), build_seconds=secs)
         write_sidecar(item.sidecar_path, side)
         results.append(BuildResult(item, "built", secs, item.engine_path.stat().st_size))
         log(f"{item.bucket_name}: built {item.engine_path} for SM {', '.join(caps)} "
-            f"in {secs:.1f} s (TensorRT for RTX {out['version']})")
+            f"in {secs:.1f} s (TensorRT for RTX {out['version']}, attention {item.route})")
     return results

@@ -4,7 +4,8 @@ and builds it ahead of time for the given compute capabilities.
 A child because the RTX ONNX parser needs libtensorrt_rtx.so on LD_LIBRARY_PATH at
 process start (runtime/trt/rtx.py), and because a fault inside the parser must not take
 the CLI down with it. argv: spec.json out.json; spec = {graph, engine, capabilities,
-plugin_library, workspace_bytes}; out = {ok, error, inputs, outputs, version}.
+plugin_library, workspace_bytes, native}; out = {ok, error, inputs, outputs, version,
+attention_layers}.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 def _build(spec: dict) -> dict:
     from runtime.layout import atomic_write_bytes
     from runtime.trt.build import _io_of  # noqa: PLC2701 - the same I/O record as full TensorRT
+    from runtime.trt.build import allow_decomposed_attention
     from runtime.trt.env import make_logger
     from runtime.trt.plugins import load_plugin_library
     from runtime.trt.rtx import configure_targets, prepare
@@ -32,6 +34,7 @@ def _build(spec: dict) -> dict:
         errs = [parser.get_error(i).desc() for i in range(parser.num_errors)]
         return {"ok": False, "error": "ONNX parser rejected the graph: "
                 + "; ".join(errs or messages[-5:])}
+    attention_layers = allow_decomposed_attention(trt, network) if spec.get("native") else 0
     config = builder.create_builder_config()
     configure_targets(trt, config, spec["capabilities"])
     if spec.get("workspace_bytes"):
@@ -42,7 +45,8 @@ def _build(spec: dict) -> dict:
                 + "; ".join(messages[-5:])}
     atomic_write_bytes(spec["engine"], bytes(engine))
     inputs, outputs = _io_of(trt, network)
-    return {"ok": True, "inputs": inputs, "outputs": outputs, "version": str(trt.__version__)}
+    return {"ok": True, "inputs": inputs, "outputs": outputs, "version": str(trt.__version__),
+            "attention_layers": attention_layers}
 
 
 def main(spec_path: str, out_path: str) -> int:

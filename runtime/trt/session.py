@@ -45,6 +45,7 @@ from .sidecar import (
     EnvironmentInfo,
     SidecarMismatchError,
     check_sidecar,
+    engine_needs_plugins,
     read_sidecar,
     sidecar_path_for,
     stale_source_problems,
@@ -74,26 +75,29 @@ def engine_library(sidecar: Mapping[str, Any], explicit: str | None = None) -> s
 
 
 def find_engine(engine_dir: str | Path, precision: str | None = None,
-                target: str | None = None) -> Path:
-    """The engine file in a bucket folder: model.<precision>.engine (full TensorRT) or
-    model.<precision>.rtx.engine (TensorRT for RTX); ``target`` ("trt"/"rtx") restricts
-    the search to one, else full TensorRT's is taken first."""
+                target: str | None = None, attention: str | None = None) -> Path:
+    """The engine file in a bucket folder: model.<precision>[.native].engine (full
+    TensorRT) or model.<precision>[.native].rtx.engine (TensorRT for RTX); ``target``
+    ("trt"/"rtx") and ``attention`` ("native"/"plugin") restrict the search, else full
+    TensorRT's is taken first and, per target, the native engine first."""
     folder = Path(engine_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"engine folder not found: {folder}")
     present = {}
     for p in PRECISIONS:
-        found = [folder / n for n in engine_filenames(p, target) if (folder / n).is_file()]
+        found = [folder / n for n in engine_filenames(p, target, attention)
+                 if (folder / n).is_file()]
         if found:
             present[p] = found[0]
-    flag = "" if target in (None, "trt") else f" --target {target}"
+    flag = ("" if target in (None, "trt") else f" --target {target}") + \
+        ("" if attention is None else f" --attention {attention}")
     if precision is not None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision not in present:
             raise FileNotFoundError(
                 f"no {precision} engine in {folder} (expected "
-                f"{' or '.join(engine_filenames(precision, target))}; present: "
+                f"{' or '.join(engine_filenames(precision, target, attention))}; present: "
                 f"{sorted(present) or 'none'}); build it with `python cli.py "
                 f"build-engine --{precision}{flag} --bucket {folder}`")
         return present[precision]
@@ -101,8 +105,8 @@ def find_engine(engine_dir: str | Path, precision: str | None = None,
         if p in present:
             return present[p]
     raise FileNotFoundError(f"no TensorRT engine in {folder} (model.fp16.engine, "
-                            f"model.int8.engine, model.fp32.engine or their .rtx.engine "
-                            f"twins); build one with `python cli.py build-engine --fp16{flag} "
+                            f"model.int8.engine, model.fp32.engine, their .native.engine "
+                            f"and .rtx.engine twins); build one with `python cli.py build-engine --fp16{flag} "
                             f"--bucket {folder}`")
 
 
@@ -142,14 +146,14 @@ class TrtSession(ClosingSession):
     def __init__(self, engine_dir: str | Path, plugin_lib: str | Path | None = None,
                  use_cuda_graph: bool = False, precision: str | None = None,
                  device: int = 0, allow_gpu_model_mismatch: bool = False,
-                 tensorrt_library: str | None = None):
+                 tensorrt_library: str | None = None, attention: str | None = None):
         self._closed = True
         self._lock = threading.Lock()
         self.folder = Path(engine_dir)
         # A library named up front (argument or $VGGT_MV_TENSORRT) runs only its own
         # engines; otherwise the engine found decides the library (engine_library).
         named = tensorrt_library or os.environ.get(TENSORRT_LIBRARY_ENV, "").strip() or None
-        self.engine_path = find_engine(self.folder, precision, _engine_target(named))
+        self.engine_path = find_engine(self.folder, precision, _engine_target(named), attention)
         self.sidecar = read_sidecar(sidecar_path_for(self.engine_path))
         self.precision = self.sidecar["precision"]
         self._bucket = Bucket.from_dict(self.sidecar["bucket"])
@@ -171,7 +175,9 @@ class TrtSession(ClosingSession):
             gpu = require_gpu(device)
         except GpuUnavailableError as e:
             raise TrtUnavailableError(f"cannot run {self.engine_path}: {e}") from e
-        lib = resolve_plugin_library(plugin_lib)
+        # A plugin-free engine (native attention, dense bucket) neither needs nor loads the
+        # library, so it runs on a machine that has none.
+        lib = resolve_plugin_library(plugin_lib) if engine_needs_plugins(self.sidecar) else None
         env = EnvironmentInfo(version_label(trt), gpu.name, gpu.compute_capability,
                               sha256_file(lib) if lib else None, str(lib) if lib else None)
         problems = check_sidecar(self.sidecar, env,

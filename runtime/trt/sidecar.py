@@ -131,6 +131,18 @@ def make_sidecar(*, engine_file: str, engine_sha256: str, env: EnvironmentInfo,
     return side
 
 
+def engine_needs_plugins(sidecar: Mapping[str, Any]) -> bool:
+    """Whether an engine was built with our plugin library (a native engine of a dense
+    bucket was not: it runs where the library does not exist)."""
+    plug = sidecar.get("plugins")
+    return bool(plug and (plug.get("sha256") or plug.get("library")))
+
+
+def attention_route(sidecar: Mapping[str, Any]) -> str:
+    """The engine's attention route; sidecars from before native attention are plugin."""
+    return str((sidecar.get("build_options") or {}).get("attention") or "plugin")
+
+
 def validate_sidecar(side: Any) -> list[str]:
     """Structural problems of a sidecar dict (empty list = well formed)."""
     if not isinstance(side, Mapping):
