@@ -15,7 +15,12 @@ from runtime.layout import (
     atomic_write_json,
     bucket_folders,
     engine_filename,
+    engine_filenames,
+    graph_for_route,
+    graph_has_plugins,
     load_manifest,
+    native_graph,
+    ort_disabled_optimizers,
     plugin_graph,
     portable_graph,
     sidecar_path_for,
@@ -26,10 +31,32 @@ def test_file_names():
     assert (portable_graph("fp32"), plugin_graph("fp32")) == ("model.onnx", "model.plugins.onnx")
     assert (portable_graph("int8"), plugin_graph("fp16")) == ("model.int8.onnx",
                                                               "model.fp16.plugins.onnx")
-    assert ALL_GRAPHS[:2] == ("model.onnx", "model.plugins.onnx") and len(ALL_GRAPHS) == 6
+    assert ALL_GRAPHS[:3] == ("model.onnx", "model.native.onnx", "model.plugins.onnx")
+    assert len(ALL_GRAPHS) == len(set(ALL_GRAPHS)) == 9
     assert sidecar_path_for(engine_filename("fp16")).name == "model.fp16.engine.json"
     with pytest.raises(ValueError, match="precision"):
         engine_filename("bf16")
+
+
+def test_native_route_names():
+    assert native_graph("fp16") == graph_for_route("fp16", "native") == "model.fp16.native.onnx"
+    assert graph_for_route("int8", "plugin") == "model.int8.plugins.onnx"
+    # both routes' engines sit side by side, per target; native is looked for first
+    assert engine_filename("fp16", "trt", "native") == "model.fp16.native.engine"
+    assert engine_filename("int8", "rtx", "native") == "model.int8.native.rtx.engine"
+    assert engine_filenames("fp32") == ["model.fp32.native.engine", "model.fp32.engine",
+                                        "model.fp32.native.rtx.engine", "model.fp32.rtx.engine"]
+    assert engine_filenames("fp16", "rtx", "plugin") == ["model.fp16.rtx.engine"]
+    with pytest.raises(ValueError, match="attention route"):
+        engine_filename("fp16", "trt", "fused")
+    dense = {"VggtBiasedAttention": 4, "VggtSparseAttention": 0}
+    sparse = {"VggtBiasedAttention": 4, "VggtSparseAttention": 2}
+    assert not graph_has_plugins("model.fp16.native.onnx", dense)
+    assert graph_has_plugins("model.native.onnx", sparse)      # a mixed graph
+    assert graph_has_plugins("model.int8.plugins.onnx", dense)
+    assert not graph_has_plugins("model.onnx", sparse)
+    assert ort_disabled_optimizers("model.int8.native.onnx") and \
+        not ort_disabled_optimizers("model.int8.plugins.onnx")
 
 
 def test_bucket_round_trip_and_validation():

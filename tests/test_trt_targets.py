@@ -300,28 +300,41 @@ def test_build_engine_rtx_refuses_orin_and_dry_runs(tiny_bucket):
 
 
 @needs_rtx
-def test_rtx_build_writes_engine_and_sidecar_without_a_gpu(tiny_bucket, tmp_path):
-    """The ahead-of-time build path of build-engine end to end (child process, engine,
-    sidecar), here on the portable graph, which needs no plugin library, so it runs where
-    the library cannot be built; the plugin graph follows when TENSORRT_INCLUDE_DIR is set."""
-    from runtime.trt.build import build_engines, plan_build
+def test_rtx_build_writes_engine_and_sidecar_without_a_gpu(tiny_bucket, monkeypatch):
+    """The ahead-of-time build of build-engine end to end (child process, engine, sidecar)
+    as a new user runs it: the native graph of a dense bucket needs no plugin library, so
+    it builds on a machine where the library does not exist (no TensorRT headers)."""
+    from runtime.trt.build import plan_build
 
-    plan = plan_build([tiny_bucket], "fp32", options={"target": "rtx",
-                                                      "compute_capabilities": ["8.6"]})
-    item = plan.items[0]
-    item.onnx_path, item.needs_plugins = tiny_bucket / "model.onnx", False
-    assert item.engine_path.name == "model.fp32.rtx.engine"  # per target (runtime/layout.py)
-    item.engine_path = tmp_path / item.engine_path.name
-    plan.problems.clear()  # the plugin library the plugin graph would need
-    results = build_engines(plan, log=lambda s: None)
-    assert [r.status for r in results] == ["built"], results[0].message
-    side = read_sidecar(sidecar_path_for(item.engine_path))
-    assert side["tensorrt_version"].endswith("-rtx")
+    monkeypatch.setenv("VGGT_MV_PLUGINS", str(tiny_bucket / "no-such-library.so"))
+    monkeypatch.chdir(tiny_bucket)  # no plugins/ build in reach either
+    r = CliRunner().invoke(_cli(), ["build-engine", "--fp32", "--attention", "native",
+                                    "--target", "rtx", "--compute-capability", "86",
+                                    "--bucket", str(tiny_bucket)])
+    assert r.exit_code == 0, r.output
+    assert "no plugin library needed" in r.output and "native" in r.output
+    engine = tiny_bucket / "model.fp32.native.rtx.engine"  # per route and target
+    side = read_sidecar(sidecar_path_for(engine))
+    assert side["tensorrt_version"].endswith("-rtx") and side["plugins"] is None
+    assert side["build_options"]["attention"] == "native"
+    sites = load_manifest(tiny_bucket)["attention_sites"]
+    assert side["build_options"]["attention_layers"] == sites["VggtBiasedAttention"] > 0
+    assert side["source_onnx"]["name"] == "model.native.onnx"
     assert side["build_options"]["compute_capabilities"] == ["8.6"]
     assert side["gpu"]["compute_capability"] == "8.6"
     assert side["outputs"]["pose_enc"]["shape"][-1] == 9
-    assert item.engine_path.stat().st_size > 0
+    assert engine.stat().st_size > 0
     assert not list(tiny_bucket.glob(".rtx-*"))  # the child's scratch folder is gone
+    # auto picks the same route for TensorRT for RTX; plugin asks for the library
+    plan = plan_build([tiny_bucket], "fp32", options={"target": "rtx",
+                                                      "compute_capabilities": ["8.6"]})
+    assert plan.items[0].route == "native" and plan.ok, plan.all_problems
+    plan = plan_build([tiny_bucket], "fp32", options={"target": "rtx", "attention": "plugin",
+                                                      "compute_capabilities": ["8.6"]})
+    assert plan.items[0].route == "plugin" and plan.items[0].needs_plugins
+    assert any("plugin library" in p for p in plan.all_problems), plan.all_problems
+    engine.unlink()
+    sidecar_path_for(engine).unlink()
 
 
 @needs_rtx
@@ -332,6 +345,7 @@ def test_build_engine_rtx_plugin_graph_with_the_library(tiny_bucket, tmp_path):
     if lib is None:
         pytest.skip("plugin library not buildable here (TENSORRT_INCLUDE_DIR, nvcc, cmake)")
     r = CliRunner().invoke(_cli(), ["build-engine", "--fp32", "--target", "rtx",
+                                    "--attention", "plugin",
                                     "--compute-capability", "86", "--bucket", str(tiny_bucket),
                                     "--plugins", str(lib)])
     assert r.exit_code == 0, r.output
@@ -347,7 +361,8 @@ def test_engine_names_per_target_and_which_one_a_session_finds(tmp_path):
 
     assert engine_filename("fp16") == "model.fp16.engine"
     assert engine_filename("fp16", "rtx") == "model.fp16.rtx.engine"
-    assert engine_filenames("int8") == ["model.int8.engine", "model.int8.rtx.engine"]
+    assert engine_filenames("int8", route="plugin") == ["model.int8.engine",
+                                                        "model.int8.rtx.engine"]
     with pytest.raises(ValueError, match="target"):
         engine_filename("fp16", "jetson")
     (tmp_path / "model.fp16.rtx.engine").write_bytes(b"rtx")
@@ -359,3 +374,9 @@ def test_engine_names_per_target_and_which_one_a_session_finds(tmp_path):
     assert find_engine(tmp_path, "fp16", target="rtx").name == "model.fp16.rtx.engine"
     with pytest.raises(FileNotFoundError, match="int8.rtx.engine.*--int8 --target rtx"):
         find_engine(tmp_path, "int8", target="rtx")
+    # a native engine beside the plugin one: found first, unless the plugin route is asked
+    (tmp_path / "model.fp16.native.engine").write_bytes(b"native")
+    assert find_engine(tmp_path, "fp16").name == "model.fp16.native.engine"
+    assert find_engine(tmp_path, "fp16", attention="plugin").name == "model.fp16.engine"
+    with pytest.raises(FileNotFoundError, match="--attention native"):
+        find_engine(tmp_path, "int8", attention="native")
