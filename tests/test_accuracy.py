@@ -39,12 +39,13 @@ def checked(bucket, tmp_path_factory, mv_scene):
 def test_check_writes_every_report(checked):
     summary, out = checked
     assert summary["passed"]
-    assert set(summary["backends"]) == {"onnxrt:model.onnx", "onnxrt:model.plugins.onnx"}
+    assert set(summary["backends"]) == {"onnxrt:model.onnx", "onnxrt:model.native.onnx",
+                                        "onnxrt:model.plugins.onnx"}
     assert "tensorrt" in summary["skipped"] and "TensorRT" in summary["skipped"]["tensorrt"]
     report = (out / "report.md").read_text()
     assert "onnxrt:model.plugins.onnx" in report and "rotation_deg_max" in report
     pngs = list(out.glob("depth_*.png"))
-    assert len(pngs) == 2 * 2 * 3  # 2 frames x 2 backends x (ref, got, error)
+    assert len(pngs) == 2 * 3 * 3  # 2 frames x 3 backends x (ref, got, error)
     for b in summary["backends"].values():
         assert b["task"]["depth_delta125"] == 1.0 and b["task"]["rotation_deg_max"] < 0.05
 
@@ -55,7 +56,7 @@ def test_polygraphy_reads_its_json_back(checked):
 
     _, out = checked
     rr = RunResults.load(str(out / "run_results.json"))
-    assert [name for name, _ in rr][0] == "pytorch" and len(rr) == 3
+    assert [name for name, _ in rr][0] == "pytorch" and len(rr) == 4
     acc = load_json(str(out / "accuracy_onnxrt_model.plugins.onnx.json"))
     assert acc is not None
 

@@ -42,13 +42,16 @@ def exported(tmp_path_factory, mv_scene):
 def test_bucket_folder_contents(exported):
     model, res, log = exported
     names = {p.name for p in res.folder.iterdir()}
-    assert names == {"model.onnx", "model.plugins.onnx", "manifest.json"}
+    assert names == {"model.onnx", "model.plugins.onnx", "model.native.onnx", "manifest.json"}
     m = load_manifest(res.folder)
     assert m["bucket"]["T"] == 2 and m["bucket"]["N"] == 2
     assert m["attention_sites"] == {contract.BIASED_OP: 14, contract.SPARSE_OP: 0}
     assert m["surgery"]["replaced"][contract.BIASED_OP] == 14
     assert m["validation"]["passed"] and "real frames" in m["validation"]["inputs"]
-    assert {f["name"] for f in m["files"]} == {"model.onnx", "model.plugins.onnx"}
+    assert {f["name"] for f in m["files"]} == {"model.onnx", "model.plugins.onnx",
+                                               "model.native.onnx"}
+    assert m["native_surgery"]["native"][contract.BIASED_OP] == 14
+    assert m["validation"]["graphs"]["model.native.onnx"]["passed"]
     assert m["outputs"]["depth"]["shape"] == [1, 2, 2, 42, 56, 1]
     assert "random init" in m["weights"]["source"]
     assert "PASS" in log and "FAIL" not in log
@@ -110,25 +113,29 @@ def test_buckets_and_options_validate(tmp_path, mv_scene, bucket, opt):
     assert m["surgery"]["totals"][contract.BIASED_OP] == sites["biased_attention"]
 
 
-def test_validation_catches_a_broken_graph(tmp_path, monkeypatch):
-    """Corrupt one plugin node's scale: the plugin graph must fail validation and the
-    bucket folder must not be written."""
+@pytest.mark.parametrize("route,graph,op", [
+    ("plugin", "model.plugins.onnx", contract.BIASED_OP),
+    ("native", "model.native.onnx", "Attention")])
+def test_validation_catches_a_broken_graph(tmp_path, monkeypatch, route, graph, op):
+    """Corrupt one attention site's scale in one route's graph: that graph must fail
+    validation and the bucket folder must not be written."""
     import export.exporter as ex
 
     real = ex.surgery
 
-    def bad_surgery(m, expected, sites=None):
-        out, rep = real(m, expected, sites)
+    def bad_surgery(m, expected, sites=None, route="plugin"):
+        out, rep = real(m, expected, sites, route=route)
         for n in out.graph.node:
-            if n.op_type == contract.BIASED_OP:
+            if n.op_type == op and route == broken:
                 for a in n.attribute:
                     if a.name == "scale":
                         a.f *= 3.0
                 break
         return out, rep
 
+    broken = route
     monkeypatch.setattr(ex, "surgery", bad_surgery)
-    with pytest.raises(ValidationError, match="model.plugins.onnx"):
+    with pytest.raises(ValidationError, match=graph):
         do_export(tiny_model(), Bucket(1, 2, 28, 28), tmp_path)
     assert not (tmp_path / "T1_N2_28x28").exists()
     assert not list(tmp_path.glob(".*partial*"))
@@ -200,3 +207,87 @@ def test_dense_validation_guard_for_full_size():
     assert full == 2 * 4 * 4 * 16 * (8 * 1374) ** 2
     assert full > 24 * 2**30
     assert dense_attention_bytes(get_config(), Bucket(2, 2, 392, 518)) < 2 * 2**30
+
+
+# ----------------------------------------------------------------- native attention
+def _attention_shaped(model: onnx.ModelProto, lengths: set[int]) -> list[str]:
+    """Tensors (after shape inference) whose last two dims are both sequence lengths of an
+    attention site: an L x S logits / mask / probability tensor."""
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    found = []
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in vi.type.tensor_type.shape.dim]
+        if len(dims) >= 2 and dims[-1] in lengths and dims[-2] in lengths:
+            found.append(vi.name)
+    return found
+
+
+def test_native_graph_has_no_l_by_s_tensor(exported):
+    """Every dense site is one Attention node; the rank-1 bias became head channels, never
+    an L x S tensor. The same walk over the portable graph with its functions inlined
+    finds the dense logits, so the check can fail."""
+    from onnx import inliner
+
+    from export.native import PAD, SITE_SUFFIX
+
+    _, res, _ = exported
+    native = onnx.load(str(res.folder / "model.native.onnx"))
+    onnx.checker.check_model(native, full_check=True)
+    att = [n for n in native.graph.node if n.op_type == "Attention"]
+    assert len(att) == 14 and all(n.name.endswith(SITE_SUFFIX) for n in att)
+    assert not [n for n in native.graph.node if n.domain == contract.ONNX_DOMAIN]
+    assert not native.functions and {o.domain for o in native.opset_import} == {""}
+    assert next(o.version for o in native.opset_import) == 23
+    inferred = onnx.shape_inference.infer_shapes(native, data_prop=True)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in inferred.graph.value_info}
+    # sequence lengths of the token sites (the camera trunk's few tokens would match
+    # unrelated small dims, and its logits would be tiny anyway)
+    lengths = {shapes[n.input[0]][2] for n in att} - set(range(PAD + 1))
+    assert len(lengths) >= 2, lengths
+    assert _attention_shaped(native, lengths) == []
+    portable = inliner.inline_local_functions(onnx.load(str(res.folder / "model.onnx")))
+    assert _attention_shaped(portable, lengths), "the walk must see the dense logits"
+
+
+def test_native_surgery_is_idempotent_and_counted(exported):
+    _, res, _ = exported
+    native = onnx.load(str(res.folder / "model.native.onnx"))
+    expected = {contract.BIASED_OP: 14, contract.SPARSE_OP: 0}
+    again, report = surgery(native, expected, route="native")
+    assert report.native[contract.BIASED_OP] == 14 and report.replaced[contract.BIASED_OP] == 0
+    assert [(n.op_type, n.name) for n in again.graph.node] == \
+        [(n.op_type, n.name) for n in native.graph.node]
+    portable = onnx.load(str(res.folder / "model.onnx"))
+    with pytest.raises(SurgeryError, match="reports 15 sites, graph has 14"):
+        surgery(portable, {contract.BIASED_OP: 15, contract.SPARSE_OP: 0}, route="native")
+
+
+def test_native_graph_matches_portable_in_onnxruntime(exported, mv_scene):
+    """Real frames: the native graph agrees with model.onnx (both on onnxruntime's CPU)."""
+    from export.pipeline import validation_feeds
+    from export.validate import run_onnx
+
+    _, res, _ = exported
+    feeds, _ = validation_feeds(Bucket(2, 2, 42, 56), str(mv_scene))
+    a = run_onnx(res.folder / "model.onnx", feeds, plugins=False)
+    b = run_onnx(res.folder / "model.native.onnx", feeds, plugins=False)
+    for k in a:
+        assert np.allclose(a[k], b[k], atol=1e-4, rtol=1e-4), (k, np.abs(a[k] - b[k]).max())
+
+
+def test_bias_channels_are_exact_in_fp16_to_the_plugins_order():
+    """scripts/native_bias_error.py: the hi/lo split keeps the FP16 bias error within a
+    few times the plugin's own FP32 rounding, where one FP16 channel is ~1000x worse."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "native_bias_error.py"
+    spec = importlib.util.spec_from_file_location("native_bias_error", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.measure(L=64, D=64, seed=1)
+    for case, rec in res.items():
+        assert rec["hilo"]["logit_err"] <= 10 * rec["plugin"]["logit_err"] + 1e-7, (case, rec)
+        assert rec["single"]["logit_err"] > 100 * rec["hilo"]["logit_err"], (case, rec)

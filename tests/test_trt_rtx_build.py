@@ -54,8 +54,6 @@ def plugin_library(out: Path) -> Path | None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, mv_scene):
-    from runtime.trt.rtx import subprocess_env
-
     root = tmp_path_factory.mktemp("rtx")
     folders, manifests = {}, {}
     for kind, (bucket, opt) in BUCKETS.items():
@@ -70,18 +68,33 @@ def built(tmp_path_factory, mv_scene):
     graphs = [str(f / g) for f in folders.values() for g in ("model.onnx", "model.plugins.onnx")]
     graphs += [str(dense / f"model.{m}{p}.onnx") for m in ("fp16", "int8") for p in ("", ".plugins")]
     graphs.append(str(broken_plugin_graph(dense, root / "broken")))
-    spec = root / "spec.json"
-    spec.write_text(json.dumps({"graphs": graphs, "plugin_library": str(lib) if lib else None}))
-    res = subprocess.run([sys.executable, str(ROOT / "tests" / "trt_rtx_worker.py"), str(spec),
-                          str(root / "out.json")], env=subprocess_env(), capture_output=True,
-                         text=True, timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    out = json.loads((root / "out.json").read_text())
+    graphs.append(str(folders["sparse"] / "model.native.onnx"))  # mixed: plugins for sparse
+    out, stderr = run_worker(root, "plugins", graphs, lib)
     # which creators the real parser found: the C++ library, or the contract's Python
     # stand-ins where the library cannot be built (no TensorRT headers, as in CI)
     print(f"\nplugin creators: {out['route']}")
-    reports = {str(Path(g).relative_to(root)): r for g, r in out["graphs"].items()}
-    return folders, manifests, out["route"], reports, res.stderr
+    # Native graphs of dense buckets in a process that never loads or registers anything
+    # of ours: what a fresh machine with TensorRT from pip has.
+    native = [str(folders[k] / "model.native.onnx") for k in ("dense", "ext-mask", "single-view")]
+    native += [str(dense / f"model.{m}.native.onnx") for m in ("fp16", "int8")]
+    bare, _ = run_worker(root, "native", native, None, no_plugins=True)
+    reports = {str(Path(g).relative_to(root)): r
+               for o in (out, bare) for g, r in o["graphs"].items()}
+    return folders, manifests, out["route"], reports, stderr, bare
+
+
+def run_worker(root: Path, name: str, graphs: list[str], lib: Path | None,
+               no_plugins: bool = False) -> tuple[dict, str]:
+    from runtime.trt.rtx import subprocess_env
+
+    spec = root / f"spec-{name}.json"
+    spec.write_text(json.dumps({"graphs": graphs, "plugin_library": str(lib) if lib else None,
+                                "no_plugins": no_plugins}))
+    res = subprocess.run([sys.executable, str(ROOT / "tests" / "trt_rtx_worker.py"), str(spec),
+                          str(root / f"out-{name}.json")], env=subprocess_env(),
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return json.loads((root / f"out-{name}.json").read_text()), res.stderr
 
 
 def broken_plugin_graph(bucket: Path, out: Path) -> Path:
@@ -105,7 +118,7 @@ def broken_plugin_graph(bucket: Path, out: Path) -> Path:
 
 
 def report(built, kind, graph):
-    folders, _, _, reps, _ = built
+    folders, reps = built[0], built[3]
     return reps[f"{kind}/{folders[kind].name}/{graph}"]
 
 
@@ -207,3 +220,65 @@ def test_int8_engine_has_int8_layers(built, graph):
         eng = engine_plugins(rep)  # no Q/DQ at the sites: the plugin stays FP32
         assert len(eng) == len(rep["plugin_layers"])
         assert all(l["inputs"][:3] == ["Float"] * 3 and l["outputs"] == ["Float"] for l in eng), eng
+
+
+# ----------------------------------------------------------------- native attention
+NATIVE = [("dense", "model.native.onnx"), ("ext-mask", "model.native.onnx"),
+          ("single-view", "model.native.onnx"), ("dense", "model.fp16.native.onnx"),
+          ("dense", "model.int8.native.onnx")]
+
+
+def native_site_layers(rep) -> dict[str, list[dict]]:
+    """Engine layers made from a site's Attention node (origin '<site>::vggt_site')."""
+    import re
+
+    sites: dict[str, list[dict]] = {}
+    for l in rep["engine_layers"]:
+        for site in set(re.findall(r"(\S+)::vggt_site", l["origin"])):
+            sites.setdefault(site, []).append(l)
+    return sites
+
+
+def test_native_engines_are_built_without_anything_of_ours(built):
+    bare = built[5]
+    assert bare["route"] == "none" and bare["loaded_libraries"] == []
+    assert not bare["vggt_creators"], bare["vggt_creators"]  # None: registry not listable
+
+
+@pytest.mark.parametrize("kind,graph", NATIVE)
+def test_native_engine_has_one_attention_pair_per_dense_site(built, kind, graph):
+    rep = report(built, kind, graph)
+    assert rep["parsed"] and rep["built"] and rep["engine_bytes"] > 0, rep
+    sites = built[1][kind]["attention_sites"]["VggtBiasedAttention"]
+    assert len(rep["attention_layers"]) == rep["attention_outputs"] == sites > 0, rep
+    assert rep["plugin_layers"] == [] and engine_plugins(rep) == []
+    # the builder kept every site: engine layers made from each site's Attention node
+    assert len(native_site_layers(rep)) == sites, sorted(native_site_layers(rep))
+
+
+def test_fp16_native_engine_attention_reads_fp16(built):
+    rep = report(built, "dense", "model.fp16.native.onnx")
+    assert all(a["inputs"] == ["HALF"] * 3 for a in rep["attention_layers"]), rep
+    for site, layers in native_site_layers(rep).items():
+        # the fused attention kernel of each site runs on FP16 q, k, v
+        fused = [l for l in layers if "mha" in l["tactic"].lower()
+                 or l["type"].lower().startswith("attention")]
+        assert fused, (site, [(l["type"], l["tactic"]) for l in layers])
+        assert all(l["inputs"].count("Half") >= 3 for l in fused), (site, fused)
+
+
+def test_int8_native_engine_has_int8_layers(built):
+    rep = report(built, "dense", "model.int8.native.onnx")
+    assert rep["qdq_layers"] > 0 and rep["int8_tensors"] > 0, rep
+    assert [l for l in rep["engine_layers"] if l["type"] in ("gemm", "correlation", "deconv")
+            and "Int8" in l["inputs"] + l["constants"]]
+
+
+def test_sparse_native_graph_is_mixed(built):
+    """Dense sites on IAttention, sparse sites on the plugin: one engine."""
+    rep = report(built, "sparse", "model.native.onnx")
+    assert rep["parsed"] and rep["built"], rep
+    sites = built[1]["sparse"]["attention_sites"]
+    assert sites["VggtSparseAttention"] > 0 and sites["VggtBiasedAttention"] > 0
+    assert len(rep["attention_layers"]) == sites["VggtBiasedAttention"]
+    assert len(rep["plugin_layers"]) == len(engine_plugins(rep)) == sites["VggtSparseAttention"]

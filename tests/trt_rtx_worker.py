@@ -35,16 +35,22 @@ def engine_layers(report: str) -> list[dict]:
             rec[key.lower()] = re.findall(r"Datatype: (\w+)", m.group(1)) if m else []
         meta = re.search(r"Metadata: \[(.*)\]\s*$", line)  # the ONNX node(s) it came from
         rec["origin"] = meta.group(1) if meta else ""
+        tactic = re.search(r"TacticName: ([^,]*)", line)
+        rec["tactic"] = tactic.group(1).strip() if tactic else ""
         layers.append(rec)
     return layers
 
 
 def main(spec_path: str, out_path: str) -> None:
+    from runtime.trt.build import allow_decomposed_attention
     from runtime.trt.rtx import configure_targets, prepare
 
     trt = prepare()
     spec = json.loads(Path(spec_path).read_text())
-    if spec.get("plugin_library"):
+    contract = not spec.get("no_plugins") and not spec.get("plugin_library")
+    if spec.get("no_plugins"):  # native graphs: nothing of ours may be needed, or found
+        route = "none"
+    elif spec.get("plugin_library"):
         ctypes.CDLL(spec["plugin_library"], mode=ctypes.RTLD_GLOBAL)  # load-time registration
         route = f"libvggt_mv_plugins.so ({spec['plugin_library']})"
     else:  # no C++ library here: the contract's build-time creators stand in for it
@@ -84,6 +90,16 @@ def main(spec_path: str, out_path: str) -> None:
              "inputs": [l.get_input(j).dtype.name for j in range(l.num_inputs)],
              "outputs": [l.get_output(j).dtype.name for j in range(l.num_outputs)]}
             for l in layers if l.type == trt.LayerType.PLUGIN_V3]
+        # IAttention as parsed, with the dtypes of q, k, v; marked decomposable by the same
+        # call build-engine makes (runtime/trt/build.py)
+        rep["attention_layers"] = []
+        for l in layers:
+            if l.type == trt.LayerType.ATTENTION_INPUT:
+                rep["attention_layers"].append(
+                    {"name": l.name,
+                     "inputs": [l.get_input(j).dtype.name for j in range(min(3, l.num_inputs))]})
+        rep["attention_outputs"] = sum(l.type == trt.LayerType.ATTENTION_OUTPUT for l in layers)
+        allow_decomposed_attention(trt, network)
         rep["qdq_layers"] = sum(l.type in (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
                                 for l in layers)
         rep["int8_tensors"] = sum(l.get_output(j).dtype == trt.DataType.INT8
@@ -99,11 +115,20 @@ def main(spec_path: str, out_path: str) -> None:
             rep["engine_bytes"] = engine.nbytes if engine is not None else 0
         rep["engine_layers"] = engine_layers(log.layer_report) if log.layer_report else None
         rep["log_errors"] = log.errors[:5]
-        if not spec.get("plugin_library"):
+        if contract:
             rep["contract_refusals"] = REFUSALS[:]
             REFUSALS.clear()
         reports[graph] = rep
-    Path(out_path).write_text(json.dumps({"route": route, "graphs": reports}, indent=1))
+    try:  # creators of our namespace the registry holds at the end (none without a library)
+        ours = sorted(c.name for c in trt.get_plugin_registry().all_creators
+                      if getattr(c, "plugin_namespace", "") == "vggt_mv")
+    except AttributeError:
+        ours = None
+    loaded = sorted({Path(m.split()[-1]).name for m in Path("/proc/self/maps").read_text()
+                     .splitlines() if "vggt_mv" in m and m.endswith(".so")})
+    Path(out_path).write_text(json.dumps({"route": route, "graphs": reports,
+                                          "loaded_libraries": loaded, "vggt_creators": ours},
+                                         indent=1))
 
 
 if __name__ == "__main__":
