@@ -155,8 +155,19 @@ def test_surgery_keeps_plugin_counts_and_plugin_graph_runs(bucket, records, mode
         np.testing.assert_allclose(b[k], a[k], atol=1e-3, rtol=1e-3, err_msg=k)
     acc = rec["accuracy_vs_fp32"][f"model.{mode}.plugins.onnx"]
     assert acc["passed"]
+    # the native twin: made from the same converted graph, one Attention node per dense
+    # site, judged against FP32 the same way
+    native = onnx.load(str(folder / f"model.{mode}.native.onnx"), load_external_data=False)
+    assert rec["native_surgery"]["native"][contract.BIASED_OP] == \
+        manifest["attention_sites"][contract.BIASED_OP] == \
+        sum(x.op_type == "Attention" for x in native.graph.node)
+    assert rec["accuracy_vs_fp32"][f"model.{mode}.native.onnx"]["passed"]
+    c = run_onnx(folder / f"model.{mode}.native.onnx", feeds, plugins=False)
+    for k in a:
+        np.testing.assert_allclose(c[k], a[k], atol=1e-3, rtol=1e-3, err_msg=k)
     record = json.loads((folder / f"precision_{mode}.json").read_text())
     assert {f["name"] for f in record["files"]} == {f"model.{mode}.onnx",
+                                                   f"model.{mode}.native.onnx",
                                                    f"model.{mode}.plugins.onnx"}
     assert all(len(f["sha256"]) == 64 for f in record["files"])
 
