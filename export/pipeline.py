@@ -167,7 +167,7 @@ def export_buckets(model, buckets: list[Bucket], out_root: Path, opts: ExportOpt
     bar = tqdm(buckets, desc="buckets", unit="bucket", disable=len(buckets) < 2)
     for bucket in bar:
         (rule or log)(bucket.name)
-        steps = tqdm(total=4 if opts.validate else 3, desc=bucket.name, unit="step",
+        steps = tqdm(total=5 if opts.validate else 4, desc=bucket.name, unit="step",
                      leave=False)
         started: list[str] = []
 

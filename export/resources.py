@@ -5,12 +5,12 @@ does not fit (naming the numbers and what would fit), `model-info` prints both.
 The estimates are simple models fitted to runs measured on this project's 2-core, 24 GB
 machine (random weights: weights never change sizes), and lean conservative:
 
-- disk: the bucket is model.onnx + model.plugins.onnx (+ model.onnx.data, shared by both,
+- disk: the bucket is model.onnx + model.plugins.onnx + model.native.onnx (+ model.onnx.data, shared,
   once the weights pass EXTERNAL_DATA_BYTES; below that each graph embeds them). Measured,
   full-size default model (1,256,559,023 parameters): T=2,N=2 518x392 wrote 4,802 MB
   (model.onnx 9.9 MB + model.onnx.data 4.79 GB + model.plugins.onnx 0.76 MB); T=8,N=4
   518x518 4.78 GB. 4 bytes x parameters (5.03 GB) bounds the data file (some parameters,
-  unused by the exported heads, are not in it) and 16 MB the two graph protos.
+  unused by the exported heads, are not in it) and 16 MB the three graph protos.
 - memory, peak RSS: tracing holds the weights about 1.1 times (T=8,N=4 518x518 export
   --no-validate: 5.5 GB = 1.09 x 5.03 GB); it never materializes activations. Validation
   runs the model: the PyTorch forward's activations grow with frames x pixels (T=2,N=2

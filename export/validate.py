@@ -9,8 +9,11 @@ import numpy as np
 
 
 def run_onnx(path: str | Path, feeds: Mapping[str, np.ndarray], plugins: bool,
-             threads: int | None = None) -> dict[str, np.ndarray]:
-    """Runs a bucket graph in onnxruntime on the CPU (plugin ops via the CPU reference)."""
+             threads: int | None = None, disabled_optimizers: list[str] | None = None
+             ) -> dict[str, np.ndarray]:
+    """Runs a bucket graph in onnxruntime on the CPU (plugin ops via the CPU reference).
+    ``disabled_optimizers`` default: what runtime.layout.ort_disabled_optimizers says the
+    graph needs."""
     import onnxruntime as ort
 
     src: str | bytes = str(path)
@@ -22,7 +25,8 @@ def run_onnx(path: str | Path, feeds: Mapping[str, np.ndarray], plugins: bool,
         so = ort.SessionOptions()
     from runtime.layout import ort_disabled_optimizers
 
-    disabled = ort_disabled_optimizers(path)
+    disabled = ort_disabled_optimizers(path) if disabled_optimizers is None \
+        else disabled_optimizers
     if threads:
         so.intra_op_num_threads = threads
     sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"],

@@ -117,8 +117,10 @@ def graph_has_plugins(graph: str | Path, attention_sites: Mapping[str, int] | No
 
 def ort_disabled_optimizers(graph: str | Path) -> list[str]:
     """onnxruntime graph optimizers to switch off for a graph. The INT8 native graph:
-    QDQPropagationTransformer moves DequantizeLinear across the Slice/Concat of a biased
-    site and onnxruntime 1.31's CPU provider then fails to place the Attention node."""
+    with it, onnxruntime 1.31 makes a QuantizeLinear (gemm_input_reshape_arg_q) whose
+    INT8 output_dtype contradicts its UINT8 zero point and refuses its own rewrite
+    ("output_dtype INT8 does not match y_zero_point type UINT8"); the portable and plugin
+    INT8 graphs load with every optimizer."""
     return ["QDQPropagationTransformer"] if Path(graph).name == native_graph("int8") else []
 
 

@@ -336,7 +336,7 @@ def test_reexport_keeps_notes_and_drops_what_the_old_graphs_made(tmp_path):
     export_bucket(model, Bucket(2, 1, 28, 28), tmp_path, log=said.append)
     left = sorted(p.name for p in folder.iterdir())
     assert left == sorted(["NOTES.md", "calib.npz", "manifest.json", "model.onnx",
-                           "model.plugins.onnx"]), left
+                           "model.native.onnx", "model.plugins.onnx"]), left
     text = "\n".join(said)
     assert "keeps files it does not make: NOTES.md, calib.npz" in text, text
     assert "removes what was made from its previous graphs" in text
