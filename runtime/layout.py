@@ -31,6 +31,7 @@ __all__ = [
     "NO_VERIFY_ENV",
     "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
     "atomic_path", "atomic_directory", "recover_leftovers",
+    "PathEscapeError", "inside",
 ]
 
 # ------------------------------------------------------------------------- file names
@@ -242,6 +243,33 @@ def bucket_folders(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return out
 
 
+# ------------------------------------------------------------- paths read from files
+class PathEscapeError(RuntimeDataError):
+    """A path read from a file (manifest, sidecar, serving.json, config.pbtxt) leads out
+    of the folder that file describes."""
+
+
+def inside(folder: str | Path, value: Any, *, source: str | Path, key: str) -> Path:
+    """``folder / value`` when it stays inside ``folder`` once symlinks and ``..`` are
+    resolved; otherwise PathEscapeError naming the file, the key and the path.
+
+    Every path the runtime and serving code takes from a file it did not write itself goes
+    through here: a repository or bucket edited by someone else must not make a step
+    read, hash or load (dlopen) a file from anywhere on the machine."""
+    root = Path(folder).resolve()
+    text = str(value) if value is not None else ""
+    if not text or "\x00" in text:
+        raise PathEscapeError(f"{source}: {key} = {value!r} is not a path; re-create the file "
+                              f"with the command that writes it")
+    target = (root / text).resolve()
+    if target != root and root not in target.parents:
+        raise PathEscapeError(
+            f"{source}: {key} = {text!r} resolves to {target}, outside {root}; paths in this "
+            f"file must stay inside its folder (refused: it could make this step read or "
+            f"load a file from anywhere). Re-create the file with the command that writes it")
+    return target
+
+
 # ------------------------------------------------------------------------ fingerprints
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     """Streaming digest: weights and engines are GBs and are never read whole."""
@@ -298,6 +326,7 @@ def verify_artifacts(folder: str | Path, entries: Iterable[Mapping[str, Any]], *
     verdicts = _load_verdicts() if hashes else {}
     changed = False
     for e in entries:
+        inside(folder, e.get("name"), source=folder / MANIFEST, key="files[].name")
         path = folder / str(e["name"])
         if not path.is_file():
             raise ArtifactIntegrityError(f"{path} is missing but {folder / MANIFEST} records "
