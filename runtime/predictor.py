@@ -287,10 +287,11 @@ class Predictor:
         times = [int(t) for t in clip["times"]]
         pred = self._predict(sel, feeds, times, [int(v) for v in clip["views"]],
                              clip["frame_paths"], timing)
-        if len({b - a for a, b in zip(times, times[1:])}) > 1:
-            pred.notes.append(f"the clip's time steps are not evenly spaced (time_ labels "
-                              f"{times}); outputs keep these labels, the model saw the "
-                              f"frames as consecutive steps")
+        every = scene.times
+        if T > 1 and len({b - a for a, b in zip(every, every[1:])}) > 1:
+            pred.notes.append(f"the time steps of {scene.root} are not evenly spaced; this "
+                              f"clip's time_ labels are {times} and outputs keep them, but "
+                              f"the model saw the frames as consecutive steps")
         return pred
 
     def predict_arrays(self, images: np.ndarray, ext_mask: np.ndarray | None = None,

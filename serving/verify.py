@@ -108,10 +108,10 @@ def verify_repository(repo: str | Path) -> dict[str, Any]:
             if not name:
                 continue
             key = f"buckets[{i}].{kind}"
-            folder = inside(repo, name, source=source, key=key)
-            if folder.parent != repo.resolve():
+            if inside(repo, name, source=source, key=key).parent != repo.resolve():
                 raise RepositoryError(f"{source}: {key} = {name!r} is not a model folder "
                                       f"at the top of {repo}; {_REMEDY}")
+            folder = repo / str(name)
             if not folder.is_dir():
                 raise RepositoryError(f"{source}: {key} names model {name!r}, but {repo} "
                                       f"has no folder {name}; {_REMEDY}")
