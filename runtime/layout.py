@@ -498,12 +498,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recover_leftovers(final: str | Path) -> list[str]:
+def recover_leftovers(final: str | Path, log: bool = True) -> list[str]:
     """What a killed run (kill -9, power loss) left next to ``final``: a scratch folder
     ``.NAME.partial-PID-*`` is removed, and a previous good folder ``.NAME.old-PID``
     hidden between the two renames of a swap is put back when ``final`` is missing
     (else removed). Only leftovers of processes that are gone are touched. Returns what
-    was done (also logged as warnings)."""
+    was done (also logged as warnings, unless ``log`` is False: the caller says it)."""
     import logging  # noqa: PLC0415
     import re  # noqa: PLC0415
 
@@ -522,7 +522,7 @@ def recover_leftovers(final: str | Path) -> list[str]:
         else:
             shutil.rmtree(p, ignore_errors=True)
             done.append(f"removed {p}, left by an interrupted run")
-    for msg in done:
+    for msg in done if log else ():
         logging.getLogger("vggt_mv").warning(msg)
     return done
 

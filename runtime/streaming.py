@@ -340,7 +340,7 @@ class StreamingPredictor:
         # not overwritten at its end. Then the partial folders of killed runs go.
         self._lock = OutputLock(out_dir, "stream run").acquire()
         self._lock_finalizer = weakref.finalize(self, _release, self._lock)
-        for msg in recover_leftovers(out_dir):
+        for msg in recover_leftovers(out_dir, log=False):
             (warn or log)(msg)
         self.p, self.window, self.overlap = predictor, int(window), int(overlap)
         self.N, self.views = N, list(views) if views is not None else None
