@@ -314,27 +314,29 @@ def _load_verdicts() -> dict[str, Any]:
 
 def verify_artifacts(folder: str | Path, entries: Iterable[Mapping[str, Any]], *,
                      hashes: bool | None = None, remedy: str = "re-export the bucket "
-                     "(python cli.py export ...)") -> None:
+                     "(python cli.py export ...)", record: str | Path | None = None) -> None:
     """Every recorded file (``{"name", "bytes", "sha256"}``) must be present with its size
     (checked on every load: cheap) and its sha256 (checked the first time a file is seen;
     the verdict is cached by path, size and mtime so a 5 GB file is not re-hashed on every
     call). ``hashes=False`` or ${NO_VERIFY_ENV}=1 skips the hashing, never the sizes.
-    Raises ArtifactIntegrityError naming the file and the remedy."""
+    Raises ArtifactIntegrityError naming the file and the remedy; ``record`` is the file
+    the entries come from (default: the folder's manifest.json)."""
     folder = Path(folder)
+    record = Path(record) if record is not None else folder / MANIFEST
     if hashes is None:
         hashes = os.environ.get(NO_VERIFY_ENV, "") not in ("1", "true", "yes")
     verdicts = _load_verdicts() if hashes else {}
     changed = False
     for e in entries:
-        inside(folder, e.get("name"), source=folder / MANIFEST, key="files[].name")
+        inside(folder, e.get("name"), source=record, key="files[].name")
         path = folder / str(e["name"])
         if not path.is_file():
-            raise ArtifactIntegrityError(f"{path} is missing but {folder / MANIFEST} records "
-                                         f"it; {remedy}")
+            raise ArtifactIntegrityError(f"{path} is missing but {record} records it; "
+                                         f"{remedy}")
         st = path.stat()
         if "bytes" in e and st.st_size != int(e["bytes"]):
             raise ArtifactIntegrityError(
-                f"{path} is {st.st_size:,} bytes but the manifest records {int(e['bytes']):,}: "
+                f"{path} is {st.st_size:,} bytes but {record.name} records {int(e['bytes']):,}: "
                 f"truncated or replaced; {remedy}")
         if not hashes or not e.get("sha256"):
             continue
@@ -344,7 +346,7 @@ def verify_artifacts(folder: str | Path, entries: Iterable[Mapping[str, Any]], *
             continue
         if sha256_file(path) != e["sha256"]:
             raise ArtifactIntegrityError(
-                f"{path} does not match the sha256 its manifest records (corrupted on disk or "
+                f"{path} does not match the sha256 {record.name} records (corrupted on disk or "
                 f"in transfer); {remedy}. (${NO_VERIFY_ENV}=1 skips this check)")
         verdicts[key] = [st.st_size, st.st_mtime_ns, e["sha256"]]
         changed = True

@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable, Sequence
 from runtime.layout import (EXTERNAL_DATA_SUFFIX, MANIFEST, PORTABLE_GRAPH, PRECISIONS,
                             Bucket, ManifestError, atomic_directory, atomic_write_json,
                             atomic_write_text, bucket_folders, engine_filename,
-                            graph_records, is_bucket, load_manifest, sha256_file,
-                            sidecar_path_for, verify_artifacts)
+                            file_entry, graph_records, is_bucket, load_manifest,
+                            sha256_file, sidecar_path_for, verify_artifacts)
 
 from .pbtxt import ConfigError, Enum, to_pbtxt, triton_dtype
 
@@ -316,7 +316,9 @@ def export_repository(buckets: Iterable[str | Path], out: str | Path,
                                      "pipeline": mn["pipeline"],
                                      "points_from": points_source(m),
                                      "outputs": {k: {"dtype": dt, "dims": d} for k, (dt, d)
-                                                 in pipeline_outputs(m).items()}}
+                                                 in pipeline_outputs(m).items()},
+                                     # what serve checks beyond the manifest's graphs
+                                     "files": []}
             # Python model: runtime/ + bucket files + model.py, self-contained.
             version = tmp / mn["pipeline"] / "1"
             version.mkdir(parents=True)
@@ -331,13 +333,18 @@ def export_repository(buckets: Iterable[str | Path], out: str | Path,
             plugin_param = ""
             if engine is not None:
                 _place(engine, version / BUCKET_DIR / engine.name)
+                placed = [version / BUCKET_DIR / engine.name]
                 side = sidecar_path_for(engine)
                 if side.is_file():
                     _place(side, version / BUCKET_DIR / side.name)
+                    placed.append(version / BUCKET_DIR / side.name)
                 if plugin is not None:
+                    _check_plugin_matches_engine(engine, plugin)
                     # TrtSession loads it from here (relative to model.py's folder).
                     _place(plugin, version / PLUGIN_DIR / plugin.name)
+                    placed.append(version / PLUGIN_DIR / plugin.name)
                     plugin_param = f"{PLUGIN_DIR}/{plugin.name}"
+                entry["files"] += [file_entry(f, tmp) for f in placed]
             atomic_write_text(tmp / mn["pipeline"] / "config.pbtxt",
                               pipeline_config(m, opts, plugins=plugin_param))
             log(f"{mn['pipeline']}: Python backend ({opts.backend}), max batch "
@@ -363,13 +370,12 @@ def export_repository(buckets: Iterable[str | Path], out: str | Path,
                     entry["trt"] = mn["trt"]
                     entry["trt_engine"] = eng.name
                     # serve checks the repository's copies against these (serving/verify)
-                    entry["trt_engine_sha256"] = sha256_file(tmp / mn["trt"] / "1" /
-                                                             "model.plan")
+                    entry["files"].append(file_entry(tmp / mn["trt"] / "1" / "model.plan", tmp))
                     if plugin is not None:
                         _check_plugin_matches_engine(eng, plugin)
                         _place(plugin, tmp / mn["trt"] / PLUGIN_DIR / plugin.name)
                         entry["trt_plugins"] = f"{mn['trt']}/{PLUGIN_DIR}/{plugin.name}"
-                        entry["trt_plugins_sha256"] = sha256_file(plugin)
+                        entry["files"].append(file_entry(tmp / entry["trt_plugins"], tmp))
                     else:
                         entry["trt_plugins"] = None
                     log(f"{mn['trt']}: TensorRT, {eng.name}"

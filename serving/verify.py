@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.layout import (MANIFEST, PORTABLE_GRAPH, ManifestError, graph_records, inside,
-                            load_manifest, sha256_file, verify_artifacts)
+                            load_manifest, verify_artifacts)
 
 from .pbtxt import ConfigError, parse_pbtxt, validate_config
 from .repository import BUCKET_DIR, INDEX, RepositoryError
@@ -62,17 +62,6 @@ def _config(repo: Path, folder: Path) -> dict[str, Any]:
         raise RepositoryError(f"{path}: name {cfg['name']!r} is not its folder's name "
                               f"{folder.name!r} (Triton requires both to agree); {_REMEDY}")
     return cfg
-
-
-def _check_sha(path: Path, want: Any, source: Path, key: str) -> None:
-    if not want:
-        return
-    if not path.is_file():
-        raise RepositoryError(f"{path} is missing but {source} records it ({key}); {_REMEDY}")
-    if sha256_file(path) != want:
-        raise RepositoryError(f"{path} differs from what export-triton copied (sha256 "
-                              f"against {source} {key}): edited or damaged in place; "
-                              f"{_REMEDY}")
 
 
 def _check_pipeline(repo: Path, folder: Path, cfg: dict[str, Any]) -> Path:
@@ -125,14 +114,15 @@ def verify_repository(repo: str | Path) -> dict[str, Any]:
             v = folders["onnx"] / "1"
             try:
                 verify_artifacts(v, graph_records(bucket, load_manifest(bucket),
-                                                  PORTABLE_GRAPH), remedy=_REMEDY)
+                                                  PORTABLE_GRAPH), remedy=_REMEDY,
+                                 record=bucket / MANIFEST)
             except ManifestError as e:
-                raise RepositoryError(f"{e} (checked against {bucket / MANIFEST})") from e
-        if "trt" in folders:
-            _check_sha(folders["trt"] / "1" / "model.plan", b.get("trt_engine_sha256"),
-                       source, f"buckets[{i}].trt_engine_sha256")
+                raise RepositoryError(str(e)) from e
         if b.get("trt_plugins"):
-            lib = inside(repo, b["trt_plugins"], source=source, key=f"buckets[{i}].trt_plugins")
-            _check_sha(lib, b.get("trt_plugins_sha256"), source,
-                       f"buckets[{i}].trt_plugins_sha256")
+            inside(repo, b["trt_plugins"], source=source, key=f"buckets[{i}].trt_plugins")
+        # the engine and plugin library as export-triton copied them (size, sha256)
+        try:
+            verify_artifacts(repo, list(b.get("files") or []), remedy=_REMEDY, record=source)
+        except ManifestError as e:
+            raise RepositoryError(str(e)) from e
     return index

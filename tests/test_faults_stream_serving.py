@@ -163,6 +163,31 @@ def test_repository_graphs_are_copies_and_serve_verifies_them(bucket, tmp_path):
         res.output
 
 
+def test_engine_and_plugin_copies_are_checked_at_export_and_serve(bucket, tmp_path):
+    from conftest import stand_in_shared_library
+    from runtime.layout import sha256_file
+    from serving.repository import RepositoryError, RepositoryOptions, export_repository
+
+    b = shutil.copytree(bucket, tmp_path / "b" / bucket.name)
+    (b / "model.fp16.engine").write_bytes(b"engine bytes")  # no TensorRT here: placeholders
+    lib = stand_in_shared_library(tmp_path / "libvggt_mv_plugins.so")
+    side = b / "model.fp16.engine.json"
+    side.write_text(json.dumps({"plugins": {"sha256": "0" * 64}}))  # built with another one
+    r = tmp_path / "repo"
+    with pytest.raises(RepositoryError, match="is not the one model.fp16.engine was built"):
+        export_repository([b], r, RepositoryOptions(plugins=lib))
+    assert not r.exists() and hidden(tmp_path) == []
+    side.write_text(json.dumps({"plugins": {"sha256": sha256_file(lib)}}))
+    export_repository([b], r, RepositoryOptions(plugins=lib, threads=1))
+    copy = next(r.glob("*_trt/plugins/" + lib.name))
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 0x01  # same size, other bytes: what tritonserver would dlopen
+    copy.write_bytes(bytes(data))
+    res = cli("serve", "--repo", r, "--timeout", 5)
+    assert res.exit_code == 2 and str(copy) in res.output and "serving.json" in res.output, \
+        res.output
+
+
 def test_serve_refuses_foreign_folders_and_garbled_configs_naming_file_and_line(repo,
                                                                               tmp_path):
     res = cli("serve", "--repo", tmp_path / "missing")
