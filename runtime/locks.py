@@ -35,35 +35,56 @@ class OutputLock:
         self.out, self.what = Path(out), what
         self.path = lock_path_for(out)
         self._fd: int | None = None
+        self._made: list[Path] = []  # parent folders created for the lock, removed after
 
     def acquire(self) -> "OutputLock":
         import fcntl  # noqa: PLC0415 - POSIX only; imported where a lock is taken
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                other = _read_pid(fd)
-                os.close(fd)
-                raise OutputBusyError(
-                    f"--out {self.out} is being written by another {self.what} (PID "
-                    f"{other or 'unknown'}, lock {self.path}); wait for it to finish or "
-                    f"choose another --out") from None
-            # The holder before us may have unlinked the file between our open and our
-            # lock: then we hold a lock nobody else can see; start again on the new file.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
+        missing = [p for p in [self.path.parent, *self.path.parent.parents] if not p.exists()]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._made = missing
+            while True:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                if self._try_lock(fcntl, fd):
+                    break
+        except OSError as e:
+            self._remove_made()
+            raise RuntimeDataError(f"cannot write beside --out {self.out} ({e.strerror}): "
+                                   f"choose a folder you can write (--out)") from e
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return self
+
+    def _try_lock(self, fcntl: Any, fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = _read_pid(fd)
+            os.close(fd)
+            self._remove_made()
+            mine = (" (this process: close() or abort() the earlier StreamingPredictor "
+                    "first)" if other == os.getpid() else "")
+            raise OutputBusyError(
+                f"--out {self.out} is being written by another {self.what} (PID "
+                f"{other or 'unknown'}, lock {self.path}){mine}; wait for it to finish or "
+                f"choose another --out") from None
+        # The holder before us may have unlinked the file between our open and our lock:
+        # then we hold a lock nobody else can see; start again on the new file.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+        return same
+
+    def _remove_made(self) -> None:
+        for p in self._made:  # deepest first; only folders still empty
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        self._made = []
 
     def release(self) -> None:
         if self._fd is None:
@@ -73,6 +94,7 @@ class OutputLock:
             os.unlink(self.path)
         os.close(self._fd)  # closing drops the flock
         self._fd = None
+        self._remove_made()
 
     @property
     def held(self) -> bool:
