@@ -101,7 +101,8 @@ def test_trt_plugins_outside_the_repository_is_refused(repo, tmp_path):
     assert "Traceback" not in res.output
 
 
-def test_config_parameters_and_manifest_names_stay_inside(repo, bucket, tmp_path):
+def test_config_parameters_and_manifest_names_stay_inside(repo, bucket, tmp_path,
+                                                          monkeypatch):
     from runtime.session import OnnxSession
 
     r = shutil.copytree(repo, tmp_path / "repo")
@@ -112,6 +113,16 @@ def test_config_parameters_and_manifest_names_stay_inside(repo, bucket, tmp_path
     assert "evil.so" in cfg.read_text()
     res = cli("serve", "--repo", r)
     assert res.exit_code == 2 and "parameters.plugins" in res.output and str(cfg) in res.output
+    # the Python model itself (inside tritonserver) refuses the same escapes
+    import serving.triton_model as tm
+
+    here = r / cfg.parent.name / "1"
+    monkeypatch.setattr(tm, "HERE", here)
+    monkeypatch.setattr(tm, "REPO", r)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    tm._extend_sys_path(os.pathsep.join([str(here / "runtime"), "bucket"]))  # inside: fine
+    with pytest.raises(PathEscapeError, match="parameters.extra_sys_path"):
+        tm._extend_sys_path("../../../elsewhere")
     b = shutil.copytree(bucket, tmp_path / bucket.name)
     m = json.loads((b / "manifest.json").read_text())
     # an external-data record the graph's check would hash: it must not leave the bucket
