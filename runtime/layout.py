@@ -33,6 +33,7 @@ __all__ = [
     "NO_VERIFY_ENV",
     "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
     "atomic_path", "atomic_directory", "recover_leftovers",
+    "PathEscapeError", "inside",
 ]
 
 # ------------------------------------------------------------------------- file names
@@ -306,6 +307,33 @@ def bucket_folders(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return out
 
 
+# ------------------------------------------------------------- paths read from files
+class PathEscapeError(RuntimeDataError):
+    """A path read from a file (manifest, sidecar, serving.json, config.pbtxt) leads out
+    of the folder that file describes."""
+
+
+def inside(folder: str | Path, value: Any, *, source: str | Path, key: str) -> Path:
+    """``folder / value`` when it stays inside ``folder`` once symlinks and ``..`` are
+    resolved; otherwise PathEscapeError naming the file, the key and the path.
+
+    Every path the runtime and serving code takes from a file it did not write itself goes
+    through here: a repository or bucket edited by someone else must not make a step
+    read, hash or load (dlopen) a file from anywhere on the machine."""
+    root = Path(folder).resolve()
+    text = str(value) if value is not None else ""
+    if not text or "\x00" in text:
+        raise PathEscapeError(f"{source}: {key} = {value!r} is not a path; re-create the file "
+                              f"with the command that writes it")
+    target = (root / text).resolve()
+    if target != root and root not in target.parents:
+        raise PathEscapeError(
+            f"{source}: {key} = {text!r} resolves to {target}, outside {root}; paths in this "
+            f"file must stay inside its folder (refused: it could make this step read or "
+            f"load a file from anywhere). Re-create the file with the command that writes it")
+    return target
+
+
 # ------------------------------------------------------------------------ fingerprints
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     """Streaming digest: weights and engines are GBs and are never read whole."""
@@ -350,26 +378,29 @@ def _load_verdicts() -> dict[str, Any]:
 
 def verify_artifacts(folder: str | Path, entries: Iterable[Mapping[str, Any]], *,
                      hashes: bool | None = None, remedy: str = "re-export the bucket "
-                     "(python cli.py export ...)") -> None:
+                     "(python cli.py export ...)", record: str | Path | None = None) -> None:
     """Every recorded file (``{"name", "bytes", "sha256"}``) must be present with its size
     (checked on every load: cheap) and its sha256 (checked the first time a file is seen;
     the verdict is cached by path, size and mtime so a 5 GB file is not re-hashed on every
     call). ``hashes=False`` or ${NO_VERIFY_ENV}=1 skips the hashing, never the sizes.
-    Raises ArtifactIntegrityError naming the file and the remedy."""
+    Raises ArtifactIntegrityError naming the file and the remedy; ``record`` is the file
+    the entries come from (default: the folder's manifest.json)."""
     folder = Path(folder)
+    record = Path(record) if record is not None else folder / MANIFEST
     if hashes is None:
         hashes = os.environ.get(NO_VERIFY_ENV, "") not in ("1", "true", "yes")
     verdicts = _load_verdicts() if hashes else {}
     changed = False
     for e in entries:
+        inside(folder, e.get("name"), source=record, key="files[].name")
         path = folder / str(e["name"])
         if not path.is_file():
-            raise ArtifactIntegrityError(f"{path} is missing but {folder / MANIFEST} records "
-                                         f"it; {remedy}")
+            raise ArtifactIntegrityError(f"{path} is missing but {record} records it; "
+                                         f"{remedy}")
         st = path.stat()
         if "bytes" in e and st.st_size != int(e["bytes"]):
             raise ArtifactIntegrityError(
-                f"{path} is {st.st_size:,} bytes but the manifest records {int(e['bytes']):,}: "
+                f"{path} is {st.st_size:,} bytes but {record.name} records {int(e['bytes']):,}: "
                 f"truncated or replaced; {remedy}")
         if not hashes or not e.get("sha256"):
             continue
@@ -379,7 +410,7 @@ def verify_artifacts(folder: str | Path, entries: Iterable[Mapping[str, Any]], *
             continue
         if sha256_file(path) != e["sha256"]:
             raise ArtifactIntegrityError(
-                f"{path} does not match the sha256 its manifest records (corrupted on disk or "
+                f"{path} does not match the sha256 {record.name} records (corrupted on disk or "
                 f"in transfer); {remedy}. (${NO_VERIFY_ENV}=1 skips this check)")
         verdicts[key] = [st.st_size, st.st_mtime_ns, e["sha256"]]
         changed = True
@@ -533,12 +564,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recover_leftovers(final: str | Path) -> list[str]:
+def recover_leftovers(final: str | Path, log: bool = True) -> list[str]:
     """What a killed run (kill -9, power loss) left next to ``final``: a scratch folder
     ``.NAME.partial-PID-*`` is removed, and a previous good folder ``.NAME.old-PID``
     hidden between the two renames of a swap is put back when ``final`` is missing
     (else removed). Only leftovers of processes that are gone are touched. Returns what
-    was done (also logged as warnings)."""
+    was done (also logged as warnings, unless ``log`` is False: the caller says it)."""
     import logging  # noqa: PLC0415
     import re  # noqa: PLC0415
 
@@ -557,7 +588,7 @@ def recover_leftovers(final: str | Path) -> list[str]:
         else:
             shutil.rmtree(p, ignore_errors=True)
             done.append(f"removed {p}, left by an interrupted run")
-    for msg in done:
+    for msg in done if log else ():
         logging.getLogger("vggt_mv").warning(msg)
     return done
 

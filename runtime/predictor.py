@@ -165,6 +165,31 @@ class Prediction:
         return written
 
 
+def _labels(name: str, given: Sequence[int] | None, count: int, holds: str) -> list[int]:
+    """``times`` / ``views`` of predict_arrays: one distinct integer label per time step /
+    view of the images, checked before anything runs. A short list would write files for
+    part of the clip while the npz holds all of it; a repeated label would make two
+    frames' files overwrite each other."""
+    if given is None:
+        return list(range(count))
+    shown = list(given) if isinstance(given, (list, tuple, range, np.ndarray)) else given
+    try:
+        labels = [int(x) for x in given]
+        bad = any(int(x) != x or x < 0 for x in given)
+    except (TypeError, ValueError):
+        bad = True
+    if bad:
+        raise ValueError(f"{name}={shown!r} must be non-negative integer labels")
+    if len(labels) != count:
+        raise ValueError(f"{name}={labels} has {len(labels)} entries but {holds}: give one "
+                         f"label each")
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ValueError(f"{name}={labels} repeats {dup}; {holds}, and each needs its own "
+                         f"label (their output files would overwrite each other)")
+    return labels
+
+
 class Predictor:
     """Exported buckets under ``root`` + a backend -> ``Prediction`` for a clip."""
 
@@ -260,8 +285,15 @@ class Predictor:
         feeds = {"images": clip["images"]}
         if spec.ext_mask:
             feeds["ext_mask"] = clip["ext_mask"]
-        return self._predict(sel, feeds, [int(t) for t in clip["times"]],
-                             [int(v) for v in clip["views"]], clip["frame_paths"], timing)
+        times = [int(t) for t in clip["times"]]
+        pred = self._predict(sel, feeds, times, [int(v) for v in clip["views"]],
+                             clip["frame_paths"], timing)
+        every = scene.times
+        if T > 1 and len({b - a for a, b in zip(every, every[1:])}) > 1:
+            pred.notes.append(f"the time steps of {scene.root} are not evenly spaced; this "
+                              f"clip's time_ labels are {times} and outputs keep them, but "
+                              f"the model saw the frames as consecutive steps")
+        return pred
 
     def predict_arrays(self, images: np.ndarray, ext_mask: np.ndarray | None = None,
                        times: Sequence[int] | None = None,
@@ -291,14 +323,18 @@ class Predictor:
                                    f"got {list(np.shape(images))}")
         _, T, N, _, H, W = a.shape
         sel = self.select(T, N, H, W, ext_mask=ext_mask is not None)
+        spec = sel.entry.spec
+        times_l = _labels("times", times, T, f"the images hold T={T} time steps (bucket "
+                          f"{spec.name}: T={spec.T})")
+        views_l = _labels("views", views, N, f"the images hold N={N} views (bucket "
+                          f"{spec.name}: N={spec.N})")
         feeds = {"images": a}
         if sel.entry.spec.ext_mask:
             if ext_mask is None:
                 raise RuntimeDataError(f"bucket {sel.entry.name} needs ext_mask [T, N, H, W]")
             m = np.asarray(ext_mask)
             feeds["ext_mask"] = m[None] if m.ndim == 4 else m
-        return self._predict(sel, feeds, list(times or range(T)), list(views or range(N)),
-                             [], {})
+        return self._predict(sel, feeds, times_l, views_l, [], {})
 
     def run_selection(self, sel: Selection, feeds: Mapping[str, np.ndarray]
                       ) -> dict[str, np.ndarray]:

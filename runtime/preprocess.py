@@ -57,6 +57,7 @@ __all__ = [
     "preprocess_rgb",
     "preprocess_mask",
     "read_image",
+    "decode_frame",
     "read_mask",
     "select_views",
     "load_image",
@@ -398,6 +399,16 @@ def read_image(path: str | Path) -> Any:
     return _open(Path(path))
 
 
+def decode_frame(path: str | Path) -> np.ndarray:
+    """An image file -> uint8 [H, W, 3] (RGBA [H, W, 4] when it has transparency): the one
+    frame decoder of every path that reads frames (local infer, streams, calibration, the
+    Triton client), so 16-bit, greyscale, palette and alpha frames mean the same
+    everywhere. 16-bit values are scaled to 8 bits, never clipped to white."""
+    im = _sixteen_bit_to_uint8(read_image(path))
+    alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
+    return np.asarray(im.convert("RGBA" if alpha else "RGB"))
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """Decode a mask file into a uint8 HxW array (first channel of colour masks)."""
     im = _open(Path(path))
@@ -409,7 +420,7 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def load_image(path: str | Path, size_hw: Sequence[int]) -> np.ndarray:
     """Image file -> float32 [3, H, W] in [0, 1], VGGT "crop"-style cover/centre-crop."""
-    return preprocess_rgb(read_image(path), size_hw, name=str(path))
+    return preprocess_rgb(decode_frame(path), size_hw, name=str(path))
 
 
 def load_mask(path: str | Path, size_hw: Sequence[int], binarize: bool = True) -> np.ndarray:
@@ -585,8 +596,8 @@ def load_clip(folder: str | Path | SceneIndex, t0: int, T: int, N: int,
     ref: tuple[tuple[int, int], Path] | None = None
     for i in range(T):
         for j in range(N):
-            im = read_image(paths[i][j])
-            hw = (im.size[1], im.size[0])
+            im = decode_frame(paths[i][j])
+            hw = im.shape[:2]
             if ref is None:
                 ref = (hw, paths[i][j])
             elif hw != ref[0]:

@@ -16,9 +16,13 @@ comes: depth PNGs per (t, view), ``cameras.jsonl`` (world extrinsics / intrinsic
 (residual, inliers, scale, status per window) and ``run.json``.
 
     with Predictor("artifacts", backend="onnx") as p:
-        s = StreamingPredictor(p, window=4, overlap=1, out_dir="out/")
-        s.run_folder("scene/")            # or s.push([frame_view0, frame_view1, ...]) per step
-        summary = s.close()
+        with StreamingPredictor(p, window=4, overlap=1, out_dir="out/") as s:
+            s.run_folder("scene/")        # or s.push([frame_view0, frame_view1, ...]) per step
+        summary = s.summary               # close() ran on leaving the block
+
+An exception inside the block (or a stream that is dropped unclosed) removes the hidden
+partial folder; the output folder is locked for the whole run (runtime/locks.py), so a
+second stream into it is refused naming the first one's PID.
 
 Trajectories are written in the TUM format (``timestamp tx ty tz qx qy qz qw``, the
 camera's pose in the world): one line per pose with its own timestamp, so time steps,
@@ -31,6 +35,7 @@ import json
 import os
 import shutil
 import time
+import weakref
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,11 +45,12 @@ import numpy as np
 
 from .align import AlignResult, Sim3, align_robust, sim3_from_camera
 from .errors import RuntimeDataError
-from .layout import atomic_write, atomic_write_json
+from .layout import atomic_write, atomic_write_json, recover_leftovers
+from .locks import OutputLock
 from .outputs import colorize, save_png, write_ply
 from .pointcloud import VoxelCloud
 from .postprocess import closed_form_inverse_se3, mat_to_quat
-from .preprocess import discover_scene, preprocess_rgb, read_image
+from .preprocess import decode_frame, discover_scene, preprocess_rgb
 from .video import find_view_videos
 
 __all__ = ["WindowReport", "WorldChainer", "StreamWriter", "StreamingPredictor",
@@ -220,6 +226,7 @@ class StreamWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
         (self.tmp / "depth").mkdir(parents=True)
         self.views, self.fps, self.depth_pngs = list(views), float(fps), depth_pngs
+        self.overwrite = overwrite
         self._cams = open(self.tmp / "cameras.jsonl", "w")
         self._tum = {v: open(self.tmp / f"trajectory_view{v}.tum", "w") for v in self.views}
         for f in self._tum.values():
@@ -227,6 +234,10 @@ class StreamWriter:
         # One JSON record per window, appended as windows run and turned into
         # windows.json at the end: nothing per window stays in memory.
         self._win = open(self.tmp / ".windows.jsonl", "w")
+        # A writer dropped without finish() or abort() (a stream never closed, an
+        # exception the caller swallowed) takes its partial folder with it.
+        self._finalizer = weakref.finalize(self, _remove_partial, self.tmp,
+                                           [self._cams, self._win, *self._tum.values()])
         self.frames = 0
         self.windows = 0
         # One colour scale for every depth PNG of the stream (world units), fixed by the
@@ -265,6 +276,12 @@ class StreamWriter:
         self._windows_json()
         run = {**run, "depth_range_png": self.depth_range}
         atomic_write_json(self.tmp / "run.json", run)
+        # Checked again here, not only at the start: something may have written the
+        # output meanwhile (another command; streams are kept out by the lock).
+        if self.out.is_dir() and any(self.out.iterdir()) and not self.overwrite:
+            raise RuntimeDataError(f"--out {self.out} was filled by someone else while this "
+                                   f"stream ran; nothing of this run was kept: run it again "
+                                   f"into a new folder, or with --overwrite")
         if self.out.exists():
             old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
             self.out.rename(old)
@@ -272,6 +289,7 @@ class StreamWriter:
             shutil.rmtree(old, ignore_errors=True)
         else:
             self.tmp.rename(self.out)
+        self._finalizer.detach()
         return {"out": str(self.out), "points": n, "frames": self.frames}
 
     def _windows_json(self) -> None:
@@ -291,8 +309,17 @@ class StreamWriter:
             f.close()
 
     def abort(self) -> None:
-        self._close_files()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._finalizer()  # closes the files and removes the partial folder, once
+
+
+def _remove_partial(tmp: Path, files: list[Any]) -> None:
+    for f in files:
+        f.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _release(lock: OutputLock) -> None:
+    lock.release()
 
 
 class StreamingPredictor:
@@ -309,6 +336,12 @@ class StreamingPredictor:
         check_window_overlap(window, overlap)
         # fps None: the videos' frame rate when the input is videos, else 1 (t / 1 = t).
         StreamWriter.check_out(out_dir, overwrite, 1.0 if fps is None else fps)
+        # Held until close() or abort(): a second stream into this output is refused now,
+        # not overwritten at its end. Then the partial folders of killed runs go.
+        self._lock = OutputLock(out_dir, "stream run").acquire()
+        self._lock_finalizer = weakref.finalize(self, _release, self._lock)
+        for msg in recover_leftovers(out_dir, log=False):
+            (warn or log)(msg)
         self.p, self.window, self.overlap = predictor, int(window), int(overlap)
         self.N, self.views = N, list(views) if views is not None else None
         self.out_dir, self.fps, self.overwrite = Path(out_dir), fps, overwrite
@@ -333,6 +366,19 @@ class StreamingPredictor:
         self.last_report: WindowReport | None = None
         self._t_start = time.perf_counter()
         self._ran_last = False
+        self._failed: BaseException | None = None
+        self.summary: dict[str, Any] | None = None
+
+    def __enter__(self) -> "StreamingPredictor":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """On an exception: abort (the partial folder is removed, the output untouched).
+        Otherwise close() if the block did not (the result lands in ``summary``)."""
+        if exc_type is not None:
+            self.abort()
+        elif self.summary is None and self._lock.held:
+            self.close()
 
     # ------------------------------------------------------------------ input
     def _bucket_size(self, n_views: int, aspect: float) -> tuple[int, int]:
@@ -342,6 +388,9 @@ class StreamingPredictor:
     def push(self, frames: Sequence[Any], t: int | None = None) -> WindowReport | None:
         """One time step: N frames (paths, PIL images or uint8 [H, W, 3] arrays), one per
         view. Runs a window whenever enough new steps have arrived; returns its report."""
+        if self._failed is not None or not self._lock.held:
+            raise RuntimeDataError("this stream was aborted or closed (an earlier push or "
+                                   "close failed); start a new StreamingPredictor")
         if not len(frames):
             raise RuntimeDataError("push() needs one frame per view, got none")
         if self.views is None:
@@ -349,7 +398,7 @@ class StreamingPredictor:
         if len(frames) != len(self.views):
             raise RuntimeDataError(f"push() got {len(frames)} frames; this stream has "
                                    f"{len(self.views)} views")
-        ims = [read_image(f) if isinstance(f, (str, Path)) else f for f in frames]
+        ims = [decode_frame(f) if isinstance(f, (str, Path)) else f for f in frames]
         if self._size is None:
             if isinstance(ims[0], np.ndarray):
                 h, w = ims[0].shape[:2]
@@ -367,7 +416,14 @@ class StreamingPredictor:
         first_window = not self.windows_submitted
         if len(self._buf) == self.window and (first_window or
                                               self._since >= self.window - self.overlap):
-            return self._run_window()
+            try:
+                return self._run_window()
+            except BaseException as e:
+                # A window failed half-way (inference, alignment, writing): what was
+                # written no longer adds up to a stream, so none of it is kept.
+                self._failed = e
+                self.abort()
+                raise
         return None
 
     def run_folder(self, folder: str | Path, loops: int = 1) -> None:
@@ -376,9 +432,17 @@ class StreamingPredictor:
         scene = discover_scene(folder)
         views = self.views if self.views is not None else list(scene.views)[: self.N or None]
         self.views = views
-        for _ in range(loops):
-            for tl in scene.times:
-                self.push([scene.frame_path(tl, v) for v in views])
+        times = list(scene.times)
+        steps = {b - a for a, b in zip(times, times[1:])}
+        if len(steps) > 1:
+            self.warn(f"the time steps of {scene.root} are not evenly spaced (time_ labels "
+                      f"{_label_list(times)}): outputs keep these labels (cameras.jsonl t, "
+                      f"TUM timestamps t / fps, depth names), and windows span the gaps as if "
+                      f"the steps were adjacent")
+        span = times[-1] - times[0] + 1 if times else 0
+        for loop in range(loops):
+            for tl in times:  # the folder's own labels: time_05 stays t = 5
+                self.push([scene.frame_path(tl, v) for v in views], t=tl + loop * span)
 
     def run_videos(self, folder: str | Path, loops: int = 1) -> None:
         """One synchronized video per view (view0.mp4, view1.avi, ...), decoded one time
@@ -481,6 +545,9 @@ class StreamingPredictor:
     def close(self) -> dict[str, Any]:
         """Runs a last window over the newest steps if some are not covered yet, writes the
         cloud, windows.json and run.json, and moves the output folder into place."""
+        if self._failed is not None or not self._lock.held:
+            raise RuntimeDataError("this stream was aborted or already closed; start a new "
+                                   "StreamingPredictor")
         try:
             if not self.windows_submitted and len(self._buf) < self.window:
                 raise RuntimeDataError(f"the stream ended after {len(self._buf)} time steps; "
@@ -497,16 +564,26 @@ class StreamingPredictor:
                    "voxel": self._cloud.voxel if self._cloud else None,
                    "cloud_coarsened": self._cloud.coarsened if self._cloud else 0}
             out = self._writer.finish(self._cloud, run)
-        except BaseException:
-            if self._writer is not None:
-                self._writer.abort()
+        except BaseException as e:
+            self._failed = e
+            self.abort()
             raise
-        return {**run, **out}
+        self._lock_finalizer()
+        self.summary = {**run, **out}
+        return self.summary
 
     def abort(self) -> None:
+        """Drop everything of this run (the partial folder; the output stays as it was)
+        and release the output's lock. Safe to call more than once."""
         self._pending.clear()
         if self._writer is not None:
             self._writer.abort()
+        self._lock_finalizer()
+
+
+def _label_list(times: Sequence[int], most: int = 12) -> str:
+    shown = ", ".join(str(t) for t in times[:most])
+    return shown + (f", ... ({len(times)} steps)" if len(times) > most else "")
 
 
 def _default_voxel(points: np.ndarray, weights: np.ndarray) -> float:

@@ -91,6 +91,53 @@ def _evil_checkpoint(w: Path) -> None:
     (w / "evil.pt").write_bytes(pickle.dumps({"model": _Evil()}))
 
 
+def make_repo(w: Path) -> Path:
+    """A model repository of the tiny bucket, written by export-triton itself."""
+    repo = w / "repo"
+    if not repo.exists():
+        subprocess.run([sys.executable, str(ROOT / "cli.py"), "export-triton", "--bucket",
+                        str(copy_bucket(w)), "--out", str(repo), "--no-trt-model"],
+                       check=True, capture_output=True)
+    return repo
+
+
+def _edit_index(w: Path, edit: Callable[[dict], None]) -> None:
+    p = make_repo(w) / "serving.json"
+    d = json.loads(p.read_text())
+    edit(d)
+    p.write_text(json.dumps(d))
+
+
+def _garble_config(w: Path) -> None:
+    cfg = next(make_repo(w).glob("*_onnx/config.pbtxt"))
+    cfg.write_text(cfg.read_text().replace("TYPE_FP32", "TYPE_F32", 1))
+
+
+def _flip_repo_graph(w: Path) -> None:
+    g = next(make_repo(w).glob("*_onnx/1/model.onnx"))
+    data = bytearray(g.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    g.write_bytes(bytes(data))
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def stream(w: Path, *extra: str, scene: str = "scene") -> list[str]:
+    return ["infer", "--stream", "--onnx", str(w / "bucket"), "--graph", "model.onnx",
+            "--input", str(w / scene), "--N", "2", "--window", "2", "--out", str(w / "out"),
+            *extra]
+
+
+def _gapped_scene(w: Path) -> None:
+    for d in (copy_scene(w) / "images").glob("time_*"):
+        if int(d.name[5:]) not in (0, 1, 5, 6, 10, 11):
+            shutil.rmtree(d)
+
+
 FAULTS = [
     # bucket folders
     Fault("manifest.json deleted", lambda w: infer(w),
@@ -235,6 +282,33 @@ FAULTS = [
           lambda w: ["calibrate", "--bucket", str(w / "bucket" / "T2_N2_42x56"), "--input",
                      str(SCENE), "--clips", "500", "--out", str(w / "out" / "c.npz")],
           lambda w: copy_bucket(w)),
+    # issue #21: serving, streaming
+    Fault("serve: serving.json trt_plugins outside the repository",
+          lambda w: ["serve", "--repo", str(w / "repo"), "--timeout", "20"],
+          lambda w: _edit_index(w, lambda d: d["buckets"][0].update(
+              trt_plugins="../" * 40 + "tmp/x.so")), out=None),
+    Fault("serve: serving.json model name ../../etc",
+          lambda w: ["serve", "--repo", str(w / "repo"), "--timeout", "20"],
+          lambda w: _edit_index(w, lambda d: d["buckets"][0].update(pipeline="../../etc")),
+          out=None),
+    Fault("serve: a garbled config.pbtxt",
+          lambda w: ["serve", "--repo", str(w / "repo"), "--timeout", "20"], _garble_config,
+          out=None),
+    Fault("serve: a repository graph edited in place",
+          lambda w: ["serve", "--repo", str(w / "repo"), "--timeout", "20"], _flip_repo_graph,
+          out=None),
+    Fault("serve: a folder that is not a repository",
+          lambda w: ["serve", "--repo", str(w), "--timeout", "20"], out=None),
+    Fault("export-triton with $VGGT_MV_PLUGINS a text file",
+          lambda w: ["export-triton", "--bucket", str(w / "bucket"), "--out", str(w / "out")],
+          lambda w: (copy_bucket(w), (w / "lib.so").write_text("text")),
+          env={"VGGT_MV_PLUGINS": "lib.so"}),
+    Fault("infer --stream beside a killed stream's .partial-PID folder", lambda w: stream(w),
+          lambda w: (copy_scene(w), copy_bucket(w),
+                     (w / f".out.partial-{_dead_pid()}" / "depth").mkdir(parents=True)),
+          expect="ok"),
+    Fault("infer --stream on time_00,01,05,06,10,11", lambda w: stream(w),
+          lambda w: (copy_bucket(w), _gapped_scene(w)), expect="ok"),
     Fault("infer --server with an ftp:// URL",
           lambda w: ["infer", "--server", "ftp://127.0.0.1:1", "--input", str(SCENE), "--out",
                      str(w / "out")]),

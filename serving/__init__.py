@@ -7,6 +7,7 @@ tritonclient only inside the client. Modules:
 - ``repository``: ``export-triton`` (a model repository from exported buckets);
 - ``triton_model``: the Python-backend model copied into the repository;
 - ``server``: find and run ``tritonserver`` (``serve``), readiness, clean stop;
+- ``verify``: ``serve``'s checks of a repository before the server starts;
 - ``client``: ``infer --server`` over HTTP or gRPC (tritonclient);
 - ``load``: concurrent closed-loop clients (bench and tests);
 - ``commands``: the typer commands cli.py registers.

@@ -17,7 +17,7 @@ import numpy as np
 
 from runtime.errors import NotEnoughFramesError, RuntimeDataError, SizeMismatchError
 from runtime.predictor import Prediction
-from runtime.preprocess import discover_scene, read_image, select_views
+from runtime.preprocess import decode_frame, discover_scene, select_views
 
 from .repository import DERIVED_OUTPUTS
 
@@ -53,13 +53,8 @@ def load_frames(folder: str | Path, T: int | None = None, N: int | None = None,
     chosen = select_views(scene, N, views)
     times = scene.times[t0:t0 + T]
     paths = [[scene.frame_path(t, v) for v in chosen] for t in times]
-    arrays = []
-    for row in paths:
-        for p in row:
-            im = read_image(p)
-            alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and
-                                                  "transparency" in im.info)
-            arrays.append(np.asarray(im.convert("RGBA" if alpha else "RGB")))
+    # local infer's decoder (16-bit PNGs scaled, not clipped to white)
+    arrays = [decode_frame(p) for row in paths for p in row]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise SizeMismatchError(f"frames of one clip must share a size and mode; "

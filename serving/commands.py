@@ -88,8 +88,16 @@ def serve(
 ) -> None:
     """Start tritonserver on a repository, wait until it is ready, print the endpoints;
     Ctrl-C or SIGTERM stops it cleanly."""
-    from .server import ServerError, ServerInterrupted, TritonServer
+    from runtime.errors import RuntimeDataError
 
+    from .repository import RepositoryError
+    from .server import ServerError, ServerInterrupted, TritonServer
+    from .verify import verify_repository
+
+    try:  # a foreign folder, a garbled config or edited graphs: named here, not in the log
+        verify_repository(repo)
+    except (RepositoryError, RuntimeDataError) as e:
+        _fail(str(e))
     stop = threading.Event()
 
     def on_signal(signum, frame):  # noqa: ARG001 - only sets a flag (see start's abort)

@@ -17,7 +17,11 @@ __all__ = ["ConfigError", "to_pbtxt", "parse_pbtxt", "validate_config", "DATA_TY
 
 
 class ConfigError(ValueError):
-    """A config.pbtxt that Triton would reject."""
+    """A config.pbtxt that Triton would reject; ``line`` is where, when known."""
+
+    def __init__(self, msg: str, line: int | None = None):
+        self.line = line
+        super().__init__(f"line {line}: {msg}" if line is not None else msg)
 
 
 # numpy dtype name -> Triton data type (model_config.proto DataType).
@@ -159,55 +163,68 @@ _TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([A-Za-z_][A-Za-z0-9_]
                     r'(-?[0-9][0-9.eE+-]*)|([{}\[\]:,<>]))')
 
 
-def _tokens(text: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
+def _tokens(text: str) -> list[tuple[str, str, int]]:
+    """(kind, text, line) per token: the line goes into every parse error."""
+    out: list[tuple[str, str, int]] = []
     pos = 0
     while pos < len(text):
         if text[pos:].strip() == "":
             break
         m = _TOKEN.match(text, pos)
+        line = text.count("\n", 0, pos) + 1
         if not m:
-            line = text.count("\n", 0, pos) + 1
-            raise ConfigError(f"line {line}: cannot parse {text[pos:pos + 20]!r}")
+            raise ConfigError(f"cannot parse {text[pos:pos + 20]!r}", line)
+        # the token's own line (after the whitespace the match skipped)
+        line += text.count("\n", pos, m.start(m.lastindex or 0))
         pos = m.end()
         if m.group(1):
             continue
         for kind, g in zip(("str", "ident", "num", "punct"), m.groups()[1:]):
             if g is not None:
-                out.append((kind, g))
+                out.append((kind, g, line))
     return out
 
 
 class _Msg(list):
-    """A parsed message: its (field, value) pairs (kept apart from a [list] value)."""
+    """A parsed message: its (field, value) pairs (kept apart from a [list] value), and
+    the line each field starts on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[int] = []
 
 
 class _Parser:
     def __init__(self, text: str):
         self.toks = _tokens(text)
         self.i = 0
+        self.last_line = self.toks[-1][2] if self.toks else 1
 
-    def peek(self) -> tuple[str, str] | None:
+    def peek(self) -> tuple[str, str, int] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
 
-    def take(self, want: str | None = None) -> tuple[str, str]:
+    def take(self, want: str | None = None) -> tuple[str, str, int]:
         tok = self.peek()
         if tok is None:
-            raise ConfigError(f"unexpected end of config (expected {want or 'a token'})")
+            raise ConfigError(f"unexpected end of config (expected {want or 'a token'})",
+                              self.last_line)
         if want is not None and tok[1] != want:
-            raise ConfigError(f"expected {want!r}, got {tok[1]!r} (token {self.i})")
+            raise ConfigError(f"expected {want!r}, got {tok[1]!r}", tok[2])
         self.i += 1
         return tok
 
     def value(self) -> Any:
-        kind, tok = self.take()
+        kind, tok, line = self.take()
         if kind == "str":
             return bytes(tok[1:-1], "utf-8").decode("unicode_escape")
         if kind == "num":
-            return float(tok) if any(c in tok for c in ".eE") else int(tok)
+            try:
+                return float(tok) if any(c in tok for c in ".eE") else int(tok)
+            except ValueError:
+                raise ConfigError(f"{tok!r} is not a number", line) from None
         if kind == "ident":
             return True if tok == "true" else False if tok == "false" else Enum(tok)
-        raise ConfigError(f"expected a value, got {tok!r}")
+        raise ConfigError(f"expected a value, got {tok!r}", line)
 
     def message(self, close: str | None) -> "_Msg":
         fields = _Msg()
@@ -215,14 +232,15 @@ class _Parser:
             tok = self.peek()
             if tok is None:
                 if close:
-                    raise ConfigError(f"missing {close!r} at end of config")
+                    raise ConfigError(f"missing {close!r} at end of config", self.last_line)
                 return fields
             if close and tok[1] == close:
                 self.take()
                 return fields
-            kind, name = self.take()
+            kind, name, line = self.take()
             if kind != "ident":
-                raise ConfigError(f"expected a field name, got {name!r}")
+                raise ConfigError(f"expected a field name, got {name!r}", line)
+            fields.lines.append(line)
             nxt = self.peek()
             if nxt and nxt[1] == ":":
                 self.take(":")
@@ -255,28 +273,39 @@ def parse_pbtxt(text: str) -> list[tuple[str, Any]]:
 def _check(fields: list[tuple[str, Any]], msg: str, where: str) -> dict[str, Any]:
     schema = SCHEMA[msg]
     out: dict[str, Any] = {}
-    for name, val in fields:
-        here = f"{where}.{name}" if where else name
-        if name not in schema:
-            raise ConfigError(f"{here}: no field {name!r} in {msg} (known: "
-                              f"{', '.join(sorted(schema))})")
-        kind = schema[name]
-        repeated = kind.endswith("[]")
-        base = kind[:-2] if repeated else kind
-        is_list = isinstance(val, list) and not isinstance(val, _Msg)
-        if is_list and not repeated:
-            raise ConfigError(f"{here}: a [list] given to a single-valued field")
-        vals = list(val) if is_list else [val]
-        if not repeated and not base.startswith("map<") and name in out:
-            raise ConfigError(f"{here}: set twice (not a repeated field)")
-        checked = [_check_value(v, base, here) for v in vals]
-        if repeated or base.startswith("map<"):
-            out.setdefault(name, []).extend(checked)
-        else:
-            if len(checked) != 1:
-                raise ConfigError(f"{here}: a list given to a single-valued field")
-            out[name] = checked[0]
+    lines = getattr(fields, "lines", [])
+    for i, (name, val) in enumerate(fields):
+        try:
+            _check_field(schema, msg, name, val, where, out)
+        except ConfigError as e:
+            if e.line is None and i < len(lines):  # the innermost field's line wins
+                raise ConfigError(str(e), lines[i]) from None
+            raise
     return out
+
+
+def _check_field(schema: dict[str, str], msg: str, name: str, val: Any, where: str,
+                 out: dict[str, Any]) -> None:
+    here = f"{where}.{name}" if where else name
+    if name not in schema:
+        raise ConfigError(f"{here}: no field {name!r} in {msg} (known: "
+                          f"{', '.join(sorted(schema))})")
+    kind = schema[name]
+    repeated = kind.endswith("[]")
+    base = kind[:-2] if repeated else kind
+    is_list = isinstance(val, list) and not isinstance(val, _Msg)
+    if is_list and not repeated:
+        raise ConfigError(f"{here}: a [list] given to a single-valued field")
+    vals = list(val) if is_list else [val]
+    if not repeated and not base.startswith("map<") and name in out:
+        raise ConfigError(f"{here}: set twice (not a repeated field)")
+    checked = [_check_value(v, base, here) for v in vals]
+    if repeated or base.startswith("map<"):
+        out.setdefault(name, []).extend(checked)
+    else:
+        if len(checked) != 1:
+            raise ConfigError(f"{here}: a list given to a single-valued field")
+        out[name] = checked[0]
 
 
 def _check_value(v: Any, kind: str, where: str) -> Any:

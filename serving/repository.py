@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable, Sequence
 from runtime.layout import (EXTERNAL_DATA_SUFFIX, MANIFEST, PORTABLE_GRAPH, PRECISIONS,
                             Bucket, ManifestError, atomic_directory, atomic_write_json,
                             atomic_write_text, bucket_folders, engine_filenames,
-                            graph_records, is_bucket, load_manifest, sidecar_path_for,
-                            verify_artifacts)
+                            file_entry, graph_records, is_bucket, load_manifest,
+                            sha256_file, sidecar_path_for, verify_artifacts)
 
 from .pbtxt import ConfigError, Enum, to_pbtxt, triton_dtype
 
@@ -81,6 +81,13 @@ class RepositoryOptions:
             problems.append(f"--precision must be one of {PRECISIONS}")
         if self.plugins is not None and not Path(self.plugins).is_file():
             problems.append(f"plugin library {self.plugins} does not exist")
+        elif self.plugins is not None:
+            from runtime.trt.build import not_a_shared_library  # noqa: PLC0415
+
+            why = not_a_shared_library(self.plugins)
+            if why:
+                problems.append(f"plugin library {self.plugins} {why} (from --plugins or "
+                                f"$VGGT_MV_PLUGINS)")
         if problems:
             raise RepositoryError("; ".join(problems))
         return self
@@ -185,13 +192,40 @@ def tensorrt_config(manifest: dict[str, Any], opts: RepositoryOptions) -> str:
 
 
 # ----------------------------------------------------------------------------- writer
+_FICLONE = 0x40049409  # linux/fs.h: share the source's blocks copy-on-write
+
+
 def _place(src: Path, dst: Path) -> None:
-    """Hard link when possible (engines and graphs are GBs), else copy."""
+    """A copy of its own (never a hard link: editing the repository's file in place would
+    change the bucket's). A copy-on-write clone where the file system has them (btrfs,
+    XFS: instant, no extra space for GB engines), else a plain copy."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dst)
-    except OSError:
+        import fcntl  # noqa: PLC0415 - POSIX only
+
+        with open(src, "rb") as fi, open(dst, "wb") as fo:
+            fcntl.ioctl(fo.fileno(), _FICLONE, fi.fileno())
+        shutil.copystat(src, dst)
+    except (OSError, ImportError):
         shutil.copy2(src, dst)
+
+
+def _check_plugin_matches_engine(engine: Path, plugin: Path) -> None:
+    """The library must be the one the engine was built against (its sidecar's sha256):
+    another build would load and compute something else inside the server."""
+    side = sidecar_path_for(engine)
+    if not side.is_file():
+        return
+    try:
+        want = (json.loads(side.read_text()).get("plugins") or {}).get("sha256")
+    except (OSError, ValueError) as e:
+        raise RepositoryError(f"engine sidecar {side} is unreadable ({e}); rebuild the "
+                              f"engine with `python cli.py build-engine`") from e
+    if want and sha256_file(plugin) != want:
+        raise RepositoryError(f"plugin library {plugin} is not the one {engine.name} was "
+                              f"built with ({side.name} records sha256 {want[:12]}...); give "
+                              f"that library with --plugins, or rebuild the engine with this "
+                              f"one")
 
 
 def _copy_toolkit(dst: Path) -> None:
@@ -295,7 +329,9 @@ def export_repository(buckets: Iterable[str | Path], out: str | Path,
                                      "pipeline": mn["pipeline"],
                                      "points_from": points_source(m),
                                      "outputs": {k: {"dtype": dt, "dims": d} for k, (dt, d)
-                                                 in pipeline_outputs(m).items()}}
+                                                 in pipeline_outputs(m).items()},
+                                     # what serve checks beyond the manifest's graphs
+                                     "files": []}
             # Python model: runtime/ + bucket files + model.py, self-contained.
             version = tmp / mn["pipeline"] / "1"
             version.mkdir(parents=True)
@@ -310,13 +346,18 @@ def export_repository(buckets: Iterable[str | Path], out: str | Path,
             plugin_param = ""
             if engine is not None:
                 _place(engine, version / BUCKET_DIR / engine.name)
+                placed = [version / BUCKET_DIR / engine.name]
                 side = sidecar_path_for(engine)
                 if side.is_file():
                     _place(side, version / BUCKET_DIR / side.name)
+                    placed.append(version / BUCKET_DIR / side.name)
                 if plugin is not None and _needs_plugins(engine):
+                    _check_plugin_matches_engine(engine, plugin)
                     # TrtSession loads it from here (relative to model.py's folder).
                     _place(plugin, version / PLUGIN_DIR / plugin.name)
+                    placed.append(version / PLUGIN_DIR / plugin.name)
                     plugin_param = f"{PLUGIN_DIR}/{plugin.name}"
+                entry["files"] += [file_entry(f, tmp) for f in placed]
             atomic_write_text(tmp / mn["pipeline"] / "config.pbtxt",
                               pipeline_config(m, opts, plugins=plugin_param))
             log(f"{mn['pipeline']}: Python backend ({opts.backend}), max batch "
@@ -341,9 +382,13 @@ def export_repository(buckets: Iterable[str | Path], out: str | Path,
                                       tensorrt_config(m, opts))
                     entry["trt"] = mn["trt"]
                     entry["trt_engine"] = eng.name
+                    # serve checks the repository's copies against these (serving/verify)
+                    entry["files"].append(file_entry(tmp / mn["trt"] / "1" / "model.plan", tmp))
                     if plugin is not None and _needs_plugins(eng):
+                        _check_plugin_matches_engine(eng, plugin)
                         _place(plugin, tmp / mn["trt"] / PLUGIN_DIR / plugin.name)
                         entry["trt_plugins"] = f"{mn['trt']}/{PLUGIN_DIR}/{plugin.name}"
+                        entry["files"].append(file_entry(tmp / entry["trt_plugins"], tmp))
                     else:
                         entry["trt_plugins"] = None
                     log(f"{mn['trt']}: TensorRT, {eng.name}"

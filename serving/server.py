@@ -122,28 +122,41 @@ def _backend_dir(env: ServingEnv, scratch: Path) -> Path:
 _BACKEND_OF = {"pipeline": "python", "onnx": "onnxruntime", "trt": "tensorrt"}
 
 
-def repository_models(repo: Path) -> dict[str, str]:
-    """model name -> the Triton backend it needs, from the repository index."""
+def _index_buckets(repo: Path) -> list[dict[str, Any]]:
     index = repo / "serving.json"
     if not index.is_file():
-        return {}
+        return []
+    buckets = json.loads(index.read_text()).get("buckets", [])
+    return [b for b in buckets if isinstance(b, dict)]
+
+
+def repository_models(repo: Path) -> dict[str, str]:
+    """model name -> the Triton backend it needs, from the repository index. A name that
+    is not a folder inside the repository is refused (it becomes --load-model)."""
+    from runtime.layout import inside  # noqa: PLC0415 - serving imports runtime, not back
+
     out = {}
-    for b in json.loads(index.read_text()).get("buckets", []):
+    for i, b in enumerate(_index_buckets(repo)):
         for kind, backend in _BACKEND_OF.items():
             if b.get(kind):
+                inside(repo, b[kind], source=repo / "serving.json", key=f"buckets[{i}].{kind}")
                 out[b[kind]] = backend
     return out
 
 
 def _plugin_libraries(repo: Path) -> list[Path]:
-    index = repo / "serving.json"
-    if not index.is_file():
-        return []
+    """The TensorRT models' plugin libraries, each inside the repository or refused:
+    tritonserver dlopens them, so a repository must not name a library elsewhere."""
+    from runtime.layout import inside  # noqa: PLC0415
+
     libs = []
-    for b in json.loads(index.read_text()).get("buckets", []):
+    for i, b in enumerate(_index_buckets(repo)):
         rel = b.get("trt_plugins")
-        if rel and (repo / rel).is_file():
-            libs.append((repo / rel).resolve())
+        if not rel:
+            continue
+        lib = inside(repo, rel, source=repo / "serving.json", key=f"buckets[{i}].trt_plugins")
+        if lib.is_file():
+            libs.append(lib)
     return libs
 
 

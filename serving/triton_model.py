@@ -20,8 +20,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+REPO = HERE.parents[1]  # <repo>/<model>/1/model.py
+
+
 def _extend_sys_path(extra: str) -> None:
-    for p in [str(HERE)] + [s for s in extra.split(os.pathsep) if s]:
+    """The model's folder, then the config's extra paths, each inside the repository:
+    a config must not make the server import code from elsewhere."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from runtime.layout import inside  # noqa: PLC0415 - the copy beside this file
+
+    for p in [s for s in extra.split(os.pathsep) if s]:
+        p = str(inside(REPO, p, source=HERE.parent / "config.pbtxt",
+                       key="parameters.extra_sys_path"))
         if p not in sys.path:
             sys.path.insert(0, p)
 
@@ -34,6 +45,7 @@ class TritonPythonModel:
         import numpy as np  # noqa: PLC0415 - after sys.path is set
         import triton_python_backend_utils as pb_utils  # noqa: PLC0415
 
+        from runtime.layout import inside  # noqa: PLC0415
         from runtime.predictor import Predictor  # noqa: PLC0415
         from runtime.preprocess import preprocess_rgb  # noqa: PLC0415
 
@@ -44,7 +56,8 @@ class TritonPythonModel:
         plugins = params.get("plugins") or None
         self.predictor = Predictor(
             HERE / "bucket", backend=backend, graph="model.onnx",
-            plugin_lib=HERE / plugins if plugins else None,
+            plugin_lib=inside(HERE, plugins, source=HERE.parent / "config.pbtxt",
+                              key="parameters.plugins") if plugins else None,
             precision=params.get("precision") or None,
             threads=int(threads) if threads else None,
             conf_percentile=None if pct == "none" else float(pct),

@@ -48,8 +48,14 @@ def _private_cache(tmp_path_factory):
 
 
 def stand_in_shared_library(path: Path) -> Path:
-    """A file the build plan accepts as a plugin library (an ELF64 header of type ET_DYN)
-    but nobody can load: plan tests hash it, never dlopen it."""
-    header = b"\x7fELF\x02\x01\x01" + bytes(9) + (3).to_bytes(2, "little")
+    """A file the build plan accepts as a plugin library (an ELF header of type ET_DYN for
+    this machine's CPU) but nobody can load: plan tests hash it, never dlopen it."""
+    import platform
+
+    from runtime.trt.build import _ELF_TARGETS
+
+    cls, machine, _ = _ELF_TARGETS.get(platform.machine().lower(), (2, 62, ""))
+    header = (b"\x7fELF" + bytes([cls]) + b"\x01\x01" + bytes(9) + (3).to_bytes(2, "little")
+              + machine.to_bytes(2, "little"))
     path.write_bytes(header + b" stand-in: hashed by the plan, never loaded")
     return path

@@ -152,14 +152,15 @@ def test_repository_with_an_engine_wires_the_plugin(bucket, tmp_path):
     b = tmp_path / "buckets" / bucket.name
     shutil.copytree(bucket, b)
     (b / "model.fp16.engine").write_bytes(b"engine bytes")
-    lib = tmp_path / "libvggt_mv_plugins.so"
-    lib.write_bytes(b"plugin bytes")
+    from conftest import stand_in_shared_library
+
+    lib = stand_in_shared_library(tmp_path / "libvggt_mv_plugins.so")  # export checks ELF
     out = tmp_path / "repo"
     index = export_repository([b], out, RepositoryOptions(plugins=lib))
     names = model_names(Bucket.from_dict(load_manifest(b)["bucket"]))
     trt = out / names["trt"]
     assert (trt / "1" / "model.plan").read_bytes() == b"engine bytes"
-    assert (trt / "plugins" / lib.name).read_bytes() == b"plugin bytes"
+    assert (trt / "plugins" / lib.name).read_bytes() == lib.read_bytes()
     cfg = validate_config(parse_pbtxt((trt / "config.pbtxt").read_text()))
     assert cfg["platform"] == "tensorrt_plan" and cfg["default_model_filename"] == "model.plan"
     assert index["buckets"][0]["trt_plugins"] == f"{names['trt']}/plugins/{lib.name}"

@@ -377,19 +377,41 @@ def _graph_problems(folder: Path, manifest: dict, graph: str, precision: str) ->
     return []
 
 
+# platform.machine() -> (ELF class, e_machine) a library must have to be loadable here.
+_ELF_TARGETS = {"x86_64": (2, 62, "x86-64"), "amd64": (2, 62, "x86-64"),
+                "aarch64": (2, 183, "AArch64"), "arm64": (2, 183, "AArch64"),
+                "ppc64le": (2, 21, "PowerPC64"), "i686": (1, 3, "x86"),
+                "armv7l": (1, 40, "ARM")}
+_ELF_MACHINES = {3: "x86", 40: "ARM", 21: "PowerPC64", 62: "x86-64", 183: "AArch64",
+                 243: "RISC-V"}
+
+
 def not_a_shared_library(path: str | Path) -> str | None:
-    """Why ``path`` cannot be a plugin library (None when it looks like one): a text file
-    or a static archive given by mistake would only fail deep inside TensorRT."""
+    """Why ``path`` cannot be a plugin library for this machine (None when it looks like
+    one): a text file, a static archive or a library built for another CPU given by
+    mistake would only fail deep inside TensorRT ("was it built for this TensorRT?")."""
+    import platform  # noqa: PLC0415
+
     try:
         with open(path, "rb") as f:
-            head = f.read(18)
+            head = f.read(20)
     except OSError as e:
         return f"cannot be read ({e.strerror})"
-    if head[:4] != b"\x7fELF":
+    if head[:4] != b"\x7fELF" or len(head) < 20:
         return "is not a shared library (no ELF header)"
     order = "little" if head[5:6] == b"\x01" else "big"
     if int.from_bytes(head[16:18], order) != 3:  # e_type ET_DYN
         return "is an ELF file but not a shared library (e_type is not ET_DYN)"
+    want = _ELF_TARGETS.get(platform.machine().lower())
+    if want is None:  # a CPU this table does not know: leave the verdict to the loader
+        return None
+    cls, machine = head[4], int.from_bytes(head[18:20], order)
+    if (cls, machine) != want[:2]:
+        bits = {1: "32-bit", 2: "64-bit"}.get(cls, f"ELF class {cls}")
+        name = _ELF_MACHINES.get(machine, f"e_machine {machine}")
+        return (f"is a {bits} {name} library, but this machine runs "
+                f"{'64' if want[0] == 2 else '32'}-bit {want[2]}: build it here "
+                f"(python plugins/build.py) or give the library built for this machine")
     return None
 
 
