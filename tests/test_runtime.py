@@ -28,6 +28,7 @@ from runtime.errors import (
     NotEnoughFramesError,
     RuntimeDataError,
 )
+from conftest import with_field_of_view
 from runtime.outputs import read_ply
 from runtime.predictor import NPZ_NAME, PLY_NAME, Predictor
 from runtime.layout import sha256_file, sidecar_path_for
@@ -59,7 +60,7 @@ def bucket_root(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("runtime_buckets")
     torch.manual_seed(0)
-    model = VGGTMV(tiny_config()).eval()
+    model = with_field_of_view(VGGTMV(tiny_config()).eval())
     export_bucket(model, Bucket(T_, N_, H_, W_), root, log=lambda s: None)
     return root
 

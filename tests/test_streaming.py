@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from conftest import with_field_of_view
 from runtime.align import Sim3, align_robust, umeyama
 from runtime.errors import RuntimeDataError
 from runtime.postprocess import camera_centers, depth_to_camera_points
@@ -193,7 +194,8 @@ def tiny_root(tmp_path_factory):
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("stream_bucket")
-    export_bucket(VGGTMV(tiny_config()).eval(), Bucket(4, 4, 42, 56), root, log=lambda s: None)
+    export_bucket(with_field_of_view(VGGTMV(tiny_config()).eval()), Bucket(4, 4, 42, 56), root,
+                  log=lambda s: None)
     return root
 
 
