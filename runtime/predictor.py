@@ -27,8 +27,8 @@ import numpy as np
 
 from .dispatch import BucketEntry, BucketIndex, Selection, pad_feeds, trim_outputs
 from .errors import NotEnoughFramesError, RuntimeDataError
-from .exports.cameras import CameraLog, frame_is_finite, json_safe
-from .exports.colmap import ColmapImage, write_colmap
+from .exports.cameras import CameraLog, frame_is_finite, frame_name, json_safe
+from .exports.colmap import COLMAP_DIR, ColmapImage, export_points, write_colmap
 from .exports.glb import GLB_NAME, write_glb
 from .layout import atomic_directory, atomic_write_json
 from .outputs import atomic_write, colorize, save_png, write_ply
@@ -43,42 +43,12 @@ from .preprocess import (
 )
 from .session import PLUGIN_GRAPH, Session
 
-__all__ = ["Predictor", "Prediction", "BACKENDS", "NPZ_NAME", "PLY_NAME", "COLMAP_DIR",
-           "export_points", "frame_name"]
+__all__ = ["Predictor", "Prediction", "BACKENDS", "NPZ_NAME", "PLY_NAME"]
 
 BACKENDS = ("auto", "onnx", "trt")
 NPZ_NAME = "predictions.npz"
 PLY_NAME = "points.ply"
 RUN_JSON = "run.json"
-COLMAP_DIR = "sparse"
-# COLMAP and GLB get a random subsample of the confident points: tools that draw or match
-# every point slow down long before PLY viewers do (100k points: ~6 MB points3D.txt).
-MAX_EXPORT_POINTS = 100_000
-
-
-def frame_name(t: int, view: int, path: str | None = None, image_root: str | None = None
-               ) -> str:
-    """The frame's name in COLMAP's images and cameras.jsonl: its path under the input's
-    image folder when known (so COLMAP finds the image), else t<T>_view<V>.png."""
-    if path and image_root:
-        try:
-            name = Path(path).resolve().relative_to(Path(image_root).resolve()).as_posix()
-            if name and not any(c.isspace() for c in name):
-                return name
-        except ValueError:
-            pass
-    return f"t{t:05d}_view{view}.png"
-
-
-def export_points(points: np.ndarray, colors: np.ndarray, limit: int = MAX_EXPORT_POINTS,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``limit`` of the points (a fixed-seed random subsample, so reruns agree)."""
-    if len(points) <= limit:
-        return points, colors
-    idx = np.sort(np.random.default_rng(seed).choice(len(points), limit, replace=False))
-    return points[idx], colors[idx]
-
-
 @dataclass
 class Prediction:
     """Results for one clip, time-major [T, N, ...] with the batch axis removed."""

@@ -24,9 +24,23 @@ import numpy as np
 from ..postprocess import closed_form_inverse_se3, mat_to_quat
 
 __all__ = ["CAMERAS_JSONL", "CameraLog", "json_safe", "frame_is_finite", "camera_record",
-           "read_cameras", "tum_line", "tum_name"]
+           "read_cameras", "tum_line", "tum_name", "frame_name"]
 
 CAMERAS_JSONL = "cameras.jsonl"
+
+
+def frame_name(t: int, view: int, path: str | Path | None = None,
+               image_root: str | Path | None = None) -> str:
+    """The frame's name in cameras.jsonl and COLMAP's images: its path under the input's
+    image folder when known (so COLMAP finds the image there), else t<T>_view<V>.png."""
+    if path and image_root:
+        try:
+            name = Path(path).resolve().relative_to(Path(image_root).resolve()).as_posix()
+            if name and not any(c.isspace() for c in name):  # COLMAP splits on spaces
+                return name
+        except ValueError:
+            pass
+    return f"t{int(t):05d}_view{int(view)}.png"
 
 
 def tum_name(view: int) -> str:

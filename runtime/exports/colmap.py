@@ -32,9 +32,23 @@ from ..errors import RuntimeDataError
 from ..layout import atomic_write
 from ..postprocess import mat_to_quat
 
-__all__ = ["ColmapImage", "write_colmap", "colmap_pinhole", "PINHOLE_ID"]
+__all__ = ["ColmapImage", "write_colmap", "colmap_pinhole", "export_points", "PINHOLE_ID",
+           "COLMAP_DIR", "MAX_EXPORT_POINTS"]
 
 PINHOLE_ID = 1  # COLMAP's model id of PINHOLE (fx, fy, cx, cy)
+COLMAP_DIR = "sparse"
+# COLMAP and GLB get a random subsample of the confident points: tools that draw or match
+# every point slow down long before PLY viewers do (the PLY keeps them all).
+MAX_EXPORT_POINTS = 100_000
+
+
+def export_points(points: np.ndarray, colors: np.ndarray, limit: int = MAX_EXPORT_POINTS,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``limit`` of the points (a fixed-seed random subsample, so reruns agree)."""
+    if len(points) <= limit:
+        return points, colors
+    idx = np.sort(np.random.default_rng(seed).choice(len(points), limit, replace=False))
+    return points[idx], colors[idx]
 
 
 @dataclass(frozen=True)
