@@ -225,6 +225,24 @@ def test_real_frames_all_16_steps_write_every_output(tiny_root, mv_scene, tmp_pa
     assert [w["status"] for w in windows][0] == "first" and len(windows) == 5
     assert all(w["status"] in ("aligned", "fallback") for w in windows[1:])
     assert not list(tmp_path.glob(".stream.partial-*"))
+    # cameras at the frames' own 640x480, named as COLMAP finds them under images/
+    assert all(c["finite"] and (c["width"], c["height"]) == (640, 480) for c in cams)
+    assert cams[0]["image"] == "time_00/view0.png"
+    pycolmap = pytest.importorskip("pycolmap")
+    rec = pycolmap.Reconstruction(str(out / "sparse"))
+    assert rec.num_images() == 64 and rec.num_points3D() == min(summary["points"], 100_000)
+    by_name = {c["image"]: c for c in cams}
+    for image in list(rec.images.values())[::9]:
+        c = by_name[image.name]
+        cam = rec.cameras[image.camera_id]
+        assert (cam.width, cam.height) == (640, 480)
+        assert cam.params[0] == pytest.approx(c["intrinsic"][0][0], rel=1e-6)
+        cfw = image.cam_from_world
+        np.testing.assert_allclose((cfw() if callable(cfw) else cfw).matrix(), c["extrinsic"],
+                                   atol=1e-6)
+    trimesh = pytest.importorskip("trimesh")
+    scene = trimesh.load(out / "scene.glb")
+    assert len([k for k in scene.geometry if k.startswith("frustum_")]) == 64
 
 
 def test_memory_is_flat_over_4x_more_windows(tiny_root, mv_scene, tmp_path):
