@@ -286,10 +286,14 @@ class StreamWriter:
     def _write_exports(self, pts: np.ndarray, cols: np.ndarray) -> dict[str, Any]:
         """COLMAP model and scene.glb from cameras.jsonl read back at the end: the frames'
         cameras never stay in memory while the stream runs."""
-        images = []
+        images, seen = [], set()
         for rec in read_cameras(self.tmp / CAMERAS_JSONL):
             if rec["finite"]:
-                images.append(ColmapImage(rec["image"], np.array(rec["extrinsic"]),
+                # --loops replays the same files at later t: COLMAP needs unique names
+                name = rec["image"] if rec["image"] not in seen else frame_name(rec["t"],
+                                                                                rec["view"])
+                seen.add(name)
+                images.append(ColmapImage(name, np.array(rec["extrinsic"]),
                                           np.array(rec["intrinsic"]), rec["width"],
                                           rec["height"]))
         info: dict[str, Any] = {"nonfinite_frames": self._log.nonfinite}
