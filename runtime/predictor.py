@@ -256,7 +256,7 @@ class Prediction:
         try:
             glb = write_glb(out / GLB_NAME, images, pts, cols)
             paths["glb"] = out / GLB_NAME
-        except ImportError as e:
+        except (ImportError, RuntimeDataError) as e:
             self._note(f"{e}; {GLB_NAME} not written")
             glb = None
         return {"paths": paths, "colmap": colmap, "glb": glb}

@@ -305,7 +305,7 @@ class StreamWriter:
         info["colmap"] = write_colmap(self.tmp / COLMAP_DIR, images, pts, cols)
         try:
             info["glb"] = write_glb(self.tmp / GLB_NAME, images, pts, cols)
-        except ImportError as e:
+        except (ImportError, RuntimeDataError) as e:
             self.warn(f"{e}; {GLB_NAME} not written")
             info["glb"] = None
         return info

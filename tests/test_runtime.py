@@ -301,6 +301,11 @@ def test_frames_without_finite_cameras_are_left_out(predictor, mv_scene, tmp_pat
     assert "time_00/view1.png" not in {im.name for im in rec.images.values()}
     assert any("1 of 4 frames" in n for n in pred.notes)
     assert _strict_json((tmp_path / "o" / "run.json").read_text())["nonfinite_frames"] == [[0, 1]]
+    pred.intrinsics[...] = np.inf  # no frame placeable: an empty model, no GLB, a notice
+    written = pred.write_outputs(tmp_path / "none")
+    assert written["points"] == 0 and "glb" not in written
+    assert _read_colmap(written["colmap"], "txt", tmp_path / "none").num_images() == 0
+    assert any("scene.glb not written" in n for n in pred.notes)
 
 
 def test_padding_runs_in_a_larger_bucket_and_trims(bucket_root, mv_scene):

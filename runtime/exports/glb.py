@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import RuntimeDataError
 from ..layout import atomic_write_bytes
 from ..postprocess import camera_to_world
 from .colmap import ColmapImage
@@ -48,7 +49,8 @@ def _frustum_size(points: np.ndarray, images: Sequence[ColmapImage]) -> float:
 def write_glb(path: str | Path, images: Sequence[ColmapImage], points: np.ndarray,
               colors: np.ndarray, labels: Sequence[str] | None = None) -> dict[str, int]:
     """Writes the scene atomically; ``labels`` name each frustum's node (default:
-    frustum_<image name>). Returns {"points": ..., "frustums": ...}."""
+    frustum_<image name>). Returns {"points": ..., "frustums": ...}. Nothing to draw (no
+    finite camera, no point) is a RuntimeDataError: glTF has no empty scene."""
     try:
         import trimesh  # noqa: PLC0415 - optional: only GLB output needs it
         from trimesh.path import Path3D  # noqa: PLC0415
@@ -58,6 +60,8 @@ def write_glb(path: str | Path, images: Sequence[ColmapImage], points: np.ndarra
                           "'glb' extra)") from e
     pts = np.asarray(points, np.float64).reshape(-1, 3)
     cols = np.asarray(colors, np.uint8).reshape(-1, 3)
+    if not len(pts) and not len(images):
+        raise RuntimeDataError("nothing to draw: no finite camera and no confident point")
     scene = trimesh.Scene()
     if len(pts):
         rgba = np.column_stack([cols, np.full(len(cols), 255, np.uint8)])
