@@ -296,7 +296,8 @@ class StreamWriter:
                 images.append(ColmapImage(name, np.array(rec["extrinsic"]),
                                           np.array(rec["intrinsic"]), rec["width"],
                                           rec["height"]))
-        info: dict[str, Any] = {"nonfinite_frames": self._log.nonfinite}
+        info: dict[str, Any] = {"nonfinite_frames": self._log.nonfinite,
+                                "nonfinite_examples": self._log.nonfinite_examples}
         if self._log.nonfinite:
             self.warn(f"{self._log.nonfinite} of {self._log.frames} frames have a camera that "
                       f"is not finite and are left out of points.ply, {COLMAP_DIR}/ and "

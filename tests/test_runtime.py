@@ -280,6 +280,13 @@ def test_infer_camera_folders_writes_colmap_glb_at_input_size(bucket_root, mv_sc
                                                     K[1, 2] + 0.5], rtol=1e-6)
             np.testing.assert_allclose(_cam_from_world(image), E[c["t"], c["view"]],
                                        atol=1e-5)
+        if shutil.which("colmap"):  # Debian's COLMAP too, where installed (apt: colmap)
+            r = subprocess.run(["colmap", "model_analyzer", "--path",
+                                str(tmp_path / f"colmap_{ext}")], capture_output=True,
+                               text=True, timeout=120)
+            said = r.stdout + r.stderr
+            assert r.returncode == 0 and "Images: 4" in said, said
+            assert f"Points: {n_points}" in said, said
     trimesh = pytest.importorskip("trimesh")
     scene = trimesh.load(out / "scene.glb")
     assert len(scene.geometry["points"].vertices) == n_points
@@ -300,7 +307,8 @@ def test_frames_without_finite_cameras_are_left_out(predictor, mv_scene, tmp_pat
     assert rec.num_images() == 3
     assert "time_00/view1.png" not in {im.name for im in rec.images.values()}
     assert any("1 of 4 frames" in n for n in pred.notes)
-    assert _strict_json((tmp_path / "o" / "run.json").read_text())["nonfinite_frames"] == [[0, 1]]
+    run = _strict_json((tmp_path / "o" / "run.json").read_text())
+    assert run["nonfinite_frames"] == 1 and run["nonfinite_examples"] == [[0, 1]]
     pred.intrinsics[...] = np.inf  # no frame placeable: an empty model, no GLB, a notice
     written = pred.write_outputs(tmp_path / "none")
     assert written["points"] == 0 and "glb" not in written
