@@ -42,8 +42,11 @@ def infer(
         None, "--onnx", help="Bucket folder or export root; runs the ONNX graph in "
         "onnxruntime (plugin ops via the CPU reference implementations)."),
     input: Path = typer.Option(
-        ..., "--input", "-i", help="Clip folder laid out as [images/]time_TT/viewV.png "
-        "(+ masks/ for ext_mask buckets)."),
+        ..., "--input", "-i", help="Clip folder, one of: [images/]time_TT/viewV.png (+ "
+        "masks/ for ext_mask buckets); one folder per camera of time-ordered frames "
+        "(cam0/000123.png, cam1/..., or left/, right/: views and frames in natural order, "
+        "equal counts); a flat folder of images (single-view buckets); with --stream also "
+        "one video per view (view0.mp4, ...)."),
     out: Path = typer.Option(Path("outputs"), "--out",
                              help="Output folder (created; files are replaced atomically)."),
     T: Optional[int] = typer.Option(None, "--T", help="Time steps to run (default: all "
@@ -95,7 +98,7 @@ def infer(
                                 "video per view: view0.mp4, ...) in windows of --window "
                                 "steps sharing --overlap steps, chained into one world frame "
                                 "(cameras.jsonl, TUM trajectories, bounded points.ply, depth "
-                                "PNGs, windows.json)."),
+                                "PNGs, sparse/ COLMAP model, scene.glb, windows.json)."),
     window: Optional[int] = typer.Option(None, "--window", min=2, help="--stream: time steps per "
                                          "window (a bucket with this T; default its T)."),
     overlap: int = typer.Option(1, "--overlap", help="--stream: time steps shared by "
@@ -115,7 +118,10 @@ def infer(
                                           "'.\\[batch]'; joins $RAY_ADDRESS if set)."),
 ) -> None:
     """Run VGGT_MV on a multi-view clip: writes predictions.npz, a colored PLY point
-    cloud, depth and confidence PNGs per (time step, view) and run.json; prints timing."""
+    cloud, depth and confidence PNGs per (time step, view), cameras.jsonl and TUM
+    trajectories, a COLMAP sparse model (sparse/: cameras, images, points3D as .txt and
+    .bin), scene.glb (points + camera frustums) and run.json; intrinsics are in the input
+    frames' own pixels. Prints timing."""
     from .dispatch import UnknownBucketError
     from .errors import RuntimeDataError
     from .predictor import Predictor
@@ -186,9 +192,11 @@ def infer(
     console.print(table)
     for note in pred.notes:
         warn(note)
+    extra = "".join(f", {written[k]}" for k in ("cameras_jsonl", "colmap", "glb") if k in written)
     console.print(f"wrote {written['npz']}, {written['ply']} ({written['points']:,} points), "
                   f"{len(written['depth_png'])} depth + {len(written['confidence_png'])} "
-                  f"confidence PNGs, {written['run_json']}", markup=False, soft_wrap=True)
+                  f"confidence PNGs{extra}, {written['run_json']}",
+                  markup=False, soft_wrap=True)
 
 
 def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int | None,

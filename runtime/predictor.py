@@ -27,10 +27,20 @@ import numpy as np
 
 from .dispatch import BucketEntry, BucketIndex, Selection, pad_feeds, trim_outputs
 from .errors import NotEnoughFramesError, RuntimeDataError
+from .exports.cameras import CameraLog, frame_is_finite, frame_name, json_safe
+from .exports.colmap import COLMAP_DIR, ColmapImage, export_points, write_colmap
+from .exports.glb import GLB_NAME, write_glb
 from .layout import atomic_directory, atomic_write_json
 from .outputs import atomic_write, colorize, save_png, write_ply
 from .postprocess import confidence_mask, depth_to_world_points, pose_encoding_to_extri_intri
-from .preprocess import discover_scene, load_clip, read_image
+from .preprocess import (
+    ResizePlan,
+    discover_scene,
+    intrinsics_to_source,
+    load_clip,
+    plan_resize,
+    read_image,
+)
 from .session import PLUGIN_GRAPH, Session
 
 __all__ = ["Predictor", "Prediction", "BACKENDS", "NPZ_NAME", "PLY_NAME"]
@@ -39,8 +49,6 @@ BACKENDS = ("auto", "onnx", "trt")
 NPZ_NAME = "predictions.npz"
 PLY_NAME = "points.ply"
 RUN_JSON = "run.json"
-
-
 @dataclass
 class Prediction:
     """Results for one clip, time-major [T, N, ...] with the batch axis removed."""
@@ -64,6 +72,32 @@ class Prediction:
     feeds: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # model inputs
     notes: list[str] = field(default_factory=list)  # warnings about the results
     backend_detail: str = ""
+    src_hw: tuple[int, int] | None = None   # input frames' size (one per clip); None: model's
+    image_root: str = ""                    # folder the frame paths are relative to
+
+    @property
+    def model_hw(self) -> tuple[int, int]:
+        return int(self.colors.shape[2]), int(self.colors.shape[3])
+
+    @property
+    def resize_plan(self) -> ResizePlan:
+        """How every input frame was resized and cropped into the model's grid."""
+        return plan_resize(self.src_hw or self.model_hw, self.model_hw)
+
+    def source_intrinsics(self) -> np.ndarray | None:
+        """[T, N, 3, 3] intrinsics in the input frames' own pixels (OpenCV convention)."""
+        if self.intrinsics is None:
+            return None
+        with np.errstate(invalid="ignore"):
+            return intrinsics_to_source(self.intrinsics, self.src_hw or self.model_hw,
+                                        self.model_hw)
+
+    def placeable(self) -> np.ndarray:
+        """bool [T, N]: frames with a finite pose and finite, positive focal lengths."""
+        if self.extrinsics is None:  # no camera head: points come from the point head
+            return np.ones((self.T, self.N), bool)
+        return np.array([[frame_is_finite(self.extrinsics[i, j], self.intrinsics[i, j])
+                          for j in range(self.N)] for i in range(self.T)], dtype=bool)
 
     @property
     def T(self) -> int:
@@ -81,6 +115,7 @@ class Prediction:
         if self.extrinsics is not None:
             derived["extrinsics"] = self.extrinsics
             derived["intrinsics"] = self.intrinsics
+            derived["intrinsics_input"] = self.source_intrinsics()  # input frames' pixels
         if self.points_source == "depth":
             derived["world_points_from_depth"] = self.points
         clash = set(arrays) & set(derived)
@@ -126,11 +161,23 @@ class Prediction:
         with atomic_write(npz) as f:
             (np.savez_compressed if compress else np.savez)(f, **self.npz_arrays())
         written["npz"] = npz
-        keep = self.conf_mask & np.isfinite(self.points).all(axis=-1)
+        placed = self.placeable()
+        bad = [[t, v] for i, t in enumerate(self.times) for j, v in enumerate(self.views)
+               if not placed[i, j]]
+        if bad:
+            self._note(
+                f"{len(bad)} of {self.T * self.N} frames have a camera that is not finite and "
+                f"are left out of {PLY_NAME}, {COLMAP_DIR}/ and {GLB_NAME} (flagged "
+                f"\"finite\": false in cameras.jsonl): (t, view) "
+                + ", ".join(f"({t}, {v})" for t, v in bad[:8]) + (" ..." if len(bad) > 8 else ""))
+        keep = (self.conf_mask & np.isfinite(self.points).all(axis=-1)
+                & placed[:, :, None, None])
         ply = out / PLY_NAME
-        written["points"] = write_ply(ply, self.points[keep].reshape(-1, 3),
-                                      self.colors[keep].reshape(-1, 3))
+        pts, cols = self.points[keep].reshape(-1, 3), self.colors[keep].reshape(-1, 3)
+        written["points"] = write_ply(ply, pts, cols)
         written["ply"] = ply
+        exports = self._write_exports(out, placed, *export_points(pts, cols))
+        written.update(exports.pop("paths"))
         # Depth maps share one colour scale across the clip so they can be compared.
         depth = self.depth if self.depth is not None else np.linalg.norm(self.points, axis=-1)
         finite = depth[np.isfinite(depth)]
@@ -153,16 +200,67 @@ class Prediction:
                 "backend_detail": self.backend_detail, "T": self.T, "N": self.N,
                 "times": self.times, "views": self.views, "pad": list(self.pad),
                 "points_source": self.points_source, "ply_points": written["points"],
-                "notes": self.notes,
+                "notes": self.notes, **self._geometry_info(), "nonfinite_frames": len(bad),
+                "nonfinite_examples": bad[:8],
+                **exports,
                 "depth_range_png": [lo, hi], "confidence_range_png": [clo, chi],
                 "timing_s": {k: round(v, 4) for k, v in self.timing.items()},
                 "npz_keys": sorted(self.npz_arrays())}
         run_json = out / RUN_JSON
         with atomic_write(run_json, "w") as f:
-            json.dump(info, f, indent=2)
+            json.dump(json_safe(info), f, indent=2, allow_nan=False)
             f.write("\n")
         written["run_json"] = run_json
         return written
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:  # outputs may be written more than once
+            self.notes.append(text)
+
+    def _geometry_info(self) -> dict[str, Any]:
+        """The resize / crop applied to every input frame, for run.json: a model pixel
+        (u, v) is input pixel ((u + 0.5 + left) / sx - 0.5, (v + 0.5 + top) / sy - 0.5)."""
+        plan = self.resize_plan
+        return {"input_size": {"width": plan.src_hw[1], "height": plan.src_hw[0]},
+                "model_size": {"width": plan.out_hw[1], "height": plan.out_hw[0]},
+                "preprocess": {"resized_to": {"width": plan.resize_hw[1],
+                                              "height": plan.resize_hw[0]},
+                               "crop_left": plan.left, "crop_top": plan.top,
+                               "scale_x": plan.scale_xy[0], "scale_y": plan.scale_xy[1]},
+                "intrinsics_pixels": "cameras.jsonl and sparse/ intrinsics are in the input "
+                                     "frames' pixels; model_intrinsic in the depth maps'"}
+
+    def _write_exports(self, out: Path, placed: np.ndarray, pts: np.ndarray,
+                       cols: np.ndarray) -> dict[str, Any]:
+        """cameras.jsonl, TUM trajectories, the COLMAP model and scene.glb."""
+        if self.extrinsics is None:
+            return {"paths": {}, "colmap": None, "glb": None}
+        K_src = self.source_intrinsics()
+        h, w = self.src_hw or self.model_hw
+        log = CameraLog(out, self.views)
+        images: list[ColmapImage] = []
+        try:
+            for i, t in enumerate(self.times):
+                for j, v in enumerate(self.views):
+                    path = self.frame_paths[i][j] if self.frame_paths else None
+                    name = frame_name(t, v, path, self.image_root)
+                    log.add(t, v, self.extrinsics[i, j], K_src[i, j], w, h,
+                            self.intrinsics[i, j], image=name)
+                    if placed[i, j]:
+                        images.append(ColmapImage(name, self.extrinsics[i, j], K_src[i, j],
+                                                  w, h))
+        finally:
+            log.close()
+        paths: dict[str, Any] = {"cameras_jsonl": out / "cameras.jsonl",
+                                 "colmap": out / COLMAP_DIR}
+        colmap = write_colmap(out / COLMAP_DIR, images, pts, cols)
+        try:
+            glb = write_glb(out / GLB_NAME, images, pts, cols)
+            paths["glb"] = out / GLB_NAME
+        except (ImportError, RuntimeDataError) as e:
+            self._note(f"{e}; {GLB_NAME} not written")
+            glb = None
+        return {"paths": paths, "colmap": colmap, "glb": glb}
 
 
 def _labels(name: str, given: Sequence[int] | None, count: int, holds: str) -> list[int]:
@@ -288,6 +386,8 @@ class Predictor:
         times = [int(t) for t in clip["times"]]
         pred = self._predict(sel, feeds, times, [int(v) for v in clip["views"]],
                              clip["frame_paths"], timing)
+        pred.src_hw = tuple(int(x) for x in clip["src_hw"])
+        pred.image_root = str(scene.image_root)
         every = scene.times
         if T > 1 and len({b - a for a, b in zip(every, every[1:])}) > 1:
             pred.notes.append(f"the time steps of {scene.root} are not evenly spaced; this "

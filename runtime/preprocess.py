@@ -54,6 +54,7 @@ __all__ = [
     "plan_resize",
     "map_pixels",
     "transform_intrinsics",
+    "intrinsics_to_source",
     "preprocess_rgb",
     "preprocess_mask",
     "read_image",
@@ -64,6 +65,7 @@ __all__ = [
     "load_mask",
     "pool_mask_to_patches",
     "discover_scene",
+    "natural_key",
     "load_clip",
 ]
 
@@ -79,6 +81,7 @@ _TIME_DIR = re.compile(r"^time_(\d+)$")
 _VIEW_FILE = re.compile(r"^view(\d+)\.(png|jpg|jpeg)$", re.IGNORECASE)
 # When a frame exists in several formats the lossless one wins, deterministically.
 _EXT_PRIORITY = {"png": 0, "jpg": 1, "jpeg": 2}
+_IMAGE_EXTS = {".png", ".jpg", ".jpeg"}
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -172,6 +175,23 @@ def transform_intrinsics(K: np.ndarray, src_hw: Sequence[int], size_hw: Sequence
     # Row scaling also scaled the principal point; add the half-pixel and crop terms.
     out[..., 0, 2] += 0.5 * sx - 0.5 - plan.left
     out[..., 1, 2] += 0.5 * sy - 0.5 - plan.top
+    return out
+
+
+def intrinsics_to_source(K: np.ndarray, src_hw: Sequence[int], size_hw: Sequence[int]
+                         ) -> np.ndarray:
+    """Intrinsics [..., 3, 3] of the preprocessed (model) image expressed in the source
+    image it was resized and cropped from: the inverse of ``transform_intrinsics``, so that
+    a focal length or principal point the model predicts is in the user's own pixels."""
+    K = np.asarray(K)
+    plan = plan_resize(src_hw, size_hw)
+    sx, sy = plan.scale_xy
+    out = np.array(K, dtype=np.result_type(K.dtype, np.float64), copy=True)
+    # Undo the crop and half-pixel terms first, then the row scaling that made them.
+    out[..., 0, 2] -= 0.5 * sx - 0.5 - plan.left
+    out[..., 1, 2] -= 0.5 * sy - 0.5 - plan.top
+    out[..., 0, :] /= sx
+    out[..., 1, :] /= sy
     return out
 
 
@@ -446,6 +466,8 @@ class SceneIndex:
     frames: Mapping[tuple[int, int], Path] = field(repr=False)
     masks: Mapping[tuple[int, int], Path] = field(repr=False)
     time_dirs: Mapping[int, str] = field(repr=False)
+    layout: str = "time"        # "time" (time_TT/viewV), "cameras" (a folder per camera), "flat"
+    view_names: Mapping[int, str] = field(default_factory=dict)  # view -> its folder's name
 
     @property
     def num_times(self) -> int:
@@ -519,17 +541,78 @@ def _scan_time_dirs(root: Path) -> dict[int, tuple[str, dict[int, Path]]]:
     return found
 
 
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders digit runs by value: frame2 < frame10, cam2 < cam10."""
+    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", name)]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted((f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
+                   and f.suffix.lower() in _IMAGE_EXTS), key=lambda f: natural_key(f.name))
+
+
+# Sibling folders of a scene that hold no camera's frames (masks/ and cameras/ belong to
+# the time_TT layout).
+_NOT_CAMERA_DIRS = {"masks", "cameras"}
+
+
+def _scan_sequences(image_root: Path) -> tuple[str, list[str], list[list[Path]]] | None:
+    """The two layouts without time_TT folders: one folder per camera of time-ordered
+    frames (cam0/000123.png, left/, right/), or a flat folder of one camera's frames.
+    Returns (layout, view names, frames per view) or None if neither is there."""
+    flat = _image_files(image_root)
+    cams = sorted((d for d in image_root.iterdir() if d.is_dir()
+                   and not d.name.startswith(".") and d.name not in _NOT_CAMERA_DIRS),
+                  key=lambda d: natural_key(d.name))
+    cams = [(d, _image_files(d)) for d in cams]
+    cams = [(d, files) for d, files in cams if files]
+    if flat and cams:
+        raise RuntimeDataError(
+            f"{image_root} holds both images ({flat[0].name}, ...) and camera folders "
+            f"({', '.join(d.name for d, _ in cams)}); keep one layout: a flat folder of one "
+            f"camera's frames, or one folder per camera")
+    if flat:
+        return "flat", [image_root.name], [flat]
+    if not cams:
+        return None
+    counts = {d.name: len(files) for d, files in cams}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{name}/ {n}" for name, n in counts.items())
+        raise NotEnoughFramesError(
+            f"camera folders under {image_root} hold different numbers of frames ({listed}); "
+            f"each camera needs one frame per time step, in the same order")
+    return "cameras", [d.name for d, _ in cams], [files for _, files in cams]
+
+
 def discover_scene(folder: str | Path) -> SceneIndex:
-    """Index a scene laid out as [images/]time_TT/viewV.{png,jpg} (+ masks/, cameras/)."""
+    """Index a scene in one of three layouts (each optionally under images/):
+
+    - ``time_TT/viewV.png`` (+ masks/, cameras/ beside it);
+    - one folder per camera of time-ordered frames (``cam0/000123.png``, ``left/``,
+      ``right/``): views in natural order of the folder names, time steps in natural
+      order of the file names, every folder holding the same number of frames;
+    - a flat folder of one camera's frames (VGGT's convention), for single-view buckets.
+    """
     root = Path(folder)
     if not root.is_dir():
         raise SceneNotFoundError(f"scene folder not found: {root}")
     image_root = root / "images" if (root / "images").is_dir() else root
     scanned = _scan_time_dirs(image_root)
     if not scanned:
-        raise SceneNotFoundError(
-            f"no time_TT/viewV.png frames under {image_root} (expected e.g. "
-            f"{image_root}/time_00/view0.png)")
+        seq = _scan_sequences(image_root)
+        if seq is None:
+            raise SceneNotFoundError(
+                f"no frames under {image_root}: expected time_TT/viewV.png folders (e.g. "
+                f"{image_root}/time_00/view0.png), one folder per camera (cam0/000000.png, "
+                f"cam1/000000.png, ...) or a flat folder of images")
+        layout, names, per_view = seq
+        n = len(per_view[0])
+        frames = {(t, v): per_view[v][t] for v in range(len(per_view)) for t in range(n)}
+        return SceneIndex(root=root, image_root=image_root, mask_root=None,
+                          camera_root=None, times=tuple(range(n)),
+                          views=tuple(range(len(per_view))), frames=frames, masks={},
+                          time_dirs={t: f"frame {t}" for t in range(n)}, layout=layout,
+                          view_names=dict(enumerate(names)))
     base = root if image_root != root else root.parent
     mask_root = base / "masks" if (base / "masks").is_dir() else None
     camera_root = base / "cameras" if (base / "cameras").is_dir() else None

@@ -13,7 +13,9 @@ Memory is constant: the last window's shared steps, the current window, and a me
 point cloud of bounded size (runtime/pointcloud.py). Everything else goes to disk as it
 comes: depth PNGs per (t, view), ``cameras.jsonl`` (world extrinsics / intrinsics per
 (t, view)), one TUM trajectory per view, and at the end ``points.ply``, ``windows.json``
-(residual, inliers, scale, status per window) and ``run.json``.
+(residual, inliers, scale, status per window), a COLMAP model (``sparse/``) and
+``scene.glb`` of the cameras and the cloud (runtime/exports), and ``run.json``.
+Intrinsics in cameras.jsonl and sparse/ are in the input frames' own pixels.
 
     with Predictor("artifacts", backend="onnx") as p:
         with StreamingPredictor(p, window=4, overlap=1, out_dir="out/") as s:
@@ -45,12 +47,15 @@ import numpy as np
 
 from .align import AlignResult, Sim3, align_robust, sim3_from_camera
 from .errors import RuntimeDataError
-from .layout import atomic_write, atomic_write_json, recover_leftovers
+from .exports.cameras import CAMERAS_JSONL, CameraLog, frame_name, json_safe, read_cameras
+from .exports.cameras import tum_line  # noqa: F401 - re-exported: its home moved to exports
+from .exports.colmap import COLMAP_DIR, ColmapImage, export_points, write_colmap
+from .exports.glb import GLB_NAME, write_glb
+from .layout import atomic_write, recover_leftovers
 from .locks import OutputLock
 from .outputs import colorize, save_png, write_ply
 from .pointcloud import VoxelCloud
-from .postprocess import closed_form_inverse_se3, mat_to_quat
-from .preprocess import decode_frame, discover_scene, preprocess_rgb
+from .preprocess import decode_frame, discover_scene, intrinsics_to_source, preprocess_rgb
 from .video import find_view_videos
 
 __all__ = ["WindowReport", "WorldChainer", "StreamWriter", "StreamingPredictor",
@@ -191,16 +196,6 @@ def _finite_sim3(sim: Sim3) -> bool:
                 and np.isfinite(sim.t).all())
 
 
-def tum_line(timestamp: float, extrinsic: np.ndarray) -> str:
-    """One TUM line: the camera's pose in the world (inverse of camera-from-world)."""
-    E = np.concatenate([np.asarray(extrinsic, np.float64)[:3], [[0, 0, 0, 1]]])
-    pose = closed_form_inverse_se3(E[None])[0]
-    q = mat_to_quat(pose[:3, :3])
-    tx, ty, tz = pose[:3, 3]
-    return (f"{timestamp:.6f} {tx:.7f} {ty:.7f} {tz:.7f} "
-            f"{q[0]:.7f} {q[1]:.7f} {q[2]:.7f} {q[3]:.7f}\n")
-
-
 class StreamWriter:
     """Writes a stream's outputs as they come, into a hidden folder renamed to ``out_dir``
     at the end (an interrupted run leaves no half-written output folder)."""
@@ -227,17 +222,15 @@ class StreamWriter:
         (self.tmp / "depth").mkdir(parents=True)
         self.views, self.fps, self.depth_pngs = list(views), float(fps), depth_pngs
         self.overwrite = overwrite
-        self._cams = open(self.tmp / "cameras.jsonl", "w")
-        self._tum = {v: open(self.tmp / f"trajectory_view{v}.tum", "w") for v in self.views}
-        for f in self._tum.values():
-            f.write("# timestamp tx ty tz qx qy qz qw (TUM: camera pose in the world frame)\n")
+        self._log = CameraLog(self.tmp, self.views, self.fps)
+        self.warn: Callable[[str], None] = print
         # One JSON record per window, appended as windows run and turned into
         # windows.json at the end: nothing per window stays in memory.
         self._win = open(self.tmp / ".windows.jsonl", "w")
         # A writer dropped without finish() or abort() (a stream never closed, an
         # exception the caller swallowed) takes its partial folder with it.
         self._finalizer = weakref.finalize(self, _remove_partial, self.tmp,
-                                           [self._cams, self._win, *self._tum.values()])
+                                           [self._log, self._win])
         self.frames = 0
         self.windows = 0
         # One colour scale for every depth PNG of the stream (world units), fixed by the
@@ -250,14 +243,26 @@ class StreamWriter:
         self.windows += 1
 
     def write_step(self, t: int, extrinsics: np.ndarray, intrinsics: np.ndarray | None,
-                   depth: np.ndarray | None) -> None:
-        """extrinsics [N, 3, 4] (world), intrinsics [N, 3, 3], depth [N, H, W] (world units)."""
+                   depth: np.ndarray | None, src_hw: Sequence[tuple[int, int]] | None = None,
+                   paths: Sequence[str | None] | None = None,
+                   image_root: str | Path | None = None,
+                   model_hw: tuple[int, int] | None = None) -> list[bool]:
+        """extrinsics [N, 3, 4] (world), intrinsics [N, 3, 3] on the model's grid
+        (``model_hw``), depth [N, H, W] (world units); src_hw the input frames' (h, w),
+        paths their files (named relative to ``image_root``). Returns per view whether its
+        camera is finite (placeable in the cloud, COLMAP and GLB)."""
+        if model_hw is None and depth is not None:
+            model_hw = tuple(depth.shape[-2:])
+        placed = []
         for j, v in enumerate(self.views):
-            rec = {"t": int(t), "view": int(v),
-                   "extrinsic": np.round(extrinsics[j], 7).tolist(),
-                   "intrinsic": None if intrinsics is None else np.round(intrinsics[j], 4).tolist()}
-            self._cams.write(json.dumps(rec) + "\n")
-            self._tum[v].write(tum_line(t / self.fps, extrinsics[j]))
+            K_model = None if intrinsics is None else intrinsics[j]
+            h, w = src_hw[j] if src_hw else (model_hw or (0, 0))
+            K = K_model
+            if K_model is not None and src_hw and model_hw is not None:
+                with np.errstate(invalid="ignore"):
+                    K = intrinsics_to_source(K_model, (h, w), model_hw)
+            name = frame_name(t, v, paths[j] if paths else None, image_root)
+            placed.append(self._log.add(t, v, extrinsics[j], K, w, h, K_model, image=name))
             if depth is not None and self.depth_pngs:
                 if self.depth_range is None:
                     fin = np.asarray(depth)[np.isfinite(depth)]
@@ -267,15 +272,19 @@ class StreamWriter:
                 save_png(self.tmp / "depth" / f"t{t:05d}_view{v}.png",
                          colorize(depth[j], "turbo", *self.depth_range))
             self.frames += 1
-        self._cams.flush()
+        self._log.flush()
+        return placed
 
     def finish(self, cloud: VoxelCloud, run: dict[str, Any]) -> dict[str, Any]:
         self._close_files()
         pts, cols = cloud.points()
         n = write_ply(self.tmp / "points.ply", pts, cols)
         self._windows_json()
-        run = {**run, "depth_range_png": self.depth_range}
-        atomic_write_json(self.tmp / "run.json", run)
+        exports = self._write_exports(*export_points(pts, cols))
+        run = {**run, "depth_range_png": self.depth_range, **exports}
+        with atomic_write(self.tmp / "run.json", "w") as f:
+            json.dump(json_safe(run), f, indent=2, allow_nan=False)
+            f.write("\n")
         # Checked again here, not only at the start: something may have written the
         # output meanwhile (another command; streams are kept out by the lock).
         if self.out.is_dir() and any(self.out.iterdir()) and not self.overwrite:
@@ -292,6 +301,34 @@ class StreamWriter:
         self._finalizer.detach()
         return {"out": str(self.out), "points": n, "frames": self.frames}
 
+    def _write_exports(self, pts: np.ndarray, cols: np.ndarray) -> dict[str, Any]:
+        """COLMAP model and scene.glb from cameras.jsonl read back at the end: the frames'
+        cameras never stay in memory while the stream runs."""
+        images, seen = [], set()
+        for rec in read_cameras(self.tmp / CAMERAS_JSONL):
+            if rec["finite"]:
+                # --loops replays the same files at later t: COLMAP needs unique names
+                name = rec["image"] if rec["image"] not in seen else frame_name(rec["t"],
+                                                                                rec["view"])
+                seen.add(name)
+                images.append(ColmapImage(name, np.array(rec["extrinsic"]),
+                                          np.array(rec["intrinsic"]), rec["width"],
+                                          rec["height"]))
+        info: dict[str, Any] = {"nonfinite_frames": self._log.nonfinite,
+                                "nonfinite_examples": self._log.nonfinite_examples}
+        if self._log.nonfinite:
+            self.warn(f"{self._log.nonfinite} of {self._log.frames} frames have a camera that "
+                      f"is not finite and are left out of points.ply, {COLMAP_DIR}/ and "
+                      f"{GLB_NAME} (flagged \"finite\": false in cameras.jsonl), e.g. (t, "
+                      f"view) {', '.join(map(str, self._log.nonfinite_examples))}")
+        info["colmap"] = write_colmap(self.tmp / COLMAP_DIR, images, pts, cols)
+        try:
+            info["glb"] = write_glb(self.tmp / GLB_NAME, images, pts, cols)
+        except (ImportError, RuntimeDataError) as e:
+            self.warn(f"{e}; {GLB_NAME} not written")
+            info["glb"] = None
+        return info
+
     def _windows_json(self) -> None:
         """.windows.jsonl -> windows.json (a JSON list), copied line by line."""
         src = self.tmp / ".windows.jsonl"
@@ -303,10 +340,8 @@ class StreamWriter:
         src.unlink()
 
     def _close_files(self) -> None:
-        self._cams.close()
+        self._log.close()
         self._win.close()
-        for f in self._tum.values():
-            f.close()
 
     def abort(self) -> None:
         self._finalizer()  # closes the files and removes the partial folder, once
@@ -348,7 +383,10 @@ class StreamingPredictor:
         self.voxel, self.max_points, self.depth_pngs = voxel, max_points, depth_pngs
         self.chainer = WorldChainer(min_points=min_points, max_residual=max_residual)
         self.log, self.warn = log, warn or log
-        self._buf: deque[tuple[int, np.ndarray]] = deque(maxlen=self.window)
+        # (t, preprocessed frames [N, 3, H, W], input sizes [(h, w)] * N, image names)
+        self._buf: deque[tuple[int, np.ndarray, list[tuple[int, int]], list[str | None]]] = (
+            deque(maxlen=self.window))
+        self._image_root: Path | None = None  # names frames relative to it (run_folder)
         self._since = 0             # new steps buffered since the last window ran
         self._next_t = 0
         self._size: tuple[int, int] | None = None
@@ -362,7 +400,7 @@ class StreamingPredictor:
         # Windows handed to a parallel predictor (runtime/batch: ``submit_window`` /
         # ``result`` / ``max_pending``) and not chained yet, oldest first: they are
         # inferred anywhere, in any order, but chained here, in time order.
-        self._pending: deque[tuple[list[int], Any, float]] = deque()
+        self._pending: deque[tuple[list[int], Any, float, dict]] = deque()
         self.last_report: WindowReport | None = None
         self._t_start = time.perf_counter()
         self._ran_last = False
@@ -406,11 +444,14 @@ class StreamingPredictor:
                 w, h = ims[0].size
             self._size = self._bucket_size(len(ims), w / h)
         step = np.stack([preprocess_rgb(im, self._size) for im in ims])  # [N, 3, H, W]
+        sizes = [(im.shape[0], im.shape[1]) if isinstance(im, np.ndarray)
+                 else (im.size[1], im.size[0]) for im in ims]
+        names = [str(f) if isinstance(f, (str, Path)) else None for f in frames]
         t = self._next_t if t is None else int(t)
         if self._buf and t <= self._buf[-1][0]:
             raise RuntimeDataError(f"time steps must increase: got {t} after {self._buf[-1][0]}")
         self._next_t = t + 1
-        self._buf.append((t, step))
+        self._buf.append((t, step, sizes, names))
         self._since += 1
         self._ran_last = False
         first_window = not self.windows_submitted
@@ -430,6 +471,7 @@ class StreamingPredictor:
         """Every time step of a time_TT/viewV folder, in order; ``loops`` > 1 replays it
         (benchmarks: constant memory over many windows)."""
         scene = discover_scene(folder)
+        self._image_root = scene.image_root
         views = self.views if self.views is not None else list(scene.views)[: self.N or None]
         self.views = views
         times = list(scene.times)
@@ -482,26 +524,27 @@ class StreamingPredictor:
     # ------------------------------------------------------------------ windows
     def _run_window(self) -> WindowReport | None:
         t0 = time.perf_counter()
-        times = [t for t, _ in self._buf]
-        images = np.stack([s for _, s in self._buf])[None]  # [1, T, N, 3, H, W]
+        times = [b[0] for b in self._buf]
+        images = np.stack([b[1] for b in self._buf])[None]  # [1, T, N, 3, H, W]
+        meta = {b[0]: (b[2], b[3]) for b in self._buf}
         self.windows_submitted += 1
         self._since = 0
         self._ran_last = True
         submit = getattr(self.p, "submit_window", None)
         if submit is None:  # a local Predictor: infer and chain now
             return self._chain(times, self.p.predict_arrays(images, times=times,
-                                                            views=self.views), t0)
-        self._pending.append((times, submit(images, times, self.views), t0))
+                                                            views=self.views), t0, meta)
+        self._pending.append((times, submit(images, times, self.views), t0, meta))
         rep = None
         while len(self._pending) > self.p.max_pending:  # bounded: constant memory
             rep = self._chain_oldest()
         return rep
 
     def _chain_oldest(self) -> WindowReport:
-        times, handle, t0 = self._pending.popleft()
-        return self._chain(times, self.p.result(handle), t0)
+        times, handle, t0, meta = self._pending.popleft()
+        return self._chain(times, self.p.result(handle), t0, meta)
 
-    def _chain(self, times: list[int], pred: Any, t0: float) -> WindowReport:
+    def _chain(self, times: list[int], pred: Any, t0: float, meta: dict) -> WindowReport:
         """Alignment and writing, always on this (the driver's) side and in time order:
         each window is fitted to the previous one's world points."""
         if pred.extrinsics is None:
@@ -513,6 +556,7 @@ class StreamingPredictor:
         if self._writer is None:
             self._writer = StreamWriter(self.out_dir, self.views, fps=self.fps or 1.0,
                                         overwrite=self.overwrite, depth_pngs=self.depth_pngs)
+            self._writer.warn = self.warn
         if self._cloud is None:
             self._cloud = VoxelCloud(self.voxel or _default_voxel(win.points, weights),
                                      self.max_points)
@@ -521,10 +565,12 @@ class StreamingPredictor:
             if t not in new:
                 continue
             depth = None if pred.depth is None else pred.depth[i] * win.depth_scale
-            self._writer.write_step(t, win.extrinsics[i],
-                                    None if pred.intrinsics is None else pred.intrinsics[i],
-                                    depth)
-            m = weights[i] > 0
+            placed = self._writer.write_step(
+                t, win.extrinsics[i], None if pred.intrinsics is None else pred.intrinsics[i],
+                depth, *meta[t], image_root=self._image_root,
+                model_hw=tuple(pred.colors.shape[2:4]))
+            # A frame without a finite camera would put its points on a line: left out.
+            m = (weights[i] > 0) & np.asarray(placed)[:, None, None]
             self._cloud.add(win.points[i][m], pred.colors[i][m], weights[i][m])
         rep.seconds = time.perf_counter() - t0
         self._writer.write_window(asdict(rep))

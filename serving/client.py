@@ -172,7 +172,9 @@ class TritonClient:
             confidence=one["confidence"], points=one["points"],
             points_source=params.get("points_from", "depth"),
             conf_mask=one["conf_mask"].astype(bool), times=clip.times, views=clip.views,
-            frame_paths=clip.frame_paths, timing={"inference": seconds})
+            frame_paths=clip.frame_paths, timing={"inference": seconds},
+            # the server preprocesses like local infer: cameras map back to the sent size
+            src_hw=(int(clip.frames.shape[2]), int(clip.frames.shape[3])))
 
     def statistics(self, model: str) -> dict[str, Any]:
         return self._call("statistics", self.client.get_inference_statistics, model,

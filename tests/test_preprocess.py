@@ -263,7 +263,7 @@ def test_missing_folder(tmp_path):
         load_clip(tmp_path / "nope", 0, 1, 1, (70, 98))
     assert isinstance(ei.value, FileNotFoundError) and "nope" in str(ei.value)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(errors.SceneNotFoundError, match="no time_TT"):
+    with pytest.raises(errors.SceneNotFoundError, match="no frames under .*time_TT.*per camera"):
         discover_scene(tmp_path / "empty")
 
 
@@ -384,3 +384,42 @@ def test_runtime_works_without_pil_and_torch():
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+# ------------------------------------------------------------------ other input layouts
+def _camera_folders(root: Path, counts: dict[str, int]) -> Path:
+    for v, (cam, n) in enumerate(counts.items()):
+        (root / cam).mkdir(parents=True)
+        for i in range(n):  # 9.png, 10.png, ...: a plain string sort would put 10 first
+            os.link(frame(i, v), root / cam / f"{9 + i}.png")
+    return root
+
+
+@needs_scene
+def test_one_folder_per_camera(tmp_path):
+    root = _camera_folders(tmp_path / "rig", {"cam10": 3, "cam2": 3})
+    s = discover_scene(root)
+    assert s.layout == "cameras" and s.views == (0, 1) and s.times == (0, 1, 2)
+    assert s.view_names == {0: "cam2", 1: "cam10"}  # natural order of the folder names
+    assert [s.frame_path(t, 0).name for t in s.times] == ["9.png", "10.png", "11.png"]
+    clip = load_clip(root, 1, 2, 2, (70, 98))  # cam2 holds real view 1, cam10 view 0
+    assert np.array_equal(clip["images"][0, 0, 0], load_image(frame(1, 1), (70, 98)))
+    assert np.array_equal(clip["images"][0, 1, 1], load_image(frame(2, 0), (70, 98)))
+    uneven = _camera_folders(tmp_path / "uneven", {"left": 3, "right": 2})
+    with pytest.raises(errors.NotEnoughFramesError, match=r"left/ 3, right/ 2"):
+        discover_scene(uneven)
+
+
+@needs_scene
+def test_flat_folder_is_one_view(tmp_path):
+    flat = tmp_path / "scene" / "images"  # VGGT's own convention: scene/images/*.png
+    flat.mkdir(parents=True)
+    for t in (0, 1, 2):
+        os.link(frame(t, 0), flat / f"frame{t * 5}.png")
+    s = discover_scene(tmp_path / "scene")
+    assert s.layout == "flat" and s.views == (0,) and s.num_times == 3
+    assert s.frame_path(2, 0).name == "frame10.png"
+    (flat / "cam0").mkdir()
+    os.link(frame(0, 1), flat / "cam0" / "0.png")
+    with pytest.raises(errors.RuntimeDataError, match="both images .* and camera folders"):
+        discover_scene(tmp_path / "scene")

@@ -28,6 +28,7 @@ from runtime.errors import (
     NotEnoughFramesError,
     RuntimeDataError,
 )
+from conftest import with_field_of_view
 from runtime.outputs import read_ply
 from runtime.predictor import NPZ_NAME, PLY_NAME, Predictor
 from runtime.layout import sha256_file, sidecar_path_for
@@ -59,7 +60,7 @@ def bucket_root(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("runtime_buckets")
     torch.manual_seed(0)
-    model = VGGTMV(tiny_config()).eval()
+    model = with_field_of_view(VGGTMV(tiny_config()).eval())
     export_bucket(model, Bucket(T_, N_, H_, W_), root, log=lambda s: None)
     return root
 
@@ -200,6 +201,119 @@ def test_infer_cli_end_to_end(bucket_root, mv_scene, tmp_path):
     names = {p.name for p in (tmp_path / "o").rglob("*.png")}
     assert names == {f"{k}_t{t:02d}_view{v}.png" for k in ("depth", "conf")
                      for t in (3, 4) for v in (0, 1)}
+
+
+def _strict_json(text: str):
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _read_colmap(folder: Path, ext: str, tmp: Path):
+    """pycolmap's reader on the .bin or the .txt files alone (it prefers .bin when both)."""
+    pycolmap = pytest.importorskip("pycolmap")
+    only = tmp / f"colmap_{ext}"
+    only.mkdir()
+    for name in ("cameras", "images", "points3D"):
+        shutil.copy(folder / f"{name}.{ext}", only)
+    return pycolmap.Reconstruction(str(only))
+
+
+def _cam_from_world(image) -> np.ndarray:
+    cfw = image.cam_from_world
+    return (cfw() if callable(cfw) else cfw).matrix()
+
+
+def test_infer_camera_folders_writes_colmap_glb_at_input_size(bucket_root, mv_scene, tmp_path):
+    """Frames in a folder per camera (left/, right/; 9.png before 10.png), cropped to 640x400
+    so that preprocessing crops too; COLMAP (read by pycolmap, text and binary), GLB
+    (reloaded by trimesh), cameras.jsonl and TUM all at the input's 640x400 pixels."""
+    from PIL import Image
+
+    from runtime.exports.colmap import MAX_EXPORT_POINTS
+    from runtime.preprocess import plan_resize, transform_intrinsics
+
+    rig = tmp_path / "rig"
+    for v, cam in enumerate(("left", "right")):
+        (rig / cam).mkdir(parents=True)
+        for i, t in enumerate((2, 3)):
+            with Image.open(mv_scene / "images" / f"time_{t:02d}" / f"view{v}.png") as im:
+                im.crop((0, 40, 640, 440)).save(rig / cam / f"{9 + i}.png")
+    out = tmp_path / "o"
+    res = CliRunner().invoke(app(), ["infer", "--onnx", str(bucket_root), "--input", str(rig),
+                                     "--out", str(out), "--threads", "1", "--graph", GRAPH])
+    assert res.exit_code == 0, res.output
+    assert "sparse" in res.output and "scene.glb" in res.output
+    run = _strict_json((out / "run.json").read_text())
+    plan = plan_resize((400, 640), (H_, W_))
+    assert run["input_size"] == {"width": 640, "height": 400}
+    assert run["preprocess"]["crop_left"] == plan.left > 0  # a real crop, not a plain resize
+    with np.load(out / NPZ_NAME) as z:
+        E, frame_paths = z["extrinsics"], z["frame_paths"]
+    assert frame_paths[0, 0].endswith("left/9.png") and frame_paths[1, 1].endswith("right/10.png")
+    cams = [_strict_json(line) for line in (out / "cameras.jsonl").read_text().splitlines()]
+    assert [(c["t"], c["view"], c["image"]) for c in cams] == [
+        (0, 0, "left/9.png"), (0, 1, "right/9.png"), (1, 0, "left/10.png"),
+        (1, 1, "right/10.png")]
+    for c in cams:  # input-pixel K, mapped forward like the frames were, is the model's K
+        assert c["finite"] and (c["width"], c["height"]) == (640, 400)
+        np.testing.assert_allclose(transform_intrinsics(np.array(c["intrinsic"]), (400, 640),
+                                                        (H_, W_)), c["model_intrinsic"],
+                                   atol=2e-3)
+    for v in (0, 1):
+        lines = (out / f"trajectory_view{v}.tum").read_text().splitlines()
+        assert len([ln for ln in lines if not ln.startswith("#")]) == 2
+    n_points = min(run["ply_points"], MAX_EXPORT_POINTS)
+    assert run["colmap"] == {"images": 4, "points": n_points} and n_points > 0
+    by_name = {c["image"]: c for c in cams}
+    for ext in ("bin", "txt"):
+        rec = _read_colmap(out / "sparse", ext, tmp_path)
+        assert rec.num_images() == 4 and rec.num_cameras() == 4
+        assert rec.num_points3D() == n_points
+        for image in rec.images.values():
+            c = by_name[image.name]
+            cam = rec.cameras[image.camera_id]
+            assert (cam.width, cam.height) == (640, 400)
+            K = np.array(c["intrinsic"])
+            np.testing.assert_allclose(cam.params, [K[0, 0], K[1, 1], K[0, 2] + 0.5,
+                                                    K[1, 2] + 0.5], rtol=1e-6)
+            np.testing.assert_allclose(_cam_from_world(image), E[c["t"], c["view"]],
+                                       atol=1e-5)
+        if shutil.which("colmap"):  # Debian's COLMAP too, where installed (apt: colmap)
+            r = subprocess.run(["colmap", "model_analyzer", "--path",
+                                str(tmp_path / f"colmap_{ext}")], capture_output=True,
+                               text=True, timeout=120)
+            said = r.stdout + r.stderr
+            assert r.returncode == 0 and "Images: 4" in said, said
+            assert f"Points: {n_points}" in said, said
+    trimesh = pytest.importorskip("trimesh")
+    scene = trimesh.load(out / "scene.glb")
+    assert len(scene.geometry["points"].vertices) == n_points
+    assert len([k for k in scene.geometry if k.startswith("frustum_")]) == 4
+
+
+def test_frames_without_finite_cameras_are_left_out(predictor, mv_scene, tmp_path):
+    pred = predictor.predict(mv_scene, T=T_, N=N_)
+    pred.intrinsics[0, 1, 0, 0] = np.inf  # as an untrained camera head gives (FoV 0)
+    written = pred.write_outputs(tmp_path / "o")
+    cams = [_strict_json(line) for line in written["cameras_jsonl"].read_text().splitlines()]
+    bad = [c for c in cams if not c["finite"]]
+    assert [(c["t"], c["view"]) for c in bad] == [(0, 1)] and bad[0]["intrinsic"][0][0] is None
+    keep = pred.conf_mask & np.isfinite(pred.points).all(-1)
+    keep[0, 1] = False
+    assert written["points"] == int(keep.sum()) == len(read_ply(written["ply"])["x"])
+    rec = _read_colmap(written["colmap"], "bin", tmp_path)
+    assert rec.num_images() == 3
+    assert "time_00/view1.png" not in {im.name for im in rec.images.values()}
+    assert any("1 of 4 frames" in n for n in pred.notes)
+    run = _strict_json((tmp_path / "o" / "run.json").read_text())
+    assert run["nonfinite_frames"] == 1 and run["nonfinite_examples"] == [[0, 1]]
+    pred.intrinsics[...] = np.inf  # no frame placeable: an empty model, no GLB, a notice
+    written = pred.write_outputs(tmp_path / "none")
+    assert written["points"] == 0 and "glb" not in written
+    assert _read_colmap(written["colmap"], "txt", tmp_path / "none").num_images() == 0
+    assert any("scene.glb not written" in n for n in pred.notes)
 
 
 def test_padding_runs_in_a_larger_bucket_and_trims(bucket_root, mv_scene):
