@@ -4,7 +4,7 @@ and builds it ahead of time for the given compute capabilities.
 A child because the RTX ONNX parser needs libtensorrt_rtx.so on LD_LIBRARY_PATH at
 process start (runtime/trt/rtx.py), and because a fault inside the parser must not take
 the CLI down with it. argv: spec.json out.json; spec = {graph, engine, capabilities,
-plugin_library, workspace_bytes}; out = {ok, error, inputs, outputs, version}.
+plugin_library, workspace_bytes, flags}; out = {ok, error, inputs, outputs, version}.
 """
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def _build(spec: dict) -> dict:
                 + "; ".join(errs or messages[-5:])}
     config = builder.create_builder_config()
     configure_targets(trt, config, spec["capabilities"])
+    for name in spec.get("flags") or []:  # STRIP_PLAN, REFIT_IDENTICAL, WEIGHT_STREAMING
+        config.set_flag(getattr(trt.BuilderFlag, name))
     if spec.get("workspace_bytes"):
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec["workspace_bytes"]))
     engine = builder.build_serialized_network(network, config)
