@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAG_SETS = ([], ["STRIP_PLAN"], ["REFIT_IDENTICAL"], ["STRIP_PLAN", "REFIT_IDENTICAL"])
+FLAG_SETS = ([], ["STRIP_PLAN"], ["REFIT_IDENTICAL"], ["STRIP_PLAN", "REFIT_IDENTICAL"],
+             ["WEIGHT_STREAMING"])
 
 
 def disk(out: Path) -> None:
