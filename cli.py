@@ -211,8 +211,10 @@ def export(
 
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
+        from export.resources import export_disk_bytes
+
         _fail(f"disk full writing {e.filename or out}: this export needs ~"
-              f"{sum(n.disk_bytes for n in needs) / 1e9:.2f} GB under {out}; nothing of the "
+              f"{export_disk_bytes(needs) / 1e9:.2f} GB under {out}; nothing of the "
               f"failed bucket was kept; free space there or choose another --out", code=1)
     _summary(results, time.perf_counter() - t_all)
 
@@ -221,19 +223,32 @@ def _summary(results, seconds: float) -> None:
     import resource
 
     table = Table(title="export summary")
-    for col in ("bucket", "files", "size", "sites (biased/sparse)", "export s", "validate",
-                "folder"):
+    for col in ("bucket", "files", "size", "shared weights", "sites (biased/sparse)",
+                "export s", "validate", "folder"):
         table.add_column(col)
+    shared: dict[str, int] = {}  # counted once per distinct file on disk
+    own_total = 0
     for r in results:
         m = r.manifest
         size = sum(f["bytes"] for f in m["files"])
+        own_total += size
+        sw = m.get("shared_weights")
+        if sw:
+            key = sw["sha256"] if sw.get("store") else f"{r.bucket.name}:{sw['sha256']}"
+            shared[key] = sw["bytes"]
         v = m.get("validation")
         vtxt = "skipped" if not v else ("PASS" if v.get("passed") else "FAIL")
         sites = m["attention_sites"]
         table.add_row(r.bucket.name, str(len(m["files"])), f"{size / 1e6:,.1f} MB",
+                      (f"{sw['bytes'] / 1e6:,.1f} MB {sw['sha256'][:8]}"
+                       + ("" if sw.get("store") else " (own copy)")) if sw else "-",
                       "/".join(str(x) for x in sites.values()),
                       f"{m['seconds'].get('export', 0):.1f}", vtxt, str(r.folder))
     console.print(table)
+    console.print(f"disk: {(own_total + sum(shared.values())) / 1e6:,.1f} MB for "
+                  f"{len(results)} bucket(s): {own_total / 1e6:,.1f} MB of graphs + "
+                  f"{sum(shared.values()) / 1e6:,.1f} MB of weights ({len(shared)} file(s) on "
+                  f"disk, hard-linked into the buckets)", markup=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     console.print(f"wall time {seconds:.1f} s, peak memory {peak:,.0f} MB")
 
@@ -273,6 +288,14 @@ def model_info(
         n = estimate(cfg, Bucket(T, N, height, width), model.num_parameters(), validate)
         table.add_row(f"export{'' if validate else ' --no-validate'}: disk / peak memory",
                       f"~{n.disk_bytes / 1e9:.2f} GB / ~{n.memory_bytes / 1e9:.1f} GB")
+    n = estimate(cfg, Bucket(T, N, height, width), model.num_parameters(), False)
+    table.add_row("disk: each bucket's graphs", f"~{(n.disk_bytes - n.shared_bytes) / 1e9:.2f} GB")
+    table.add_row("disk: weights, shared by every bucket (once)",
+                  f"~{n.shared_bytes / 1e9:.2f} GB" if n.shared_bytes else "in the graphs")
+    params = model.num_parameters()
+    for prec, width_b in (("fp32", 4), ("fp16", 2), ("int8", 1)):
+        table.add_row(f"disk: {prec} engine weights (0 with --strip-weights)",
+                      f"~{params * width_b / 1e9:.2f} GB + kernels")
     table.add_row("memory available here", f"{available_memory_bytes() / 1e9:.1f} GB")
     console.print(table)
 

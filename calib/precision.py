@@ -184,7 +184,9 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
     if mode == "fp16":
         from .fp16 import convert_fp16
 
-        model, conv = convert_fp16(onnx.load(str(src), load_external_data=True), exclude)
+        from export.shared_weights import load_model  # reads the hard-linked shared file
+
+        model, conv = convert_fp16(load_model(src), exclude)
     else:
         from .quantize import quantize_int8
 

@@ -220,11 +220,15 @@ def quantize_modelopt(src: str | Path, feeds: Sequence[dict[str, np.ndarray]],
         raise QuantizationError("ModelOpt is not installed: pip install nvidia-modelopt "
                                 "onnxslim onnxconverter-common lief cppimport (not the [onnx] "
                                 "extra, it downgrades onnx/onnxruntime)") from e
+    from export.shared_weights import is_shared, private_copy
+
     src = Path(src)
     model = onnx.load(str(src), load_external_data=False)
     names = [i.name for i in model.graph.input]
     scratch = Path(tempfile.mkdtemp(prefix=".modelopt-", dir=src.parent))
     out = scratch / "model.int8.onnx"
+    if is_shared(src):  # ModelOpt loads through onnx, which refuses hard-linked weights
+        src = private_copy(src, scratch / "source")
     chatter = io.StringIO()
     try:
         # ModelOpt narrates with tqdm bars and prints; keep them for the error message only.
@@ -267,7 +271,9 @@ def quantize_int8(src: str | Path, feeds: Sequence[dict[str, np.ndarray]],
     feeds = list(feeds)
     if not feeds:
         raise QuantizationError("INT8 calibration needs at least one clip")
-    source = onnx.load(str(src), load_external_data=not large)
+    from export.shared_weights import load_model  # onnx.load refuses hard-linked data
+
+    source = load_model(src) if not large else onnx.load(str(src), load_external_data=False)
     nodes, skipped = targets(source, exclude)
     report: dict[str, Any] = {"excluded_by_pattern": skipped}
     q = None
@@ -285,7 +291,7 @@ def quantize_int8(src: str | Path, feeds: Sequence[dict[str, np.ndarray]],
             q = None
     if q is None:
         if large:
-            source = onnx.load(str(src), load_external_data=True)
+            source = load_model(src)
         ranges = activation_ranges(src, feeds, calibration_tensors(source, exclude))
         pristine = onnx.load(str(src), load_external_data=False)
         q, _ = insert_qdq(source, ranges, exclude)

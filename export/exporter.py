@@ -7,7 +7,9 @@ everything succeeded):
   -> surgery.surgery      -> model.plugins.onnx (TensorRT plugin nodes)
   -> surgery.surgery(route="native") -> model.native.onnx (dense sites as ONNX Attention)
   -> onnx.checker on each -> manifest.json
-Weights above ~2 GB go to one external file, model.onnx.data, that all graphs share.
+Weights above ~2 GB go to one external file, model.onnx.data, that all graphs share,
+written in one canonical layout so every bucket of the model holds the same file: one
+copy on disk, hard-linked into each bucket (export/shared_weights.py).
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ from runtime.layout import (
 )
 
 from .portable import to_portable
+from .shared_weights import link_into_store, prune_store, weight_hashes, write_canonical
 from .surgery import surgery
 
 MANIFEST_VERSION = 1
@@ -134,11 +137,13 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
                   opset: int = 20, weights: dict[str, Any] | None = None,
                   log: Callable[[str], None] = print,
                   step: Callable[[str], None] | None = None,
-                  validate_fn: Callable[[Path, dict], dict] | None = None) -> BucketResult:
+                  validate_fn: Callable[[Path, dict], dict] | None = None,
+                  known_weights: set[str] | None = None) -> BucketResult:
     """Exports one bucket into out_root/<bucket.name>/ atomically and returns its result.
 
     validate_fn(folder, manifest) runs inside the scratch folder before it is published,
-    so a bucket that fails validation is never written (it raises).
+    so a bucket that fails validation is never written (it raises). ``known_weights``
+    (shared_weights.weight_hashes of the model) saves re-hashing the weights per bucket.
     """
     bucket.validate(model.config.patch_size)
     model.eval()
@@ -206,6 +211,18 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
         _check(nm, native_path, large)
         del nm
         timings["surgery"] = time.perf_counter() - t0
+        shared = None
+        if large:
+            step("shared weights (canonical model.onnx.data)")
+            t0 = time.perf_counter()
+            layout = write_canonical(tmp, (PORTABLE_GRAPH, PLUGIN_GRAPH, NATIVE_GRAPH),
+                                     known_weights if known_weights is not None
+                                     else weight_hashes(model))
+            for g in (PORTABLE_GRAPH, PLUGIN_GRAPH, NATIVE_GRAPH):  # while the file has one link:
+                _check(None, tmp / g, large)           # onnx's checker refuses several
+            shared = layout.record()
+            shared["store"] = link_into_store(tmp, layout, Path(out_root), log)
+            timings["share_weights"] = time.perf_counter() - t0
 
         manifest = {
             "manifest_version": MANIFEST_VERSION,
@@ -229,17 +246,21 @@ def export_bucket(model: nn.Module, bucket: Bucket, out_root: str | Path, *,
                         for op in contract.op_names()},
             "contract_version": contract.CONTRACT_VERSION,
             "external_data": PORTABLE_GRAPH + EXTERNAL_DATA_SUFFIX if large else None,
+            # recorded once here, not in "files": the same file is every bucket's
+            "shared_weights": shared,
         }
         if validate_fn is not None:
             step("validate (onnxruntime vs PyTorch)")
             t0 = time.perf_counter()
             manifest["validation"] = validate_fn(tmp, manifest)
             timings["validate"] = time.perf_counter() - t0
-        manifest["files"] = [file_entry(p, tmp) for p in sorted(tmp.iterdir()) if p.is_file()]
+        manifest["files"] = [file_entry(p, tmp) for p in sorted(tmp.iterdir())
+                             if p.is_file() and not (shared and p.name == shared["name"])]
         manifest["peak_rss_mb"] = round(_peak_rss_mb(), 1)
         manifest["seconds"] = {k: round(v, 2) for k, v in timings.items()}
         atomic_write_json(tmp / MANIFEST, manifest)
         _carry_over(final, tmp, log)
+    prune_store(Path(out_root))  # the replaced bucket's weights, when nothing links them now
     return BucketResult(bucket, final, manifest, timings, manifest.get("validation", {}))
 
 
@@ -285,7 +306,7 @@ def _carry_over(old: Path, new: Path, log: Callable[[str], None]) -> None:
         log(f"re-export of {old.name} keeps files it does not make: {', '.join(kept)}")
 
 
-def _check(m: onnx.ModelProto, path: Path, large: bool) -> None:
+def _check(m: onnx.ModelProto | None, path: Path, large: bool) -> None:
     try:
         if large:
             onnx.checker.check_model(str(path))

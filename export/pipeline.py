@@ -160,14 +160,19 @@ def export_buckets(model, buckets: list[Bucket], out_root: Path, opts: ExportOpt
     ExportError, ...): the buckets before it are complete, nothing of it is written."""
     from tqdm import tqdm
 
+    from . import exporter
     from .exporter import export_bucket
+    from .shared_weights import weight_hashes
 
     inputs = feeds if feeds is not None else read_validation_inputs(buckets, opts)
+    # read at call time: tests lower the threshold to share a tiny model's weights
+    large = exporter._param_bytes(model) > exporter.EXTERNAL_DATA_BYTES
+    known = weight_hashes(model) if large else None
     results = []
     bar = tqdm(buckets, desc="buckets", unit="bucket", disable=len(buckets) < 2)
     for bucket in bar:
         (rule or log)(bucket.name)
-        steps = tqdm(total=5 if opts.validate else 4, desc=bucket.name, unit="step",
+        steps = tqdm(total=4 + int(opts.validate) + int(large), desc=bucket.name, unit="step",
                      leave=False)
         started: list[str] = []
 
@@ -180,7 +185,7 @@ def export_buckets(model, buckets: list[Bucket], out_root: Path, opts: ExportOpt
 
         try:
             res = export_bucket(model, bucket, out_root, opset=opts.opset, weights=weights,
-                                step=step, log=log,
+                                step=step, log=log, known_weights=known,
                                 validate_fn=make_validator(model, bucket, opts, log,
                                                            inputs[bucket.name])
                                 if opts.validate else None)

@@ -5,8 +5,10 @@ does not fit (naming the numbers and what would fit), `model-info` prints both.
 The estimates are simple models fitted to runs measured on this project's 2-core, 24 GB
 machine (random weights: weights never change sizes), and lean conservative:
 
-- disk: the bucket is model.onnx + model.plugins.onnx + model.native.onnx (+ model.onnx.data, shared,
-  once the weights pass EXTERNAL_DATA_BYTES; below that each graph embeds them). Measured,
+- disk: the bucket is model.onnx + model.plugins.onnx + model.native.onnx (+
+  model.onnx.data, shared, once the weights pass EXTERNAL_DATA_BYTES; below that each
+  graph embeds them). The data file is one file for every bucket of the export (hard
+  links), so an export of k buckets keeps the weights once (export_disk_bytes). Measured,
   full-size default model (1,256,559,023 parameters): T=2,N=2 518x392 wrote 4,802 MB
   (model.onnx 9.9 MB + model.onnx.data 4.79 GB + model.plugins.onnx 0.76 MB); T=8,N=4
   518x518 4.78 GB. 4 bytes x parameters (5.03 GB) bounds the data file (some parameters,
@@ -53,13 +55,32 @@ class ResourceError(RuntimeDataError):
 
 @dataclass(frozen=True)
 class Needs:
-    disk_bytes: int
+    disk_bytes: int         # the bucket alone (copied to another machine): graphs + weights
     memory_bytes: int
     dense_validated: bool   # whether model.onnx's dense attention is validated at this size
+    shared_bytes: int = 0   # of disk_bytes, the weights file every bucket of the export shares
 
     def describe(self) -> str:
-        return (f"needs ~{self.disk_bytes / GB:.2f} GB of disk, ~{self.memory_bytes / GB:.1f} "
-                f"GB peak memory")
+        disk = (f"~{(self.disk_bytes - self.shared_bytes) / GB:.2f} GB of disk + the shared "
+                f"weights ~{self.shared_bytes / GB:.2f} GB (once per export)"
+                if self.shared_bytes else f"~{self.disk_bytes / GB:.2f} GB of disk")
+        return f"needs {disk}, ~{self.memory_bytes / GB:.1f} GB peak memory"
+
+
+def shared_bytes(num_parameters: int, external_data_bytes: int) -> int:
+    """The weights file the buckets share (0 when the weights stay inside the graphs)."""
+    weights = 4 * num_parameters
+    return weights if weights > external_data_bytes else 0
+
+
+def export_disk_bytes(needs: list[Needs]) -> int:
+    """Disk an export of these buckets needs at its peak: each bucket's graphs, the shared
+    weights once, and while a bucket is written torch.onnx's data file and the canonical
+    one beside the store's copy (export/shared_weights.py reads the first into the
+    second)."""
+    shared = max((n.shared_bytes for n in needs), default=0)
+    own = sum(n.disk_bytes - n.shared_bytes for n in needs)
+    return int(own + shared * (1 + min(len(needs), 2)))
 
 
 def disk_bytes(num_parameters: int, external_data_bytes: int) -> int:
@@ -76,9 +97,10 @@ def estimate(config, bucket: Bucket, num_parameters: int, validate: bool,
     from .pipeline import dense_attention_bytes, dense_validation_fits
 
     weights = 4 * num_parameters
+    shared = shared_bytes(num_parameters, EXTERNAL_DATA_BYTES)
     if not validate:
         return Needs(disk_bytes(num_parameters, EXTERNAL_DATA_BYTES),
-                     int(TRACE_WEIGHT_COPIES * weights + MEMORY_MARGIN_BYTES), False)
+                     int(TRACE_WEIGHT_COPIES * weights + MEMORY_MARGIN_BYTES), False, shared)
     avail = available_memory_bytes() if available_memory is None else available_memory
     dense = dense_attention_bytes(config, bucket)
     dense_validated = dense_validation_fits(config, bucket, avail)  # as the validator decides
@@ -86,7 +108,7 @@ def estimate(config, bucket: Bucket, num_parameters: int, validate: bool,
     activations = ACTIVATION_BYTES_PER_PIXEL * frames * bucket.H * bucket.W
     peak = VALIDATE_WEIGHT_COPIES * weights + (dense if dense_validated else 0) + activations
     return Needs(disk_bytes(num_parameters, EXTERNAL_DATA_BYTES),
-                 int(peak + MEMORY_MARGIN_BYTES), dense_validated)
+                 int(peak + MEMORY_MARGIN_BYTES), dense_validated, shared)
 
 
 def free_disk_bytes(path: str | Path) -> tuple[Path, int]:
@@ -120,7 +142,7 @@ def check_resources(config, buckets: list[Bucket], num_parameters: int, validate
     needs = [estimate(config, b, num_parameters, validate) for b in buckets]
     where, free = free_disk_bytes(out)
     # Buckets are written one at a time, each replacing its old folder only at the end.
-    total = sum(n.disk_bytes for n in needs)
+    total = export_disk_bytes(needs)
     if total > free:
         raise ResourceError(
             f"not enough disk under {where}: the export writes ~{total / GB:.2f} GB "

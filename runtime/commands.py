@@ -33,6 +33,23 @@ def _parse_views(text: Optional[str]) -> Optional[list[int]]:
     return None
 
 
+def _parse_budget(text: Optional[str], has_engine: bool) -> Optional[int]:
+    if text is None:
+        return None
+    if not has_engine:
+        _fail("--weight-budget applies to --engine (TensorRT weight streaming)")
+    from .trt.build import EngineBuildError, parse_workspace
+    from .trt.weights import AUTO_BUDGET
+
+    if text.strip().lower() == "auto":
+        return AUTO_BUDGET
+    try:
+        return parse_workspace(text)
+    except EngineBuildError as e:
+        _fail(str(e).replace("--workspace", "--weight-budget"))
+    return None
+
+
 def infer(
     engine: Optional[Path] = typer.Option(
         None, "--engine", help="Bucket folder, or export root of bucket folders, holding "
@@ -75,6 +92,10 @@ def infer(
                                            "the one built in plugins/)."),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="Capture the engine in a "
                                     "CUDA graph after the first run (--engine)."),
+    weight_budget: Optional[str] = typer.Option(
+        None, "--weight-budget", help="--engine built with --weight-streaming: GPU memory "
+        "for weights, e.g. 2G, 512M (MiB without a unit), or auto (TensorRT chooses); the "
+        "rest stream from host memory. Refused below the engine's minimum."),
     conf_percentile: Optional[float] = typer.Option(
         50.0, "--conf-percentile", help="Keep points at or above this confidence "
         "percentile in the PLY (VGGT demo default 50; negative disables)."),
@@ -136,6 +157,7 @@ def infer(
         _fail("--attention native|plugin chooses between engines of --engine buckets; for "
               "--onnx pick the graph with --graph model.native.onnx")
     repeats = repeat_alias or repeats
+    budget = _parse_budget(weight_budget, engine is not None)
     view_list = _parse_views(views)
     pct = None if conf_percentile is not None and conf_percentile < 0 else conf_percentile
     if workers is not None and not stream:
@@ -146,7 +168,7 @@ def infer(
                       overlap, N, view_list, loops, fps, max_points, overwrite, workers,
                       dict(graph=graph, precision=precision, providers=provider,
                            plugin_lib=plugins, use_cuda_graph=cuda_graph, allow_pad=pad,
-                           threads=threads, conf_percentile=pct,
+                           threads=threads, conf_percentile=pct, weight_budget=budget,
                            conf_threshold=conf_threshold, points_from=points_from,
                            attention=attention))
         return
@@ -157,7 +179,8 @@ def infer(
                              providers=provider, plugin_lib=plugins,
                              use_cuda_graph=cuda_graph, allow_pad=pad, threads=threads,
                              conf_percentile=pct, conf_threshold=conf_threshold,
-                             points_from=points_from, attention=attention)
+                             points_from=points_from, attention=attention,
+                             weight_budget=budget)
         with pred_obj as predictor:
             pred = predictor.predict(input, T=T, N=N, t0=t0, views=view_list)
             runs = [pred.timing["inference"]]
@@ -181,7 +204,7 @@ def infer(
     table = Table(title=Text(title))
     table.add_column("stage")
     table.add_column("seconds", justify="right")
-    for k in ("preprocess", "session_load", "inference", "postprocess", "write"):
+    for k in ("preprocess", "session_load", "refit", "inference", "postprocess", "write"):
         if k in pred.timing:
             table.add_row(k, f"{pred.timing[k]:.3f}")
     if len(runs) > 1:
@@ -285,6 +308,13 @@ def build_engine(
     compute_capability: Optional[str] = typer.Option(
         None, "--compute-capability", help="With --target rtx: the GPUs to build for, e.g. "
         "86,89,120 (offered: 75, 80, 86, 89, 120, 121; not Orin 87 nor Hopper 90)."),
+    strip_weights: bool = typer.Option(
+        False, "--strip-weights", help="Build the plan without its weights (STRIP_PLAN + "
+        "REFIT_IDENTICAL): the session refits it at load from the bucket's ONNX weights, "
+        "checked against the sha256 in the sidecar. One copy of the weights on disk."),
+    weight_streaming: bool = typer.Option(
+        False, "--weight-streaming", help="Build with WEIGHT_STREAMING: `infer "
+        "--weight-budget` then keeps only part of the weights on the GPU."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate inputs and print the "
                                  "build plan; works without TensorRT or a GPU."),
 ) -> None:
@@ -317,6 +347,10 @@ def build_engine(
     opts["attention"] = attention
     if version_compatible:
         opts["version_compatible"] = True
+    if strip_weights:
+        opts["strip_weights"] = True
+    if weight_streaming:
+        opts["weight_streaming"] = True
     if target not in ("trt", "rtx"):
         _fail(f"--target must be trt or rtx, got {target!r}")
     if target == "rtx":

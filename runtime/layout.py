@@ -381,7 +381,7 @@ def verify_artifacts(folder: str | Path, entries: Iterable[Mapping[str, Any]], *
                      "(python cli.py export ...)", record: str | Path | None = None) -> None:
     """Every recorded file (``{"name", "bytes", "sha256"}``) must be present with its size
     (checked on every load: cheap) and its sha256 (checked the first time a file is seen;
-    the verdict is cached by path, size and mtime so a 5 GB file is not re-hashed on every
+    the verdict is cached by inode, size and mtime so a 5 GB file is not re-hashed on every
     call). ``hashes=False`` or ${NO_VERIFY_ENV}=1 skips the hashing, never the sizes.
     Raises ArtifactIntegrityError naming the file and the remedy; ``record`` is the file
     the entries come from (default: the folder's manifest.json)."""
@@ -404,7 +404,8 @@ def verify_artifacts(folder: str | Path, entries: Iterable[Mapping[str, Any]], *
                 f"truncated or replaced; {remedy}")
         if not hashes or not e.get("sha256"):
             continue
-        key = str(path.resolve())
+        # by inode: a weights file hard-linked into every bucket is hashed once for all
+        key = f"{st.st_dev}:{st.st_ino}"
         seen = verdicts.get(key)
         if seen == [st.st_size, st.st_mtime_ns, e["sha256"]]:
             continue
@@ -433,7 +434,9 @@ def graph_records(folder: str | Path, manifest: Mapping[str, Any], graph: str
     folder = Path(folder)
     files = list(manifest.get("files") or [])
     if any(e.get("name") == graph for e in files):
-        return _with_data(files, graph)
+        # the weights every bucket of the export shares are recorded once, apart
+        shared = manifest.get("shared_weights")
+        return _with_data(files + ([shared] if shared else []), graph)
     for mode in ("fp16", "int8"):
         if graph not in (portable_graph(mode), plugin_graph(mode), native_graph(mode)):
             continue

@@ -64,6 +64,7 @@ from .plugins import (
     resolve_plugin_library,
 )
 from .sidecar import EnvironmentInfo, make_sidecar, write_sidecar
+from .weights import builder_flags, weights_record
 
 __all__ = [
     "GRAPH_FOR_PRECISION",
@@ -547,14 +548,17 @@ def build_engines(plan: BuildPlan, *, log: Callable[[str], None] = print,
         contract_version = item.manifest.get("contract_version")
         opts = {**plan.build_options(), "attention": item.route,
                 "builder_optimization_level": builder_optimization_level}
+        source_sha = sha256_file(item.onnx_path)
         side = make_sidecar(
             engine_file=item.engine_path.name, engine_sha256=sha256_file(item.engine_path),
             env=_item_env(plan, item, label, gpu.name, gpu.compute_capability),
             bucket=item.bucket, precision=item.precision,
-            source_onnx=item.onnx_path.name, source_onnx_sha256=sha256_file(item.onnx_path),
+            source_onnx=item.onnx_path.name, source_onnx_sha256=source_sha,
             build_options=opts, inputs=inputs, outputs=outputs,
             plugin_library=_item_library(plan, item),
-            contract_version=contract_version, build_seconds=secs)
+            contract_version=contract_version, build_seconds=secs,
+            extra={"weights": weights_record(item.bucket_dir, item.onnx_path.name, source_sha,
+                                             plan.options)})
         write_sidecar(item.sidecar_path, side)
         if plan.timing_cache is not None and cache_bytes:
             atomic_write_bytes(plan.timing_cache, cache_bytes)
@@ -605,6 +609,8 @@ def _build_one(trt, logger, messages, item: BuildItem, plan: BuildPlan, cache_by
         # Runs on later TensorRT releases and on the lean runtime;
         # the plugin library is still loaded by the runtime (IPluginV3, dynamic creators).
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    for name in builder_flags(plan.options):  # --strip-weights, --weight-streaming
+        config.set_flag(getattr(trt.BuilderFlag, name))
     cache = config.create_timing_cache(cache_bytes)
     # ignore_mismatch=False: a cache from another GPU/TensorRT is rejected, not misused.
     config.set_timing_cache(cache, False)
@@ -647,6 +653,7 @@ def _build_engines_rtx(plan: BuildPlan, log: Callable[[str], None]) -> list[Buil
         with tempfile.TemporaryDirectory(prefix=".rtx-", dir=item.bucket_dir) as tmp:
             spec = {"graph": str(item.onnx_path), "engine": str(Path(tmp) / "engine"),
                     "capabilities": caps, "workspace_bytes": plan.workspace_bytes,
+                    "flags": builder_flags(plan.options),
                     "plugin_library": _item_library(plan, item),
                     "native": item.route == "native"}
             (Path(tmp) / "spec.json").write_text(json.dumps(spec))
@@ -656,6 +663,13 @@ def _build_engines_rtx(plan: BuildPlan, log: Callable[[str], None]) -> list[Buil
             out = json.loads(out_file.read_text()) if out_file.is_file() else {
                 "ok": False, "error": f"the TensorRT for RTX build process died (exit "
                 f"{proc.returncode}): {(proc.stderr or proc.stdout).strip()[-400:]}"}
+            if not out["ok"] and spec["flags"] and "CUDA_SUCCESS" in out["error"]:
+                # measured with TensorRT for RTX 1.7: any refit flag makes its graph
+                # compiler JIT kernels, which needs a CUDA driver even ahead of time
+                out["error"] += (f"; TensorRT for RTX needs a CUDA GPU to build "
+                                 f"{', '.join(spec['flags'])} plans (--strip-weights / "
+                                 f"--weight-streaming): build them on a machine with a GPU, "
+                                 f"or without those options here")
             if not out["ok"]:
                 results.append(BuildResult(item, "failed", time.perf_counter() - t0, 0,
                                            out["error"]))
@@ -668,13 +682,16 @@ def _build_engines_rtx(plan: BuildPlan, log: Callable[[str], None]) -> list[Buil
         opts = {**plan.build_options(), "attention": item.route}
         if item.route == "native":
             opts["attention_layers"] = out.get("attention_layers", 0)
+        source_sha = sha256_file(item.onnx_path)
         side = make_sidecar(
             engine_file=item.engine_path.name, engine_sha256=sha256_file(item.engine_path),
             env=env, bucket=item.bucket, precision=item.precision,
-            source_onnx=item.onnx_path.name, source_onnx_sha256=sha256_file(item.onnx_path),
+            source_onnx=item.onnx_path.name, source_onnx_sha256=source_sha,
             build_options=opts, inputs=out["inputs"], outputs=out["outputs"],
             plugin_library=_item_library(plan, item),
-            contract_version=item.manifest.get("contract_version"), build_seconds=secs)
+            contract_version=item.manifest.get("contract_version"), build_seconds=secs,
+            extra={"weights": weights_record(item.bucket_dir, item.onnx_path.name, source_sha,
+                                             plan.options)})
         write_sidecar(item.sidecar_path, side)
         results.append(BuildResult(item, "built", secs, item.engine_path.stat().st_size))
         log(f"{item.bucket_name}: built {item.engine_path} for SM {', '.join(caps)} "

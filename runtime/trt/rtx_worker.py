@@ -4,8 +4,8 @@ and builds it ahead of time for the given compute capabilities.
 A child because the RTX ONNX parser needs libtensorrt_rtx.so on LD_LIBRARY_PATH at
 process start (runtime/trt/rtx.py), and because a fault inside the parser must not take
 the CLI down with it. argv: spec.json out.json; spec = {graph, engine, capabilities,
-plugin_library, workspace_bytes, native}; out = {ok, error, inputs, outputs, version,
-attention_layers}.
+plugin_library, workspace_bytes, flags, native}; out = {ok, error, inputs, outputs,
+version, attention_layers}.
 """
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def _build(spec: dict) -> dict:
     attention_layers = allow_decomposed_attention(trt, network) if spec.get("native") else 0
     config = builder.create_builder_config()
     configure_targets(trt, config, spec["capabilities"])
+    for name in spec.get("flags") or []:  # STRIP_PLAN, REFIT_IDENTICAL, WEIGHT_STREAMING
+        config.set_flag(getattr(trt.BuilderFlag, name))
     if spec.get("workspace_bytes"):
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec["workspace_bytes"]))
     engine = builder.build_serialized_network(network, config)

@@ -17,6 +17,7 @@ its own context, stream and buffers; the GPU memory cost is per session).
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 import time
@@ -50,6 +51,7 @@ from .sidecar import (
     sidecar_path_for,
     stale_source_problems,
 )
+from .weights import WeightsError, apply_weight_budget, check_refit_weights, refit_engine
 
 __all__ = ["TrtSession", "TrtUnavailableError", "CudaError", "find_engine", "engine_library",
            "load_plugin_library", "PRECISION_PREFERENCE", "MIN_TENSORRT"]
@@ -146,7 +148,14 @@ class TrtSession(ClosingSession):
     def __init__(self, engine_dir: str | Path, plugin_lib: str | Path | None = None,
                  use_cuda_graph: bool = False, precision: str | None = None,
                  device: int = 0, allow_gpu_model_mismatch: bool = False,
-                 tensorrt_library: str | None = None, attention: str | None = None):
+                 tensorrt_library: str | None = None, attention: str | None = None,
+                 weight_streaming_budget: int | None = None):
+        """``weight_streaming_budget``: bytes of weights kept on the GPU (the rest stream
+        from host memory; weights.AUTO_BUDGET lets TensorRT choose) for engines built
+        with --weight-streaming. A weight-stripped engine is refitted here from the
+        bucket's ONNX weights, checked first against the sha256 in its sidecar; the
+        seconds it took are in ``refit_seconds``. ``attention`` ("native" / "plugin")
+        picks between the two engines of a bucket that has both."""
         self._closed = True
         self._lock = threading.Lock()
         self.folder = Path(engine_dir)
@@ -160,6 +169,11 @@ class TrtSession(ClosingSession):
         stale = stale_source_problems(self.folder, self.sidecar)  # before any TensorRT work
         if stale:
             raise SidecarMismatchError(self.engine_path, stale)
+        try:  # a stripped engine's weights, checked before TensorRT reads a byte of them
+            refit_graph = check_refit_weights(self.folder, self.sidecar)
+        except WeightsError as e:
+            raise SidecarMismatchError(self.engine_path, [str(e)]) from e
+        self.refit_seconds: float | None = None
 
         trt = import_tensorrt(library=engine_library(self.sidecar, tensorrt_library))
         self.lean = trt.__name__.startswith("tensorrt_lean")
@@ -211,6 +225,17 @@ class TrtSession(ClosingSession):
             raise SessionError(f"TensorRT could not deserialize {self.engine_path} (see the "
                                f"TensorRT log above); rebuild it with `python cli.py "
                                f"build-engine`")
+        try:
+            if refit_graph is not None:
+                self.refit_seconds = refit_engine(trt, self._engine, self._logger, refit_graph)
+                logging.getLogger("vggt_mv").info(
+                    "%s: refitted its weights from %s in %.2f s", self.engine_path.name,
+                    refit_graph.name, self.refit_seconds)
+            # the budget must be set before the context exists
+            self.weight_budget = apply_weight_budget(self._engine, weight_streaming_budget,
+                                                     self.engine_path.name)
+        except WeightsError as e:
+            raise SessionError(str(e)) from e
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise SessionError("TensorRT could not create an execution context (out of GPU "
