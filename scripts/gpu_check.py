@@ -36,7 +36,7 @@ SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
 # seconds per step on the GPU run; the deadline cuts whatever the earlier steps overran
 BUDGETS = {"probe": 60, "build": 150, "nvcc_build": 150, "cases": 90, "sites": 60, "timing": 60,
            **{t: 40 for t in SANITIZER_TOOLS}, "racecheck": 60}
-DEADLINE_S, DRY_DEADLINE_S, DRY_BUDGET_SCALE = 480.0, 1800.0, 6.0
+DEADLINE_S, DRY_DEADLINE_S, DRY_BUDGET_SCALE = 480.0, 3600.0, 20.0
 REPORT_RESERVE_S = 5
 DEADLINE_SKIP = "deadline reached before it could start"
 LOG_TAIL = 20_000
@@ -264,9 +264,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "gpu_check")
     ap.add_argument("--arch", default="", help="sm_XX to build for (default: the GPU's)")
     ap.add_argument("--dry-run", action="store_true")
-    ap.add_argument("--deadline", type=float, help="seconds for the whole run (default 8 min; dry run 30)")
+    ap.add_argument("--deadline", type=float, help="seconds for the whole run (default 8 min; dry run 60)")
     ap.add_argument("--budget-scale", type=float,
-                    help="multiplies every step's budget (default 1; dry run 6: the CPU shim is slow)")
+                    help="multiplies every step's budget (default 1; dry run 20: the CPU shim is slow)")
     ap.add_argument("--capi-source", type=Path, help=argparse.SUPPRESS)   # tests: another C signature
     ap.add_argument("--case-limit", type=int, default=0, help=argparse.SUPPRESS)   # tests: the first N cases
     ap.add_argument("--skip-nvcc-build", action="store_true", help=argparse.SUPPRESS)   # tests: dry run only

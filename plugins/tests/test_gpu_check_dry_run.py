@@ -19,7 +19,7 @@ ALL_STEPS = ["probe", "nvcc_build", "build", "cases", "sites", "timing",
              "memcheck", "racecheck", "initcheck", "synccheck"]
 
 
-def gpu_check(*args, timeout=1800):
+def gpu_check(*args, timeout=3700):
     env = {**os.environ, "PYTHON": sys.executable}
     return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), *args], capture_output=True,
                           text=True, env=env, timeout=timeout)
