@@ -264,7 +264,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "gpu_check")
     ap.add_argument("--arch", default="", help="sm_XX to build for (default: the GPU's)")
     ap.add_argument("--dry-run", action="store_true")
-    ap.add_argument("--deadline", type=float, help="seconds for the whole run (default 8 min; dry run 60)")
+    ap.add_argument("--deadline", type=float, help="seconds for the whole run (default 8 min; dry run 60 min)")
     ap.add_argument("--budget-scale", type=float,
                     help="multiplies every step's budget (default 1; dry run 20: the CPU shim is slow)")
     ap.add_argument("--capi-source", type=Path, help=argparse.SUPPRESS)   # tests: another C signature
