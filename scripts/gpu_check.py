@@ -1,15 +1,28 @@
 #!/usr/bin/env python3
-"""Python half of scripts/gpu_check.sh: the kernel cases, compute-sanitizer runs and
-timings on a GPU through the ctypes library the shell script built. Run the shell script,
-not this file (it builds the library first)."""
+"""One-shot check of the attention kernels on a GPU (driven by scripts/gpu_check.sh).
+
+Steps, in order of value, each in a child process under its own time budget and all under
+one overall deadline: probe (PyTorch, the GPU), build (nvcc with the shipped flags plus
+-lineinfo), cases (every case of plugins/kernel_cases.py vs numpy_ref), sites (the four
+dense sites of T=8, N=4, 518x518 vs torch SDPA on all rows, with and without the bias),
+timing (ours vs SDPA flash there), then compute-sanitizer memcheck / racecheck / initcheck
+/ synccheck on small cases. Every step ends ok, failed or skipped with its time; the report
+(gpu_check.json + gpu_check.md) is written whatever happens, naming the step that failed.
+
+--dry-run runs the same steps without a GPU against the host build of the entry point (g++
+through the CUDA host shim): every launch executes on the CPU, the sites at reduced
+lengths, the timing loop once, the sanitizer cases without compute-sanitizer; the nvcc
+build is compiled when nvcc exists.
+"""
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,216 +30,272 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from plugins import capi_build  # noqa: E402
+
 SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
-# T=8, N=4 at 518x518 (python cli.py model-info --T 8 --N 4): 1,374 tokens per frame,
-# 16 heads of 64 in the 1B model. Time-SA: B*N sequences of T*F; View-SA: B*T of N*F;
-# DINOv2: every frame alone.
-TIMING_SHAPES = [
-    ("Time-SA", 4, 16, 8 * 1374, 64),
-    ("View-SA", 8, 16, 4 * 1374, 64),
-    ("DINOv2", 32, 16, 1374, 64),
-]
-CUDA_CORES, TENSOR_CORES = 1, 2
+# seconds per step on the GPU run; the deadline cuts whatever the earlier steps overran
+BUDGETS = {"probe": 60, "build": 150, "nvcc_build": 150, "cases": 90, "sites": 60, "timing": 60,
+           **{t: 40 for t in SANITIZER_TOOLS}, "racecheck": 60}
+DEADLINE_S, DRY_DEADLINE_S, DRY_BUDGET_SCALE = 480.0, 3600.0, 20.0
+REPORT_RESERVE_S = 5
+DEADLINE_SKIP = "deadline reached before it could start"
+LOG_TAIL = 20_000
 
 
-def case_lists():
-    from plugins.tests import test_kernels_host as t
+class Run:
+    """The steps' outcomes and the clock, shared by the driver and the report writer."""
 
-    biased = [("biased", c, CUDA_CORES) for c in t.BIASED_CASES]
-    biased += [("biased", c, TENSOR_CORES) for c in t.TC_BIASED + t.SITE_BIASED]
-    sparse = [("sparse", c, CUDA_CORES) for c in t.SPARSE_CASES]
-    sparse += [("sparse", c, TENSOR_CORES) for c in t.TC_SPARSE + t.SITE_SPARSE]
-    return biased + sparse
+    def __init__(self, args):
+        self.args = args
+        self.t0 = time.monotonic()
+        self.steps: dict[str, dict] = {}
+        self.data: dict[str, dict] = {}
+        self.logs = args.out / "logs"
+
+    def left(self) -> float:
+        return self.args.deadline - (time.monotonic() - self.t0) - REPORT_RESERVE_S
+
+    def budget(self, name: str) -> float:
+        return min(self.args.budget_scale * BUDGETS[name], self.left())
+
+    def record(self, name: str, status: str, seconds: float, detail: str = "") -> None:
+        self.steps[name] = {"status": status, "seconds": round(seconds, 1), "detail": detail}
+        print(f"gpu_check: {name}: {status} ({seconds:.1f} s){': ' + detail if detail else ''}", flush=True)
+
+    def skip(self, name: str, why: str) -> None:
+        self.record(name, "skipped", 0.0, why)
+
+    def child(self, name: str, step_args: list[str], prefix: list[str] = (), env: dict | None = None) -> dict | None:
+        """Runs `gpu_check.py --step ...` (under `prefix`, e.g. compute-sanitizer) within the
+        step's budget; records the outcome and returns the step's result (None if it has none)."""
+        budget = self.budget(name)
+        if budget < 1:
+            self.skip(name, DEADLINE_SKIP)
+            return None
+        work = Path(self.args.work)
+        for suffix in (".json", ".progress.jsonl"):
+            (work / f"{step_args[0]}{suffix}").unlink(missing_ok=True)
+        cmd = [*prefix, sys.executable, str(Path(__file__).resolve()), "--step", *step_args, "--work", str(work)]
+        if self.args.dry_run:
+            cmd.append("--dry-run")
+        t0 = time.monotonic()
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=budget, env={**os.environ, **(env or {})},
+                                 cwd=ROOT)
+            rc, out = res.returncode, res.stdout + res.stderr
+        except subprocess.TimeoutExpired as e:
+            rc, out = None, _text(e.stdout) + _text(e.stderr)
+        seconds = time.monotonic() - t0
+        self.logs.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.logs / f"{name}.log", " ".join(cmd) + "\n" + out[-LOG_TAIL:])
+        result_path = work / f"{step_args[0]}.json"
+        result = json.loads(result_path.read_text()) if result_path.is_file() else None
+        progress = _progress(work / f"{step_args[0]}.progress.jsonl")
+        if result is not None:
+            self.data[name] = result
+        elif progress:
+            self.data[name] = {"partial": progress}
+        if rc is None:
+            self.record(name, "failed", seconds, f"timed out after {budget:.0f} s budget ({len(progress)} "
+                                                 f"items done; last: {progress[-1] if progress else 'none'})")
+        elif rc != 0 or result is None:
+            self.record(name, "failed", seconds, f"exit {rc}: {_last_line(out)}")
+        else:
+            self.record(name, result["status"], seconds, result.get("summary", ""))
+        return result
 
 
-def load_lib(path: str):
-    lib = ctypes.CDLL(path)
-    f = lib.vggt_attention_launch
-    f.argtypes = [ctypes.c_int] * 8 + [ctypes.c_float] + [ctypes.c_int] * 7 + [ctypes.c_void_p] * 9 + [ctypes.c_int]
-    f.restype = ctypes.c_int
-    return f
+def _text(b) -> str:
+    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
 
 
-def run_case(fn, kind, case, path, seed=3):
-    """One case on the GPU vs numpy_ref; returns max abs error (raises on mismatch)."""
-    import numpy as np
-    import torch
+def _last_line(out: str) -> str:
+    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "(no output)"
 
-    from plugins.reference import numpy_ref
 
-    dev = torch.device("cuda")
-    if kind == "biased":
-        B, H, L, S, D, has_bias, mag, dtype = case
-        dtype = np.float16 if path == TENSOR_CORES else dtype
-        rng = np.random.default_rng(L * 131 + S * 7 + D + seed)
-        q = (rng.standard_normal((B, H, L, D)) * mag).astype(dtype)
-        k = (rng.standard_normal((B, H, S, D)) * mag).astype(dtype)
-        v = rng.standard_normal((B, H, S, D)).astype(dtype)
-        r = rng.standard_normal((B, L)).astype(np.float32)
-        c = (rng.standard_normal((B, S)) * 50).astype(np.float32)
-        scale = float(D) ** -0.5
-        ref = numpy_ref.biased_attention(*(a.astype(np.float32) for a in (q, k, v)), r, c, scale, has_bias)
-        lm = np.zeros((B, 1), np.int32)
-        attrs = (0, has_bias, 0, 1, 1, 1, 0, 0)
+def _progress(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def build_step(run: Run, name: str, kind: str, tool: str | None, arch: str) -> str | None:
+    """Builds the library (cached); records the step; returns the library path or None."""
+    if tool is None:
+        run.skip(name, "nvcc not found ($NVCC, PATH, $CUDA_HOME/bin)" if kind == "nvcc" else "g++ not found")
+        return None
+    budget = run.budget(name)
+    if budget < 1:
+        run.skip(name, DEADLINE_SKIP)
+        return None
+    t0 = time.monotonic()
+    try:
+        lib, cmd = capi_build.build(kind, tool, arch, timeout=max(budget, 1))
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+        run.record(name, "failed", time.monotonic() - t0, str(e).splitlines()[0][:300])
+        return None
+    run.data[name] = {"command": " ".join(cmd), "library": str(lib)}
+    run.record(name, "ok", time.monotonic() - t0, " ".join(Path(c).name if c.startswith("/") else c for c in cmd))
+    return str(lib)
+
+
+def sanitizer_step(run: Run, tool: str, lib: str | None, nvcc: str | None) -> None:
+    if lib is None:
+        return run.skip(tool, "no library (build step failed or skipped)")
+    lib_args = ["sanitize", "--lib", lib, *run.capi_args]
+    if run.args.dry_run:
+        # no GPU: the same child and cases without the wrapper, so the path is exercised
+        run.child(tool, lib_args)
+        if run.steps[tool]["status"] == "ok":
+            run.steps[tool]["detail"] = "cases run without compute-sanitizer (dry run)"
+        return None
+    try:
+        sanitizer = capi_build.find_sanitizer(nvcc)
+    except capi_build.ToolMissing as e:
+        return run.skip(tool, str(e))
+    # exact-size cudaMalloc per tensor: in PyTorch's caching allocator an overrun lands in a
+    # neighbour's block, where memcheck cannot see it
+    run.child(tool, lib_args, prefix=[sanitizer, "--tool", tool, "--error-exitcode", "9"],
+              env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"})
+    return None
+
+
+def drive(run: Run) -> None:
+    args = run.args
+    run.capi_args = ["--capi-source", str(args.capi_source)] if args.capi_source else []
+    probe = run.child("probe", ["probe"])
+    arch = args.arch or (probe or {}).get("arch") or "80"
+    run.data["arch"] = arch
+    nvcc = capi_build.find_nvcc()
+    if args.dry_run:
+        if args.skip_nvcc_build:
+            run.skip("nvcc_build", "--skip-nvcc-build")
+        else:
+            build_step(run, "nvcc_build", "nvcc", nvcc, arch)
+        lib = build_step(run, "build", "host", shutil.which("g++") or shutil.which("c++"), arch)
+    elif probe is None:
+        lib = None
+        run.skip("build", "the probe found no usable GPU / PyTorch")
     else:
-        from vggt_mv.layers.attention_ops import STRATEGIES, levels_to_mask
-
-        strategy, T, N, F, mem, levels, M, D, dtype = case
-        dtype = np.float16 if path == TENSOR_CORES else dtype
-        L = S = T * N * F + mem
-        B, H = 2, 2
-        rng = np.random.default_rng(L * 17 + D + M + seed)
-        q, k, v = (rng.standard_normal((B, H, L, D)).astype(dtype) for _ in range(3))
-        lm = (np.stack([rng.choice(L, M, replace=False) for _ in range(B)]).astype(np.int32)
-              if strategy == "landmark" else np.zeros((B, 1), np.int32))
-        sid, mask = STRATEGIES[strategy], levels_to_mask(levels)
-        scale = float(D) ** -0.5
-        ref = numpy_ref.sparse_attention(*(a.astype(np.float32) for a in (q, k, v)), lm, scale, sid, F, T, N,
-                                         mem, mask)
-        r = np.zeros((B, L), np.float32)
-        c = np.zeros((B, S), np.float32)
-        attrs = (1, 0, sid, F, T, N, mem, mask)
-    t = {n: torch.from_numpy(np.ascontiguousarray(a)).to(dev) for n, a in
-         dict(q=q, k=k, v=v, r=r, c=c, lm=lm).items()}
-    out = torch.empty_like(t["q"])
-    rc = fn(attrs[0], int(dtype == np.float16), B, H, L, S, D, lm.shape[1], scale, *attrs[1:],
-            t["q"].data_ptr(), t["k"].data_ptr(), t["v"].data_ptr(), t["r"].data_ptr(), t["c"].data_ptr(),
-            t["lm"].data_ptr(), out.data_ptr(), None, path)
-    torch.cuda.synchronize()
-    if rc != 0:
-        raise RuntimeError(f"launch returned {rc}")
-    got = out.float().cpu().numpy()
-    tol = 2e-3 if dtype == np.float16 else 2e-5
-    err = float(np.abs(got - ref).max())
-    np.testing.assert_allclose(got, ref, atol=tol * max(1.0, mag if kind == "biased" and dtype != np.float16 else 1.0),
-                               rtol=tol if dtype == np.float16 else 1e-4)
-    return err
+        lib = build_step(run, "build", "nvcc", nvcc, arch)
+    for step in ("cases", "sites", "timing"):
+        if lib is None:
+            run.skip(step, "no library (build step failed or skipped)")
+        else:
+            run.child(step, [step, "--lib", lib, *run.capi_args, *(["--case-limit", str(args.case_limit)]
+                                                                  if args.case_limit and step == "cases" else [])])
+    for tool in SANITIZER_TOOLS:
+        sanitizer_step(run, tool, lib, nvcc)
 
 
-def time_shapes(fn, iters=10):
-    import torch
-    import torch.nn.functional as Fnn
-
-    rows = []
-    for name, B, H, L, D in TIMING_SHAPES:
-        q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.float16) for _ in range(3))
-        r = torch.randn(B, L, device="cuda")
-        c = torch.randn(B, L, device="cuda")
-        out = torch.empty_like(q)
-        flops = 4.0 * B * H * L * L * D
-
-        def ours(has_bias):
-            rc = fn(0, 1, B, H, L, L, D, 1, D ** -0.5, has_bias, 0, 1, 1, 1, 0, 0, q.data_ptr(), k.data_ptr(),
-                    v.data_ptr(), r.data_ptr(), c.data_ptr(), None, out.data_ptr(),
-                    ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), TENSOR_CORES)
-            assert rc == 0, rc
-
-        def sdpa():
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                Fnn.scaled_dot_product_attention(q, k, v)
-
-        for label, f in (("ours (bias)", lambda: ours(1)), ("ours (no bias)", lambda: ours(0)), ("SDPA flash", sdpa)):
-            for _ in range(3):
-                f()
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iters):
-                f()
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end) / iters
-            rows.append({"site": name, "shape": [B, H, L, D], "kernel": label, "ms": round(ms, 3),
-                         "tflops": round(flops / ms / 1e9, 1)})
-    return rows
+def report(run: Run) -> dict:
+    a = run.args
+    probe = run.data.get("probe", {})
+    return {"dry_run": a.dry_run, "gpu": probe.get("gpu", "unknown (probe failed)"), "arch": run.data.get("arch"),
+            "torch": probe.get("torch"), "command": "bash scripts/gpu_check.sh" + (" --dry-run" if a.dry_run else ""),
+            "deadline_s": a.deadline, "seconds": round(time.monotonic() - run.t0, 1),
+            "failed_steps": [n for n, s in run.steps.items() if s["status"] == "failed"],
+            "steps": run.steps, "build": run.data.get("build", {}), "nvcc_build": run.data.get("nvcc_build", {}),
+            "cases": run.data.get("cases", {}), "sites": run.data.get("sites", {}),
+            "timing": run.data.get("timing", {})}
 
 
-def sanitizer_commands(lib: str) -> list[list[str]]:
-    return [["compute-sanitizer", "--tool", tool, "--error-exitcode", "9", sys.executable, str(Path(__file__)),
-             "--lib", lib, "--sanitize-case"] for tool in SANITIZER_TOOLS]
+def markdown(r: dict) -> str:
+    md = [f"# Attention kernels on {r['gpu']}", "",
+          f"`{r['command']}`: dry run {r['dry_run']}, sm_{r['arch']}, torch {r['torch']}, "
+          f"{r['seconds']} s of a {r['deadline_s']} s deadline.", ""]
+    md.append(f"**Failed steps: {', '.join(r['failed_steps'])}**" if r["failed_steps"] else "No step failed.")
+    md += ["", "| step | status | s | detail |", "|---|---|---|---|"]
+    md += [f"| {n} | {s['status']} | {s['seconds']} | {s['detail'].replace('|', '/')} |" for n, s in r["steps"].items()]
+    for key in ("build", "nvcc_build"):
+        if r[key].get("command"):
+            md += ["", f"{key}: `{r[key]['command']}`"]
+    cases = r["cases"]
+    if "total" in cases:
+        md += ["", f"Kernel cases: {cases['passed']} / {cases['total']} passed."]
+        md += [f"- FAILED {f}" for f in cases["failures"]]
+    elif cases.get("partial"):
+        md += ["", f"Kernel cases: interrupted after {len(cases['partial'])}."]
+    sites = r["sites"].get("rows") or r["sites"].get("partial") or []
+    if sites:
+        md += ["", "| site | B, H, L, D | bias | rows compared | max abs err vs SDPA (fp32) | elements past tol | ok |",
+               "|---|---|---|---|---|---|---|"]
+        md += [f"| {s['site']} | {s['shape']} | {s['bias']} | {s['rows']} | {s['max_abs_err']} | "
+               f"{s['elements_past_tol']} | {s['ok']} |" for s in sites]
+    timing = r["timing"].get("rows") or r["timing"].get("partial") or []
+    if timing:
+        md += ["", "| site | B, H, L, D | kernel | ms | TFLOP/s |", "|---|---|---|---|---|"]
+        md += [f"| {t['site']} | {t['shape']} | {t['kernel']} | {t['ms']} | {t['tflops']} |" for t in timing]
+    if r["dry_run"]:
+        md += ["", "Dry run: host build on the CPU; site lengths reduced, times are the CPU shim's, not a GPU's."]
+    return "\n".join(md) + "\n"
 
 
-SANITIZE_CASES = [
-    ("biased", (1, 1, 70, 200, 64, 1, 1.0, None), TENSOR_CORES),
-    ("biased", (1, 1, 45, 45, 128, 1, 1.0, None), TENSOR_CORES),
-    ("sparse", ("landmark", 2, 2, 7, 0, (), 4, 64, None), TENSOR_CORES),
-    ("biased", (1, 1, 33, 17, 64, 1, 1.0, "float32"), CUDA_CORES),
-]
-
-
-def write_reports(out: Path, report: dict) -> None:
+def write_reports(out: Path, r: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    md = [f"# Attention kernels on {report['gpu']}", "",
-          f"dry run: {report['dry_run']}; arch sm_{report['arch']}; command: `bash scripts/gpu_check.sh`", "",
-          f"kernel cases: {report['cases_passed']} / {report['cases_total']} passed", ""]
-    for f in report["case_failures"]:
-        md.append(f"- FAILED {f}")
-    md += ["", "| sanitizer | result |", "|---|---|"]
-    md += [f"| {k} | {v} |" for k, v in report["sanitizers"].items()]
-    md += ["", "| site | B, H, L, D | kernel | ms | TFLOP/s |", "|---|---|---|---|---|"]
-    md += [f"| {t['site']} | {t['shape']} | {t['kernel']} | {t['ms']} | {t['tflops']} |" for t in report["timings"]]
-    for name, text in (("gpu_check.json", json.dumps(report, indent=2) + "\n"), ("gpu_check.md", "\n".join(md) + "\n")):
-        tmp = out / (name + ".partial")
-        tmp.write_text(text)
-        tmp.replace(out / name)
+    _write_atomic(out / "gpu_check.json", json.dumps(r, indent=2) + "\n")
+    _write_atomic(out / "gpu_check.md", markdown(r))
+
+
+def child_main(args) -> int:
+    """`--step NAME`: one step in this process; its result goes to WORK/NAME.json."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gpu_check_steps
+
+    if args.case_limit:
+        import plugins.kernel_cases as kc
+
+        full = kc.gpu_cases
+        gpu_check_steps.gpu_cases = lambda: full()[:args.case_limit]
+    result = gpu_check_steps.run_step(args.step, args.lib, Path(args.work), args.dry_run, args.capi_source)
+    _write_atomic(Path(args.work) / f"{args.step}.json", json.dumps(result) + "\n")
+    return 0 if result["status"] == "ok" else 1
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lib", default="")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "gpu_check")
-    ap.add_argument("--arch", default="")
+    ap.add_argument("--arch", default="", help="sm_XX to build for (default: the GPU's)")
     ap.add_argument("--dry-run", action="store_true")
-    ap.add_argument("--sanitize-case", action="store_true", help="(internal) the small cases under compute-sanitizer")
+    ap.add_argument("--deadline", type=float, help="seconds for the whole run (default 8 min; dry run 60 min)")
+    ap.add_argument("--budget-scale", type=float,
+                    help="multiplies every step's budget (default 1; dry run 20: the CPU shim is slow)")
+    ap.add_argument("--capi-source", type=Path, help=argparse.SUPPRESS)   # tests: another C signature
+    ap.add_argument("--case-limit", type=int, default=0, help=argparse.SUPPRESS)   # tests: the first N cases
+    ap.add_argument("--skip-nvcc-build", action="store_true", help=argparse.SUPPRESS)   # tests: dry run only
+    ap.add_argument("--step", help=argparse.SUPPRESS)
+    ap.add_argument("--lib", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--work", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    import numpy as np
-
-    if args.sanitize_case:
-        fn = load_lib(args.lib)
-        for kind, case, path in SANITIZE_CASES:
-            case = tuple(np.float32 if x == "float32" else np.float16 if x is None else x for x in case)
-            run_case(fn, kind, case, path)
-        return 0
-    cases = case_lists()
-    report = {"dry_run": args.dry_run, "arch": args.arch, "gpu": "none (dry run)", "cases_total": len(cases),
-              "cases_passed": 0, "case_failures": [], "sanitizers": {}, "timings": [],
-              "timing_shapes": TIMING_SHAPES, "sanitizer_commands": [" ".join(c) for c in sanitizer_commands(args.lib)]}
-    if args.lib:
-        load_lib(args.lib)   # the library loads and exports the entry point
-        report["library_symbol"] = "vggt_attention_launch"
-    if args.dry_run:
-        write_reports(args.out, report)
-        print(f"gpu_check: dry run ok: {len(cases)} cases, {len(TIMING_SHAPES)} timing shapes, "
-              f"{len(SANITIZER_TOOLS)} sanitizer tools; report in {args.out}")
-        return 0
-    import torch
-
-    if not torch.cuda.is_available():
-        print("gpu_check: PyTorch sees no CUDA device; use --dry-run to check the plumbing", file=sys.stderr)
-        return 1
-    report["gpu"] = torch.cuda.get_device_name(0)
-    fn = load_lib(args.lib)
-    t0 = time.time()
-    for kind, case, path in cases:
+    if args.step:
+        return child_main(args)
+    args.deadline = args.deadline or (DRY_DEADLINE_S if args.dry_run else DEADLINE_S)
+    args.budget_scale = args.budget_scale or (DRY_BUDGET_SCALE if args.dry_run else 1.0)
+    if args.deadline <= REPORT_RESERVE_S:
+        ap.error(f"--deadline must be above {REPORT_RESERVE_S} s")
+    run = Run(args)
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
+        args.work = work
         try:
-            run_case(fn, kind, case, path)
-            report["cases_passed"] += 1
-        except Exception as e:   # keep going: the report lists every failure
-            report["case_failures"].append(f"{kind} {case} path={path}: {str(e).splitlines()[0][:200]}")
-    report["cases_seconds"] = round(time.time() - t0, 1)
-    for cmd in sanitizer_commands(args.lib):
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
-            tail = (res.stdout + res.stderr).strip().splitlines()[-1:] or [""]
-            report["sanitizers"][cmd[2]] = "ok" if res.returncode == 0 else f"rc={res.returncode}: {tail[0][:200]}"
-        except (OSError, subprocess.TimeoutExpired) as e:
-            report["sanitizers"][cmd[2]] = f"not run: {e}"
-    report["timings"] = time_shapes(fn)
-    write_reports(args.out, report)
-    print(json.dumps({k: report[k] for k in ("gpu", "cases_passed", "cases_total", "sanitizers")}, indent=1))
-    return 0 if not report["case_failures"] and all(v == "ok" for v in report["sanitizers"].values()) else 1
+            drive(run)
+        except BaseException as e:   # the report still says how far it got
+            run.record("driver", "failed", time.monotonic() - run.t0, f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            r = report(run)
+            write_reports(args.out, r)
+            print(f"gpu_check: report in {args.out}/gpu_check.{{json,md}}; failed steps: {r['failed_steps'] or 'none'}")
+    # a dry run may lack nvcc; anything else left undone means the check is incomplete
+    bad = r["failed_steps"] or any(s["status"] == "skipped" and (not args.dry_run or s["detail"] == DEADLINE_SKIP)
+                                   for s in run.steps.values())
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from plugins.capi_build import shipped_nvcc_flags  # noqa: E402
 SRC = ROOT / "plugins" / "csrc" / "attention" / "attention_launch.cu"
 INSTALL_HINT = "pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm (or put the CUDA toolkit's bin/ on PATH)"
 
@@ -140,13 +144,20 @@ def parse_sass(text: str) -> dict[str, list[tuple[int, str, str]]]:
     return out
 
 
+# ldmatrix in SASS: LDSM.16.M88[.2|.4] and the transposing LDSM.16.MT88[.2|.4]; each 8x8
+# matrix of 16-bit elements is 128 bytes per warp (x1 128, x2 256, x4 512).
+LDSM_FORM = re.compile(r"LDSM\.16\.MT?88(?:\.([124]))?")
+
+
 def smem_bytes(op: str) -> int:
     """Shared-memory bytes one warp-wide instruction moves (32 lanes)."""
     base = op.split(".")[0]
     mods = op.split(".")[1:]
     if base == "LDSM":
-        n = 4 if ".x4" in op.lower() or "M88.4" in op else 2 if "M88.2" in op else 1
-        return 128 * n
+        m = LDSM_FORM.fullmatch(op)
+        if m is None:   # a form this count does not know must not pass as some size
+            raise ValueError(f"unknown ldmatrix form {op!r}; add its size to sass_report.LDSM_FORM")
+        return 128 * int(m.group(1) or 1)
     if base in ("LDS", "STS", "LDGSTS", "ATOMS"):
         width = 4
         for m in mods:
@@ -189,12 +200,14 @@ def hot_loop(instrs, rowsum_mma: int = 0) -> dict:
     return {
         "instructions": len(body),
         "mma": n_mma,
-        "instr_per_mma": round(len(body) / n_mma, 2),
         "rowsum_mma": rowsum_mma,
-        "instr_per_attention_mma": round(len(body) / max(n_mma - rowsum_mma, 1), 2),
+        # per HMMA, every one counted (how FlashAttention-2's figures are counted), and per
+        # Q K^T / P V MMA, the row-sum HMMAs left out as FlashAttention-2's FADDs would be
+        "instr_per_hmma": round(len(body) / n_mma, 2),
+        "instr_per_qk_pv_mma": round(len(body) / max(n_mma - rowsum_mma, 1), 2),
         "smem_bytes": sm,
-        "smem_bytes_per_mma": round(sm / n_mma, 1),
-        "smem_bytes_per_attention_mma": round(sm / max(n_mma - rowsum_mma, 1), 1),
+        "smem_bytes_per_hmma": round(sm / n_mma, 1),
+        "smem_bytes_per_qk_pv_mma": round(sm / max(n_mma - rowsum_mma, 1), 1),
         "ldmatrix": sum(1 for _, op, _ in body if op.startswith("LDSM")),
         "async_copies": sum(1 for _, op, _ in body if op.startswith("LDGSTS")),
         "barriers": sum(1 for _, op, _ in body if op.startswith("BAR")),
@@ -223,7 +236,9 @@ def demangled_family(name: str) -> str:
 
 def report_arch(arch: int, nvcc: str, cuobjdump: str, workdir: Path, defines=()) -> list[KernelReport]:
     cubin = workdir / f"attention_sm{arch}.cubin"
-    cmd = [nvcc, "-std=c++17", "-O3", f"-arch=sm_{arch}", "-cubin", "-Xptxas", "-v",
+    # the flags libvggt_mv_plugins.so ships with (plugins/CMakeLists.txt): the SASS counted
+    # is the SASS that runs
+    cmd = [nvcc, *shipped_nvcc_flags(), f"-arch=sm_{arch}", "-cubin", "-Xptxas", "-v",
            *[f"-D{d}" for d in defines], "-o", str(cubin), str(SRC)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
@@ -255,15 +270,18 @@ def short_name(mangled: str) -> str:
 
 
 def markdown(reports: list[KernelReport]) -> str:
-    rows = ["| arch | kernel | regs | smem B | spill B | warps/SM | instr / QK+PV MMA (/ HMMA) | smem B / QK+PV MMA (/ HMMA) | HMMA/iter (row-sum) | cp.async/iter | barriers/iter | nested loops |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| arch | kernel | regs | smem B | spill B | warps/SM | instr / HMMA | instr / QK+PV MMA | "
+            "smem B / HMMA | smem B / QK+PV MMA | HMMA/iter (row-sum) | cp.async/iter | barriers/iter | "
+            "local ld+st/iter | nested loops |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         h = r.hot_loop
+        g = lambda k: h.get(k, "-")   # noqa: E731
         rows.append(f"| sm_{r.arch} | `{r.kernel}` | {r.registers} | {r.smem_bytes} | {r.spill_bytes} | "
-                    f"{r.resident_warps} | {h.get('instr_per_attention_mma', '-')} ({h.get('instr_per_mma', '-')}) | "
-                    f"{h.get('smem_bytes_per_attention_mma', '-')} ({h.get('smem_bytes_per_mma', '-')}) | "
-                    f"{h.get('mma', '-')} ({h.get('rowsum_mma', 0)}) | {h.get('async_copies', '-')} | {h.get('barriers', '-')} | "
-                    f"{h.get('nested_loops', '-')} |")
+                    f"{r.resident_warps} | {g('instr_per_hmma')} | {g('instr_per_qk_pv_mma')} | "
+                    f"{g('smem_bytes_per_hmma')} | {g('smem_bytes_per_qk_pv_mma')} | "
+                    f"{g('mma')} ({h.get('rowsum_mma', 0)}) | {g('async_copies')} | {g('barriers')} | "
+                    f"{g('local_memory')} | {g('nested_loops')} |")
     return "\n".join(rows) + "\n"
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from plugins.kernel_cases import (BIASED_CASES, CUDA_CORES, SITE_BIASED, SITE_SPARSE,
+                                  SPARSE_CASES, TC_BIASED, TC_SPARSE, TENSOR_CORES)
 from plugins.reference import numpy_ref
 
 
@@ -45,33 +47,6 @@ def run_harness(exe, tmp_path, kind, q, k, v, *, r=None, c=None, lm=None, scale=
                          np.float16 if half else np.float32).reshape(B, H, L, D)
 
 
-BIASED_CASES = [
-    # B, H, L, S, D, has_bias, magnitude, dtype
-    (1, 1, 1, 1, 8, 1, 1.0, np.float32),
-    (1, 2, 7, 7, 8, 1, 1.0, np.float32),
-    (2, 2, 33, 33, 16, 1, 1.0, np.float32),
-    (1, 1, 31, 65, 24, 1, 1.0, np.float32),
-    (1, 3, 64, 64, 64, 1, 1.0, np.float32),
-    (1, 1, 100, 37, 64, 0, 1.0, np.float32),
-    (2, 1, 129, 97, 64, 1, 1.0, np.float32),
-    (1, 1, 45, 45, 128, 1, 1.0, np.float32),
-    (1, 1, 40, 70, 136, 1, 1.0, np.float32),   # generic (DMAX 256) path
-    (1, 1, 33, 17, 256, 1, 1.0, np.float32),
-    (1, 2, 50, 50, 64, 1, 12.0, np.float32),   # scale*qk ~ 1e2..1e3
-    (1, 1, 61, 61, 32, 1, 30.0, np.float32),
-    (1, 1, 300, 300, 64, 1, 1.0, np.float32),
-    (1, 1, 257, 513, 64, 0, 1.0, np.float32),
-    (1, 2, 40, 40, 64, 1, 1.0, np.float16),
-    (1, 1, 65, 33, 128, 1, 1.0, np.float16),
-    (2, 1, 31, 31, 64, 0, 1.0, np.float16),
-    (1, 1, 77, 50, 16, 1, 4.0, np.float16),
-    (1, 1, 3, 200, 64, 1, 1.0, np.float32),
-    (3, 1, 20, 20, 40, 1, 1.0, np.float32),
-    (1, 4, 16, 48, 72, 1, 1.0, np.float16),
-]
-
-
-CUDA_CORES, TENSOR_CORES = 1, 2   # vggt::KernelPath (0 = automatic)
 
 
 def check_biased(exe, tmp_path, B, H, L, S, D, has_bias, mag, dtype, path, seed=0):
@@ -99,32 +74,6 @@ def check_biased(exe, tmp_path, B, H, L, S, D, has_bias, mag, dtype, path, seed=
 def test_biased_kernel_matches_reference(host_harness, tmp_path, B, H, L, S, D, has_bias, mag,
                                          dtype):
     check_biased(host_harness, tmp_path, B, H, L, S, D, has_bias, mag, dtype, CUDA_CORES)
-
-
-SPARSE_CASES = [
-    # strategy, T, N, F, mem, levels, M(landmarks), D, dtype
-    ("landmark", 1, 1, 5, 0, (), 2, 8, np.float32),
-    ("landmark", 2, 2, 7, 0, (), 4, 16, np.float32),
-    ("landmark", 3, 2, 33, 0, (), 10, 64, np.float32),   # frames longer than a query tile
-    ("landmark", 2, 3, 40, 0, (), 31, 64, np.float16),
-    ("landmark", 4, 1, 9, 0, (), 7, 128, np.float32),
-    ("landmark", 2, 2, 65, 0, (), 1, 32, np.float32),
-    ("landmark", 1, 4, 12, 0, (), 12, 64, np.float32),
-    ("dilated", 5, 2, 3, 0, (1, 2), 0, 8, np.float32),
-    ("dilated", 6, 2, 9, 0, (1, 4), 0, 16, np.float32),
-    ("dilated", 8, 4, 5, 0, (1, 2, 4), 0, 64, np.float32),
-    ("dilated", 3, 3, 35, 0, (2,), 0, 64, np.float16),
-    ("dilated", 4, 1, 11, 0, (), 0, 32, np.float32),      # no dilations: same time only
-    ("dilated", 7, 2, 6, 0, (3, 5), 0, 128, np.float32),
-    ("dilated", 2, 2, 50, 0, (1,), 0, 64, np.float32),
-    ("memory_bank", 1, 1, 5, 3, (), 0, 8, np.float32),
-    ("memory_bank", 2, 2, 7, 4, (), 0, 16, np.float32),
-    ("memory_bank", 2, 3, 40, 32, (), 0, 64, np.float32),  # memory longer than a tile
-    ("memory_bank", 3, 1, 33, 5, (), 0, 64, np.float16),
-    ("memory_bank", 1, 2, 10, 1, (), 0, 128, np.float32),
-    ("memory_bank", 2, 2, 12, 40, (), 0, 32, np.float32),
-    ("landmark", 2, 2, 6, 0, (), 24, 64, np.float32),     # every token is a landmark
-]
 
 
 def check_sparse(exe, tmp_path, strategy, T, N, F, mem, levels, M, D, dtype, path, seed=0):
@@ -170,32 +119,8 @@ def test_harness_rejects_invalid_problems(host_harness, tmp_path):
 # onto that kernel: mma.sync, ldmatrix and cp.async run through mma_ptx.h's host shim with
 # their documented lane layouts, shared memory starts as NaN, reads before a write / before
 # the cp.async wait / across warps without a barrier abort, and every shared-memory access
-# is counted in bank wavefronts: the kernel must be conflict-free (factor 1.0).
-TC_BIASED = [c for c in BIASED_CASES if c[4] <= 128]
-TC_SPARSE = [c for c in SPARSE_CASES if c[7] <= 128]
-
-# VGGT_MV's attention sites at small lengths (the kernel does not see the structure of a
-# sequence, only L, S, D and the key lists): Time-SA (T*F tokens of one view), View-SA
-# (N*F tokens of one time step), a DINOv2 frame (F = patches + 5 special tokens), the
-# camera trunk (D = 128), 16 heads as in the 1B model, and the sparse strategies at D = 64
-# and 128.
-SITE_BIASED = [
-    # B, H, L, S, D, has_bias, magnitude, dtype
-    (1, 16, 8 * 14, 8 * 14, 64, 1, 1.0, np.float16),    # Time-SA, T=8, F=14
-    (2, 4, 4 * 14, 4 * 14, 64, 1, 1.0, np.float16),     # View-SA, N=4
-    (2, 2, 41, 41, 64, 0, 1.0, np.float16),             # DINOv2 frame, 6x6 + 5 tokens
-    (1, 2, 160, 160, 128, 1, 1.0, np.float16),          # camera trunk, D=128
-    (1, 1, 130, 257, 128, 1, 4.0, np.float16),          # D=128, several key tiles, large logits
-]
-SITE_SPARSE = [
-    # strategy, T, N, F, mem, levels, M, D, dtype
-    ("landmark", 4, 2, 14, 0, (), 9, 128, np.float16),
-    ("dilated", 6, 2, 10, 0, (1, 2, 4), 0, 128, np.float16),
-    ("memory_bank", 2, 2, 20, 70, (), 0, 128, np.float16),
-    ("dilated", 8, 2, 9, 0, (1, 2, 4), 0, 64, np.float16),
-]
-
-
+# is counted in bank wavefronts: the kernel must be conflict-free (factor 1.0). The case
+# lists (and the small-length site shapes) live in plugins/kernel_cases.py.
 def assert_conflict_free():
     assert LAST_STATS["bank_conflict_factor"] == 1.0, LAST_STATS
 
