@@ -279,6 +279,23 @@ def test_items_from_a_list_file_and_bad_inputs(clips, tmp_path):
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5 and percentile([], 90) is None
 
 
+def test_an_item_whose_actor_keeps_dying_is_given_up(bucket, clips, tmp_path):
+    """The mapper is a plain class: its attempt counting runs here, without Ray."""
+    from runtime.batch.data import RUN_DIR, ActorSpec, ItemMapper, _count_attempt
+
+    m = ItemMapper(ActorSpec(str(bucket), "onnx", {"graph": "model.onnx"}), str(tmp_path),
+                   {}, max_attempts=2)
+    cols = m({"name": np.array(["clip0"]), "input": np.array([str(clips / "clip0")])})
+    assert cols["status"] == ["done"] and cols["attempts"] == [1] and cols["written"] == [True]
+    for _ in range(2):  # two tries of clip1 whose actor died before they returned
+        _count_attempt(tmp_path / RUN_DIR, "clip1")
+    r = m.run_one("clip1", str(clips / "clip1"))
+    assert r.status == "failed" and r.attempts == 2 and "died 2 time(s)" in r.message
+    assert not (tmp_path / "clip1").exists()
+    (rec,) = [json.loads(f.read_text()) for f in (tmp_path / RUN_DIR / "actors").iterdir()]
+    assert rec["session_loads"] == 1 and rec["items"] == 1
+
+
 def test_runtime_and_cli_import_without_ray(tmp_path):
     code = ("import sys\n"
             "class B:\n"

@@ -125,12 +125,12 @@ def batch(
         results, s = run_batch(items, out, spec, infer, progress=bar,
                                ray_start_s=round(ray_s, 3))
     table = Table(title=f"batch: {len(items)} items on {workers} workers -> {out}")
-    for col in ("done", "skipped", "failed", "clips/s", "latency p50 s", "latency p90 s",
-                "session loads", "retried"):
+    for col in ("done", "skipped", "failed", "clips/s", "after 1st", "1st item s",
+                "latency p50 s", "latency p90 s", "session loads", "retried"):
         table.add_column(col, justify="right")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     table.add_row(str(s["done"]), str(s["skipped"]), str(s["failed"]), fmt(s["clips_per_s"]),
-                  fmt(s["latency_p50_s"]), fmt(s["latency_p90_s"]),
+                  fmt(s["steady_clips_per_s"]), fmt(s["first_item_s"]), fmt(s["latency_p50_s"]), fmt(s["latency_p90_s"]),
                   str(s["session_loads"]), str(s["retried"]))
     console.print(table)
     for r in results:

@@ -105,17 +105,17 @@ def stream_items(items: Sequence[Item], out: str | Path, spec: ActorSpec,
     ctx.print_on_execution_start = False
     ds = ray.data.from_items([{"name": it.name, "input": it.input} for it in items],
                              override_num_blocks=len(items))  # one task per item
-    remote: dict[str, Any] = {"max_restarts": -1, "max_task_retries": -1}
-    if spec.gpus:
-        remote["num_gpus"] = spec.gpus
+    # Restarting a dead actor and retrying its task are Ray Data's defaults for actor pools
+    # (max_restarts=-1, max_task_retries=-1 in 2.60; passing them is deprecated there).
     ds = ds.map_batches(
         mapper, batch_size=1, batch_format="numpy", num_cpus=spec.cpus,
+        num_gpus=spec.gpus or None,
         # one item in flight per actor: a slow clip has none queued behind it, and an
         # actor's death retries only the item it was running
         compute=ray.data.ActorPoolStrategy(size=spec.workers,
                                            max_tasks_in_flight_per_actor=1),
         fn_constructor_kwargs={"spec": spec, "out": str(out), "infer": dict(infer),
-                               "max_attempts": max_attempts}, **remote)
+                               "max_attempts": max_attempts})
     rows = iter(ds.iter_rows())
     try:
         for row in rows:

@@ -36,12 +36,15 @@ def run_batch(items: Sequence[Item], out: str | Path, spec: ActorSpec,
     if progress is not None:
         progress.update(len(results))
     todo = [it for it in items if it.name not in results]
+    first = None  # seconds to the first result: Ray Data's start, actor start, session load
     try:
         if todo:
             run = stream_items(todo, out, spec, infer, mapper=mapper,
                                max_attempts=max_attempts)
             try:
                 for res in run:
+                    if first is None:
+                        first = time.perf_counter() - t0
                     results[res.name] = res
                     if progress is not None:
                         progress.update(1)
@@ -57,11 +60,22 @@ def run_batch(items: Sequence[Item], out: str | Path, spec: ActorSpec,
         summary = summarize([r for r in ordered if r.status != "pending"], wall,
                             pending=sum(r.status == "pending" for r in ordered),
                             engine="ray.data", workers=spec.workers,
+                            first_item_s=None if first is None else round(first, 3),
+                            steady_clips_per_s=_steady(results.values(), wall, first),
                             workers_started=len(workers),
                             session_loads=sum(w["session_loads"] for w in workers),
                             workers_info=workers, **summary_extra)
         write_batch_json(out, ordered, summary)
     return ordered, summary
+
+
+def _steady(results: Any, wall: float, first: float | None) -> float | None:
+    """Items done after the first one over the time after it: the rate once the actors
+    are up, which a long batch approaches."""
+    done = sum(r.status == "done" for r in results)
+    if first is None or done < 2 or wall <= first:
+        return None
+    return round((done - 1) / (wall - first), 3)
 
 
 class ParallelWindows:
