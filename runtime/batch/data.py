@@ -103,6 +103,7 @@ def stream_items(items: Sequence[Item], out: str | Path, spec: ActorSpec,
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours (tqdm, per item) replaces Ray Data's
     ctx.print_on_execution_start = False
+    _quiet_ray_data()
     ds = ray.data.from_items([{"name": it.name, "input": it.input} for it in items],
                              override_num_blocks=len(items))  # one task per item
     # Restarting a dead actor and retrying its task are Ray Data's defaults for actor pools
@@ -124,6 +125,17 @@ def stream_items(items: Sequence[Item], out: str | Path, spec: ActorSpec,
         close = getattr(rows, "close", None)
         if close is not None:
             close()
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's INFO lines (execution started / finished) and its notice that its own
+    progress bars are off stay out of the console; its warnings and errors do not."""
+    import logging  # noqa: PLC0415
+
+    from ray.util.debug import log_once  # noqa: PLC0415
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    log_once("ray_data_progress_manager_disabled")  # the notice is logged once: now spent
 
 
 def _plain(v: Any) -> Any:
