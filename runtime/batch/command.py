@@ -121,9 +121,18 @@ def batch(
                           object_store_mb)
     except (RuntimeDataError, OSError, ValueError) as e:
         _fail(str(e))
-    with tqdm(total=len(items), desc="batch", unit="clip") as bar:
-        results, s = run_batch(items, out, spec, infer, progress=bar,
-                               ray_start_s=round(ray_s, 3))
+    from .pool import import_ray
+
+    ray = import_ray()
+    try:
+        with tqdm(total=len(items), desc="batch", unit="clip") as bar:
+            results, s = run_batch(items, out, spec, infer, progress=bar,
+                                   ray_start_s=round(ray_s, 3))
+    except ray.exceptions.RayError as e:
+        # The pipeline itself failed (actors that cannot start, a lost cluster); a bad
+        # item never gets here. Finished items have their markers: a re-run resumes.
+        _fail(f"batch stopped by Ray: {type(e).__name__}: {str(e)[:2000]}\n"
+              f"{out / 'batch.json'} lists what finished; run again to resume", code=1)
     table = Table(title=f"batch: {len(items)} items on {workers} workers -> {out}")
     for col in ("done", "skipped", "failed", "clips/s", "after 1st", "1st item s",
                 "latency p50 s", "latency p90 s", "session loads", "retried"):
