@@ -1,5 +1,6 @@
-"""`batch` and `infer --stream --workers` on a local Ray instance: CPU, tiny preset, two
-actors, real frames (clips are t0 windows of mv_scene written as separate clip folders)."""
+"""`batch` (Ray Data actors) and `infer --stream --workers` (Ray Core actors) on a local
+Ray instance: CPU, tiny preset, two actors, real frames (clips are t0 windows of mv_scene
+written as separate clip folders)."""
 import json
 import shutil
 import subprocess
@@ -57,8 +58,17 @@ def clips(mv_scene, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def spec(ray_local, bucket):
+    """Two Ray Data actors of half a CPU each."""
+    from runtime.batch.data import ActorSpec
+
+    return ActorSpec(str(bucket), "onnx", {"graph": "model.onnx", "threads": 1}, workers=2,
+                     cpus=0.5)
+
+
+@pytest.fixture(scope="session")
 def pool(ray_local, bucket):
-    """Two actors of half a CPU each: the CLI test's two fit beside them in num_cpus=2."""
+    """The stream's two Ray Core actors of half a CPU each."""
     from runtime.batch.pool import ActorPool
 
     p = ActorPool(bucket, "onnx", {"graph": "model.onnx", "threads": 1}, workers=2, cpus=0.5)
@@ -95,13 +105,13 @@ def _leftovers(out: Path) -> list:
     return [p.name for p in out.iterdir() if ".partial-" in p.name or ".old-" in p.name]
 
 
-def test_eight_clips_equal_serial_infer_and_a_second_run_skips_them(pool, clips, serial,
+def test_eight_clips_equal_serial_infer_and_a_second_run_skips_them(spec, clips, serial,
                                                                      tmp_path):
     from runtime.batch.run import run_batch
 
     items = discover_items(clips)
     assert [i.name for i in items] == [f"clip{k}" for k in range(CLIPS)]
-    res, s = run_batch(items, tmp_path, pool, {})
+    res, s = run_batch(items, tmp_path, spec, {})
     assert [r.status for r in res] == ["done"] * CLIPS, [r.message for r in res]
     assert s["done"] == CLIPS and s["clips_per_s"] > 0 and s["latency_p90_s"] > 0
     # one session per actor, not one per clip
@@ -113,69 +123,91 @@ def test_eight_clips_equal_serial_infer_and_a_second_run_skips_them(pool, clips,
     record = json.loads((tmp_path / BATCH_JSON).read_text())
     assert [i["status"] for i in record["items"]] == ["done"] * CLIPS
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
-    res, s = run_batch(items, tmp_path, pool, {})
+    res, s = run_batch(items, tmp_path, spec, {})
     assert [r.status for r in res] == ["skipped"] * CLIPS and s["done"] == 0
+    assert s["workers_started"] == 0  # nothing to do: no actor, no session
     after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     assert {p: t for p, t in after.items() if p.name != BATCH_JSON} == \
         {p: t for p, t in before.items() if p.name != BATCH_JSON}
 
 
-def test_an_actor_killed_mid_run_has_its_item_retried(pool, clips, serial, tmp_path):
+@ray.remote(num_cpus=0)
+class Killer:
+    """Kills, through Ray's API, the first actor that asks while running its item."""
+
+    def __init__(self):
+        self.killed = []
+
+    def kill(self, actor, item):
+        if not self.killed:
+            self.killed.append(item)
+            ray.kill(actor, no_restart=False)  # Ray restarts it; Ray Data retries the task
+
+    def victims(self):
+        return self.killed
+
+
+def _killing_mapper():
+    from runtime.batch.data import ItemMapper
+
+    class KillingMapper(ItemMapper):
+        def run_item(self, name, input, attempt):
+            if name == "clip3":  # after the attempt was counted, before anything is written
+                killer = ray.get_actor("batch-test-killer")
+                ray.get(killer.kill.remote(ray.get_runtime_context().current_actor, name))
+            return super().run_item(name, input, attempt)
+
+    return KillingMapper
+
+
+def test_an_actor_killed_mid_run_has_its_item_retried(spec, clips, serial, tmp_path):
     from runtime.batch.run import run_batch
 
-    killed = []
-
-    def kill_one(res, p):
-        if not killed and p.busy_actors():  # an actor that is running an item right now
-            victim = p.busy_actors()[0]
-            killed.append(victim)
-            ray.kill(victim, no_restart=True)
-
-    res, s = run_batch(discover_items(clips), tmp_path, pool, {}, on_result=kill_one)
-    assert killed and s["actor_deaths"] == 1 and pool.replaced >= 1
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors lack tests/
+    killer = Killer.options(name="batch-test-killer").remote()
+    try:
+        res, s = run_batch(discover_items(clips), tmp_path, spec, {},
+                           mapper=_killing_mapper())
+        assert ray.get(killer.victims.remote()) == ["clip3"]
+    finally:
+        ray.kill(killer)
     assert [r.status for r in res] == ["done"] * CLIPS, [r.message for r in res]
-    retried = [r for r in res if r.attempts == 2]
-    assert len(retried) == 1, [(r.name, r.attempts) for r in res]
-    # each item's outputs were moved into place once: by the retry, or (killed after
-    # the move) by the dead attempt, which the retry then found done and left alone
-    assert sum(r.written for r in res) in (CLIPS - 1, CLIPS)
-    assert all(r.written or r.attempts == 2 for r in res)
+    assert [r.name for r in res if r.attempts > 1] == ["clip3"]
+    assert [r.attempts for r in res if r.name == "clip3"] == [2]
+    assert s["retried"] == 1 and s["workers_started"] == 3  # the restart loaded again
+    assert all(r.written for r in res)  # killed before writing: each written once
     for k in range(CLIPS):
         _same_outputs(tmp_path / f"clip{k}", serial / f"clip{k}")
     assert _leftovers(tmp_path) == []
-    assert len(pool.actors) == 2
 
 
 def test_an_interrupted_run_records_pending_items_and_the_next_run_resumes(
-        ray_local, pool, bucket, clips, tmp_path):
-    from runtime.batch.pool import ActorPool
+        spec, clips, tmp_path):
+    import dataclasses
+
     from runtime.batch.run import run_batch
 
     items, seen = discover_items(clips), []
 
-    def ctrl_c(res, p):
+    def ctrl_c(res):
         seen.append(res.name)
         if len(seen) == 3:
             raise KeyboardInterrupt
 
-    one = ActorPool(bucket, "onnx", {"graph": "model.onnx", "threads": 1}, workers=1, cpus=0.5)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_batch(items, tmp_path, one, {}, on_result=ctrl_c)
-    finally:
-        one.close()  # as the CLI does: the item in flight dies with its actor
+    with pytest.raises(KeyboardInterrupt):  # the run stops its actors on the way out
+        run_batch(items, tmp_path, dataclasses.replace(spec, workers=1), {}, on_result=ctrl_c)
     record = json.loads((tmp_path / BATCH_JSON).read_text())
     status = {i["name"]: i["status"] for i in record["items"]}
     assert sorted(n for n, st in status.items() if st == "done") == sorted(seen)
     assert list(status.values()).count("pending") == CLIPS - 3
     assert record["summary"]["pending"] == CLIPS - 3
-    res, s = run_batch(items, tmp_path, pool, {})
+    res, s = run_batch(items, tmp_path, spec, {})
     assert s["failed"] == 0 and s["done"] + s["skipped"] == CLIPS
     assert {r.name for r in res if r.status == "skipped"} >= set(seen)
     assert _leftovers(tmp_path) == []
 
 
-def test_a_corrupt_clip_is_reported_and_the_rest_finish(pool, bucket, clips, tmp_path):
+def test_a_corrupt_clip_is_reported_and_the_rest_finish(ray_local, bucket, clips, tmp_path):
     from typer.testing import CliRunner
 
     import cli as command_line
@@ -247,6 +279,23 @@ def test_items_from_a_list_file_and_bad_inputs(clips, tmp_path):
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5 and percentile([], 90) is None
 
 
+def test_an_item_whose_actor_keeps_dying_is_given_up(bucket, clips, tmp_path):
+    """The mapper is a plain class: its attempt counting runs here, without Ray."""
+    from runtime.batch.data import RUN_DIR, ActorSpec, ItemMapper, _count_attempt
+
+    m = ItemMapper(ActorSpec(str(bucket), "onnx", {"graph": "model.onnx"}), str(tmp_path),
+                   {}, max_attempts=2)
+    cols = m({"name": np.array(["clip0"]), "input": np.array([str(clips / "clip0")])})
+    assert cols["status"] == ["done"] and cols["attempts"] == [1] and cols["written"] == [True]
+    for _ in range(2):  # two tries of clip1 whose actor died before they returned
+        _count_attempt(tmp_path / RUN_DIR, "clip1")
+    r = m.run_one("clip1", str(clips / "clip1"))
+    assert r.status == "failed" and r.attempts == 2 and "died 2 time(s)" in r.message
+    assert not (tmp_path / "clip1").exists()
+    (rec,) = [json.loads(f.read_text()) for f in (tmp_path / RUN_DIR / "actors").iterdir()]
+    assert rec["session_loads"] == 1 and rec["items"] == 1
+
+
 def test_runtime_and_cli_import_without_ray(tmp_path):
     code = ("import sys\n"
             "class B:\n"
@@ -254,6 +303,7 @@ def test_runtime_and_cli_import_without_ray(tmp_path):
             "        if name.split('.')[0] == 'ray': raise ImportError('ray blocked')\n"
             "sys.meta_path.insert(0, B())\n"
             "import runtime.batch.items, runtime.batch.worker, runtime.batch.pool\n"
+            "import runtime.batch.data\n"
             "import runtime.batch.run, runtime.batch.command, cli\n"
             "from runtime.batch.pool import import_ray, RayUnavailableError\n"
             "try:\n    import_ray()\nexcept RayUnavailableError as e:\n    print(e)\n")

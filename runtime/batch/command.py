@@ -11,7 +11,7 @@ from rich.table import Table
 from ..console import console, warn
 from ..console import fail as _fail
 
-__all__ = ["batch", "ray_pool", "default_gpus"]
+__all__ = ["batch", "ray_pool", "ray_start", "actor_opts", "default_gpus"]
 
 
 def default_gpus(backend: str, provider: str) -> float:
@@ -19,22 +19,38 @@ def default_gpus(backend: str, provider: str) -> float:
     return 1.0 if backend == "trt" or "cuda" in provider.lower() else 0.0
 
 
-def ray_pool(root: Path, backend: str, predictor_opts: dict, workers: int,
-             cpus_per_worker: float, gpus_per_worker: float, address: str | None,
-             object_store_mb: int | None):
-    """Ray started (or joined) and a pool of ``workers`` actors: (pool, ray start-up s)."""
-    from .pool import ActorPool, start_ray
-
+def actor_opts(backend: str, predictor_opts: dict, cpus_per_worker: float,
+               gpus_per_worker: float) -> dict:
     if backend == "onnx" and predictor_opts.get("threads") is None and not gpus_per_worker:
         # ORT's default is one thread per core of the machine: K actors would each take
         # every core. One thread per reserved CPU instead.
-        predictor_opts = {**predictor_opts, "threads": max(1, int(cpus_per_worker))}
+        return {**predictor_opts, "threads": max(1, int(cpus_per_worker))}
+    return predictor_opts
+
+
+def ray_start(workers: int, cpus_per_worker: float, gpus_per_worker: float,
+              address: str | None, object_store_mb: int | None) -> float:
+    """Joins ``address`` (or $RAY_ADDRESS) or starts a local instance sized for
+    ``workers`` actors; the seconds it took."""
+    from .pool import start_ray
+
     address = address or os.environ.get("RAY_ADDRESS")  # ray.init's own convention
     num_cpus = None if address else max(1, int(round(workers * cpus_per_worker)))
     num_gpus = None if address or not gpus_per_worker else int(workers * gpus_per_worker + .999)
-    started = start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus,
-                        object_store_mb=object_store_mb)
-    return ActorPool(root, backend, predictor_opts, workers, cpus=cpus_per_worker,
+    return start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus,
+                     object_store_mb=object_store_mb)
+
+
+def ray_pool(root: Path, backend: str, predictor_opts: dict, workers: int,
+             cpus_per_worker: float, gpus_per_worker: float, address: str | None,
+             object_store_mb: int | None):
+    """Ray started (or joined) and a Ray Core pool of ``workers`` actors, for the windows
+    of ``infer --stream --workers``: (pool, ray start-up s)."""
+    from .pool import ActorPool
+
+    started = ray_start(workers, cpus_per_worker, gpus_per_worker, address, object_store_mb)
+    opts = actor_opts(backend, predictor_opts, cpus_per_worker, gpus_per_worker)
+    return ActorPool(root, backend, opts, workers, cpus=cpus_per_worker,
                      gpus=gpus_per_worker), started
 
 
@@ -72,7 +88,7 @@ def batch(
     conf_percentile: float = typer.Option(50.0, "--conf-percentile"),
     compress: bool = typer.Option(False, "--compress"),
 ) -> None:
-    """Run many clips on a pool of Ray actors (each loads the session once): per clip the
+    """Run many clips on Ray Data actors (each loads the session once): per clip the
     same files as `infer` in OUT/<item>/, a done marker so a re-run skips finished clips,
     failures recorded without stopping the others, OUT/batch.json and a summary table.
     Needs the batch extra (pip install -e '.\\[batch]')."""
@@ -80,6 +96,7 @@ def batch(
 
     from ..commands import _parse_views
     from ..errors import RuntimeDataError
+    from .data import ActorSpec
     from .items import discover_items
     from .run import run_batch
 
@@ -97,23 +114,32 @@ def batch(
 
         BucketIndex.scan(root)  # a wrong --onnx is one message, not one per actor
         items = discover_items(input)
-        pool, ray_s = ray_pool(root, backend, opts, workers, cpus_per_worker,
-                               gpus_per_worker, address, object_store_mb)
+        spec = ActorSpec(str(root), backend,
+                         actor_opts(backend, opts, cpus_per_worker, gpus_per_worker),
+                         workers, cpus=cpus_per_worker, gpus=gpus_per_worker)
+        ray_s = ray_start(workers, cpus_per_worker, gpus_per_worker, address,
+                          object_store_mb)
     except (RuntimeDataError, OSError, ValueError) as e:
         _fail(str(e))
+    from .pool import import_ray
+
+    ray = import_ray()
     try:
         with tqdm(total=len(items), desc="batch", unit="clip") as bar:
-            results, s = run_batch(items, out, pool, infer, progress=bar,
-                                   ray_start_s=round(ray_s, 3), workers=workers)
-    finally:
-        pool.close()
+            results, s = run_batch(items, out, spec, infer, progress=bar,
+                                   ray_start_s=round(ray_s, 3))
+    except ray.exceptions.RayError as e:
+        # The pipeline itself failed (actors that cannot start, a lost cluster); a bad
+        # item never gets here. Finished items have their markers: a re-run resumes.
+        _fail(f"batch stopped by Ray: {type(e).__name__}: {str(e)[:2000]}\n"
+              f"{out / 'batch.json'} lists what finished; run again to resume", code=1)
     table = Table(title=f"batch: {len(items)} items on {workers} workers -> {out}")
-    for col in ("done", "skipped", "failed", "clips/s", "latency p50 s", "latency p90 s",
-                "session loads", "retried"):
+    for col in ("done", "skipped", "failed", "clips/s", "after 1st", "1st item s",
+                "latency p50 s", "latency p90 s", "session loads", "retried"):
         table.add_column(col, justify="right")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     table.add_row(str(s["done"]), str(s["skipped"]), str(s["failed"]), fmt(s["clips_per_s"]),
-                  fmt(s["latency_p50_s"]), fmt(s["latency_p90_s"]),
+                  fmt(s["steady_clips_per_s"]), fmt(s["first_item_s"]), fmt(s["latency_p50_s"]), fmt(s["latency_p90_s"]),
                   str(s["session_loads"]), str(s["retried"]))
     console.print(table)
     for r in results:

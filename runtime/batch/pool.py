@@ -1,4 +1,6 @@
-"""Ray: start or join a cluster, and a pool of SessionWorker actors with retries.
+"""Ray: start or join a cluster, and a pool of SessionWorker actors with retries, for the
+windows of ``infer --stream --workers`` (their results must come back to the driver in
+window order; clips go through Ray Data instead, data.py).
 
 The pool keeps one call in flight per actor (a slow clip never has others queued behind
 it) and hands calls out as actors free up. When an actor dies (killed, OOM, a lost node)

@@ -1,5 +1,6 @@
-"""run_batch: items -> OUT/<item>/ on an ActorPool; ParallelWindows: the windows of one
-stream on the pool, chained in order by StreamingPredictor on this (the driver's) side."""
+"""run_batch: items -> OUT/<item>/ on Ray Data actors (data.py); ParallelWindows: the
+windows of one stream on a Ray Core ActorPool, chained in order by StreamingPredictor on
+this (the driver's) side."""
 from __future__ import annotations
 
 import time
@@ -8,62 +9,73 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .data import ActorSpec, ItemMapper, read_actor_records, stream_items
 from .items import ItemResult, Item, is_done, summarize, write_batch_json
 from .pool import ActorPool, Call
 
 __all__ = ["run_batch", "ParallelWindows"]
 
 
-def run_batch(items: Sequence[Item], out: str | Path, pool: ActorPool,
+def run_batch(items: Sequence[Item], out: str | Path, spec: ActorSpec,
               infer: Mapping[str, Any], progress: Any = None,
-              on_result: Callable[[ItemResult, ActorPool], None] | None = None,
+              on_result: Callable[[ItemResult], None] | None = None,
+              mapper: type[ItemMapper] = ItemMapper, max_attempts: int = 3,
               **summary_extra: Any) -> tuple[list[ItemResult], dict[str, Any]]:
-    """Runs every item not done yet; returns the results in ``items`` order and the
-    summary, both also in OUT/batch.json (written even when interrupted: the items not
-    reached are listed as ``pending``, and their done markers make the next run resume)."""
+    """Runs every item not done yet on ``spec.workers`` actors; returns the results in
+    ``items`` order and the summary, both also in OUT/batch.json (written even when
+    interrupted: the items not reached are listed as ``pending``, and their done markers
+    make the next run resume). With nothing left to do no actor is started."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results: dict[str, ItemResult] = {}
-    by_name = {it.name: it for it in items}
     for it in items:
         if is_done(out / it.name):
             results[it.name] = ItemResult(it.name, it.input, "skipped",
                                           message="done in an earlier run")
     if progress is not None:
         progress.update(len(results))
-    for it in items:
-        if it.name not in results:
-            pool.submit(Call(it.name, "run_item", (it.name, it.input, str(out), dict(infer)),
-                             pass_attempt=True))
+    todo = [it for it in items if it.name not in results]
+    first = None  # seconds to the first result: Ray Data's start, actor start, session load
     try:
-        while pool.pending():
-            for call in pool.wait():
-                res = call.result
-                if call.error is not None or not isinstance(res, ItemResult):
-                    it = by_name[call.key]
-                    res = ItemResult(it.name, it.input, "failed", message=str(call.error),
-                                     attempts=call.attempts)
-                results[res.name] = res
-                if progress is not None:
-                    progress.update(1)
-                if on_result is not None:
-                    on_result(res, pool)
+        if todo:
+            run = stream_items(todo, out, spec, infer, mapper=mapper,
+                               max_attempts=max_attempts)
+            try:
+                for res in run:
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    results[res.name] = res
+                    if progress is not None:
+                        progress.update(1)
+                    if on_result is not None:
+                        on_result(res)
+            finally:
+                run.close()  # stops Ray Data's executor and its actors, also on Ctrl-C
     finally:
         wall = time.perf_counter() - t0
+        workers = read_actor_records(out) if todo else []
         ordered = [results.get(it.name) or ItemResult(it.name, it.input, "pending")
                    for it in items]
-        try:
-            workers = pool.info()
-        except Exception:  # noqa: BLE001 - interrupted: the record matters more
-            workers = []
         summary = summarize([r for r in ordered if r.status != "pending"], wall,
                             pending=sum(r.status == "pending" for r in ordered),
-                            actor_deaths=len(pool.dead), workers_started=pool.started,
+                            engine="ray.data", workers=spec.workers,
+                            first_item_s=None if first is None else round(first, 3),
+                            steady_clips_per_s=_steady(results.values(), wall, first),
+                            workers_started=len(workers),
                             session_loads=sum(w["session_loads"] for w in workers),
                             workers_info=workers, **summary_extra)
         write_batch_json(out, ordered, summary)
     return ordered, summary
+
+
+def _steady(results: Any, wall: float, first: float | None) -> float | None:
+    """Items done after the first one over the time after it: the rate once the actors
+    are up, which a long batch approaches."""
+    done = sum(r.status == "done" for r in results)
+    if first is None or done < 2 or wall <= first:
+        return None
+    return round((done - 1) / (wall - first), 3)
 
 
 class ParallelWindows:
