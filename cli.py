@@ -68,7 +68,9 @@ def _config(preset: str, options: list[str]):
     from vggt_mv.config import get_config
 
     try:
-        return get_config(preset, **_overrides(options))
+        cfg = get_config(preset, **_overrides(options))
+        cfg.validate()  # a bad -o value is bad input: said before any resource check
+        return cfg
     except (ValueError, TypeError, KeyError) as e:
         _fail(str(e))
 
