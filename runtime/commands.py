@@ -59,9 +59,11 @@ def infer(
     pad: bool = typer.Option(False, "--pad", help="Allow running in a larger bucket by "
                              "repeating the last time step / view; outputs are trimmed. "
                              "Copies take part in attention, so results shift slightly."),
-    graph: str = typer.Option("model.plugins.onnx", "--graph", help="ONNX graph in the "
-                              "bucket for --onnx: model.plugins.onnx, model.native.onnx "
-                              "or model.onnx."),
+    graph: Optional[str] = typer.Option(
+        None, "--graph", help="ONNX graph in the bucket for --onnx: model.onnx, "
+        "model.plugins.onnx or model.native.onnx. Default: model.onnx (fastest on "
+        "onnxruntime), unless its dense attention logits would exceed 60% of the available "
+        "memory: then model.plugins.onnx (tiled reference ops), with a notice."),
     attention: Optional[str] = typer.Option(
         None, "--attention", help="--engine: run the native or the plugin engine where a "
         "bucket has both (default: native first)."),

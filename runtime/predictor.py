@@ -41,7 +41,8 @@ from .preprocess import (
     plan_resize,
     read_image,
 )
-from .session import PLUGIN_GRAPH, Session
+from .graphs import choose_graph
+from .session import Session
 
 __all__ = ["Predictor", "Prediction", "BACKENDS", "NPZ_NAME", "PLY_NAME"]
 
@@ -289,10 +290,14 @@ def _labels(name: str, given: Sequence[int] | None, count: int, holds: str) -> l
 
 
 class Predictor:
-    """Exported buckets under ``root`` + a backend -> ``Prediction`` for a clip."""
+    """Exported buckets under ``root`` + a backend -> ``Prediction`` for a clip.
+
+    ``graph`` (onnx backend): the ONNX file each bucket runs; None picks the fastest one
+    that fits this machine's memory (runtime/graphs.py: model.onnx, else
+    model.plugins.onnx with a note in ``Prediction.notes``)."""
 
     def __init__(self, root: str | Path | Iterable[str | Path], backend: str = "auto", *,
-                 graph: str = PLUGIN_GRAPH, precision: str | None = None,
+                 graph: str | None = None, precision: str | None = None,
                  providers: Sequence[str] | str = ("CPUExecutionProvider",),
                  plugin_lib: str | Path | None = None, use_cuda_graph: bool = False,
                  allow_pad: bool = False, threads: int | None = None,
@@ -311,6 +316,7 @@ class Predictor:
         self.points_from = points_from
         self.attention = attention  # engine route for the trt backend; None: native first
         self._sessions: dict[str, Session] = {}
+        self.graph_notices: dict[str, str] = {}  # bucket -> why it runs the slower graph
         self._lock = threading.Lock()
 
     def _resolve_backend(self, backend: str) -> str:
@@ -337,9 +343,15 @@ class Predictor:
                                       use_cuda_graph=self.use_cuda_graph,
                                       precision=self.precision, attention=self.attention)
                 else:
+                    from .layout import load_manifest  # noqa: PLC0415
                     from .session import OnnxSession  # noqa: PLC0415
 
-                    sess = OnnxSession(entry.folder, graph=self.graph,
+                    # None: the fastest graph the bucket can run here (runtime/graphs.py)
+                    choice = choose_graph(entry.folder, load_manifest(entry.folder),
+                                          self.graph)
+                    if choice.notice:
+                        self.graph_notices[entry.name] = choice.notice
+                    sess = OnnxSession(entry.folder, graph=choice.graph,
                                        providers=self.providers, threads=self.threads)
                 self._sessions[entry.name] = sess
             return sess
@@ -510,7 +522,10 @@ class Predictor:
             detail = f"TensorRT {getattr(sess, 'precision', '')} engine"
         else:
             provs = getattr(sess, "active_providers", [])
-            detail = f"onnxruntime {self.graph} [{', '.join(provs)}]"
+            graph = getattr(getattr(sess, "path", None), "name", self.graph)
+            detail = f"onnxruntime {graph} [{', '.join(provs)}]"
+            if sel.entry.name in self.graph_notices:
+                notes.append(self.graph_notices[sel.entry.name])
         return Prediction(bucket=sel.entry.name, backend=self.backend, outputs=outs,
                           backend_detail=detail,
                           colors=colors, extrinsics=extr, intrinsics=intr, depth=depth,

@@ -19,6 +19,7 @@ import numpy as np
 
 from .dispatch import check_feeds
 from .errors import RuntimeDataError
+from .graphs import MISSING_EXTENSIONS, have_reference_ops
 from .layout import (
     PLUGIN_GRAPH,
     PORTABLE_GRAPH,
@@ -115,6 +116,9 @@ class OnnxSession(ClosingSession, ManifestIO):
                                f"onnxruntime build; available: {available}")
         self.uses_plugins = _has_plugin_nodes(self.path, self.manifest)
         if self.uses_plugins:
+            if not have_reference_ops():
+                raise SessionError(MISSING_EXTENSIONS.format(graph=graph)
+                                   + f"; or run --graph {PORTABLE_GRAPH}")
             try:
                 from plugins.reference.ort_ops import (  # noqa: PLC0415
                     session_options, session_source)

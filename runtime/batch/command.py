@@ -63,7 +63,8 @@ def batch(
     t0: int = typer.Option(0, "--t0", min=0),
     views: Optional[str] = typer.Option(None, "--views", help="e.g. 0,2,3"),
     pad: bool = typer.Option(False, "--pad"),
-    graph: str = typer.Option("model.plugins.onnx", "--graph"),
+    graph: Optional[str] = typer.Option(None, "--graph", help="--onnx graph; default as "
+                                        "in infer (model.onnx where it fits memory)."),
     provider: str = typer.Option("cpu", "--provider"),
     precision: Optional[str] = typer.Option(None, "--precision"),
     plugins: Optional[Path] = typer.Option(None, "--plugins"),
