@@ -59,8 +59,10 @@ def calibrate(
 
 def quantize(
     bucket: list[Path] = typer.Option(..., help="exported bucket folder(s) (repeat --bucket)"),
-    fp16: bool = typer.Option(False, "--fp16", help="FP16 weight layers; LayerNorm, softmax, "
-                              "reductions, head activations and attention stay FP32"),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 weight layers and FP16 q, k, v "
+                              "into every attention site (softmax statistics FP32 inside "
+                              "the kernel); LayerNorm, softmax, reductions and head "
+                              "activations stay FP32"),
     int8: bool = typer.Option(False, "--int8", help="explicit INT8 Q/DQ on MatMul/Gemm/Conv, "
                               "calibrated on real clips; sensitive layers stay FP32"),
     calib: Optional[Path] = typer.Option(None, help="calibration npz (default: "
@@ -75,12 +77,17 @@ def quantize(
                                 "PTQ), builtin (numpy calibration), auto (ModelOpt if it "
                                 "imports and keeps the attention sites, else builtin)"),
     method: str = typer.Option("entropy", help="ModelOpt activation calibration: entropy | max"),
+    profiles: Optional[Path] = typer.Option(None, help="JSON overriding the tolerance "
+                                            "profiles, as `check --profiles`, e.g. "
+                                            "{\"int8\": {\"max_translation_dir_deg\": 6}}"),
 ) -> None:
     """Make model.<fp16|int8>.onnx (runs in onnxruntime) and model.<fp16|int8>.plugins.onnx
     (for TensorRT) for each bucket: convert the portable graph, then surgery, then measure
     both against FP32 on held-out real clips. Writes precision_<mode>.json next to
     manifest.json (files, sha256, calibration set and clips, excluded nodes, error table).
-    Exit 1 when a tolerance is exceeded."""
+    The verdict is `check`'s: the precision's tensor tolerances and its task limits
+    (rotation, translation direction, depth AbsRel / delta1.25; export/compare.py).
+    Exit 1 when one is exceeded."""
     from calib.graph_utils import DEFAULT_EXCLUDE
     from calib.precision import PrecisionError, make_precision
     from calib.quantize import BACKENDS, CALIBRATION_METHODS, QuantizationError
@@ -109,7 +116,7 @@ def quantize(
         try:
             rec = make_precision(b, mode, npz, holdout, tuple(DEFAULT_EXCLUDE) + tuple(exclude),
                                  log=lambda s: console.print(s, markup=False),
-                                 backend=backend, method=method)
+                                 backend=backend, method=method, profiles_json=profiles)
         except (PrecisionError, QuantizationError, FileNotFoundError, ValueError) as e:
             _fail(f"{b}: {e}")
         conv = rec["conversion"]

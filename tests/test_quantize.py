@@ -239,3 +239,25 @@ def test_fp16_weight_overflow_stays_fp32():
     m, rep = convert_fp16(helper.make_model(g))
     assert rep["converted_nodes"] == 0 and rep["excluded_nodes"] == 1
     assert rep["excluded_fp16_overflow"] == ["mm"]
+
+
+def test_quantize_verdict_applies_checks_task_limits(builtin_bucket, bucket, tmp_path):
+    """quantize judges like `check`: tensors within tolerance still FAIL on a task limit
+    (here delta1.25 >= 1.01, which no depth map can reach)."""
+    prof = tmp_path / "profiles.json"
+    prof.write_text(json.dumps({"fp16": {"atol": 1e3, "rtol": 1e3, "per_output": {},
+                                         "min_depth_delta125": 1.01}}))
+    notes = []
+    rec = make_precision(builtin_bucket, "fp16", bucket[1], profiles_json=prof,
+                         log=notes.append)
+    acc = rec["accuracy_vs_fp32"]["model.fp16.plugins.onnx"]
+    assert all(r["passed"] for r in acc["rows"])  # every tensor within its tolerance
+    assert not rec["passed"] and not acc["passed"]
+    assert any(f.startswith("depth_delta125") for f in acc["failures"]), acc["failures"]
+    assert "rotation_deg_max" in acc["task"][0]
+    assert any("FAIL model.fp16.plugins.onnx: depth_delta125" in n for n in notes)
+    prof.write_text("{not json")
+    from runtime.errors import RuntimeDataError
+
+    with pytest.raises(RuntimeDataError, match="profiles"):
+        make_precision(builtin_bucket, "fp16", bucket[1], profiles_json=prof, **QUIET)
