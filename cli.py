@@ -123,7 +123,8 @@ def _build_model(preset: str, options: list[str], checkpoint: Optional[Path],
 @app.command()
 def export(
     T: str = typer.Option("8", "--T", help="time steps per clip; a list such as 4,8 exports several buckets"),
-    N: str = typer.Option("4", "--N", help="views per time step; a list such as 2,4"),
+    N: Optional[str] = typer.Option(None, "--N", help="views per time step; a list such "
+                                    "as 2,4 (default 4; not with --single-view)"),
     height: int = typer.Option(518, "--height", help="image height (multiple of 14)"),
     width: int = typer.Option(518, "--width", help="image width (multiple of 14)"),
     single_view: bool = typer.Option(False, "--single-view", help="VGGT layout [B, S, 3, H, W] (S = --T)"),

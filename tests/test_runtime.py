@@ -484,6 +484,24 @@ def test_dispatch_errors_list_available_buckets(tmp_path):
         BucketIndex.scan(empty)
 
 
+def test_single_view_buckets_refuse_several_views(tmp_path):
+    d = tmp_path / "S2_42x56"
+    d.mkdir()
+    bucket = Bucket(2, 1, 42, 56, single_view=True)
+    (d / "manifest.json").write_text(json.dumps({
+        "bucket": {**bucket.to_dict(), "name": bucket.name},
+        "inputs": {"images": {"shape": [1, 2, 3, 42, 56], "dtype": "float32"}},
+        "outputs": {}, "model_config": {"name": "tiny"}}))
+    (d / "model.onnx").write_bytes(b"not read by dispatch")
+    idx = BucketIndex.scan(tmp_path)
+    assert idx.select(2, 1).entry.name == "S2_42x56"
+    with pytest.raises(UnknownBucketError, match="single-view") as e:
+        idx.select(1, 4, allow_pad=True)
+    hint = str(e.value).split("`")[1]
+    # the export that makes the missing bucket: multi-view, so no --single-view
+    assert hint == "python cli.py export --preset tiny --T 1 --N 4 --height 42 --width 56"
+
+
 def test_pad_and_trim_round_trip(tmp_path):
     idx = BucketIndex.scan(_fake_bucket(tmp_path, 4, 3))
     sel = Selection(idx["T4_N3_42x56"], 2, 1)
