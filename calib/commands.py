@@ -7,16 +7,20 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from runtime.console import console
+from runtime.console import console, flag
 from runtime.console import fail as _fail
+
+# The shared data sit beside the checkout: resolved from this file, not the working folder.
+DEFAULT_SCENE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mv_scene"
 
 
 def calibrate(
     bucket: list[Path] = typer.Option(..., help="exported bucket folder(s); each one's T, N, "
                                       "height and width shape its clips (repeat --bucket)"),
-    scene: Path = typer.Option(Path("../shared/data/mv_scene"), "--input", "-i",
-                               help="folder of real frames laid out time_TT/viewV.png, or of "
-                               "one synchronized video per view (view0.mp4, view1.mp4, ...)"),
+    scene: Optional[Path] = typer.Option(
+        None, "--input", "-i", help="folder of real frames laid out time_TT/viewV.png, or of "
+        "one synchronized video per view (view0.mp4, view1.mp4, ...); default: "
+        "../shared/data/mv_scene beside the repository (wherever you run from)"),
     scene_alias: Optional[Path] = typer.Option(None, "--scene", hidden=True,
                                                help="old spelling of --input"),
     clips: int = typer.Option(8, help="T x N clips sampled across the sequence; `quantize` "
@@ -33,6 +37,11 @@ def calibrate(
     from runtime.errors import RuntimeDataError
 
     scene = scene_alias or scene
+    if scene is None:
+        scene = DEFAULT_SCENE
+        if not scene.is_dir():
+            _fail(f"no --input given and the default {scene} does not exist; pass --input "
+                  f"FOLDER (frames time_TT/viewV.png or one video per view)")
     if out is not None and len(bucket) > 1:
         _fail("--out names one file; give one --bucket, or let each bucket get its calib.npz")
     table = Table(title="calibration sets")
@@ -59,11 +68,11 @@ def calibrate(
 
 def quantize(
     bucket: list[Path] = typer.Option(..., help="exported bucket folder(s) (repeat --bucket)"),
-    fp16: bool = typer.Option(False, "--fp16", help="FP16 weight layers and FP16 q, k, v "
+    fp16: bool = flag(False, "--fp16", help="FP16 weight layers and FP16 q, k, v "
                               "into every attention site (softmax statistics FP32 inside "
                               "the kernel); LayerNorm, softmax, reductions and head "
                               "activations stay FP32"),
-    int8: bool = typer.Option(False, "--int8", help="explicit INT8 Q/DQ on MatMul/Gemm/Conv, "
+    int8: bool = flag(False, "--int8", help="explicit INT8 Q/DQ on MatMul/Gemm/Conv, "
                               "calibrated on real clips; sensitive layers stay FP32"),
     calib: Optional[Path] = typer.Option(None, help="calibration npz (default: "
                                          "<bucket>/calib.npz, see `calibrate`)"),

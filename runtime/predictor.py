@@ -31,7 +31,14 @@ from .exports.cameras import CameraLog, frame_is_finite, frame_name, json_safe
 from .exports.colmap import COLMAP_DIR, ColmapImage, export_points, write_colmap
 from .exports.glb import GLB_NAME, write_glb
 from .layout import atomic_directory, atomic_write_json
-from .outputs import atomic_write, colorize, save_png, write_ply
+from .outputs import (
+    atomic_write,
+    colorize,
+    confidence_png_name,
+    depth_png_name,
+    save_png,
+    write_ply,
+)
 from .postprocess import confidence_mask, depth_to_world_points, pose_encoding_to_extri_intri
 from .preprocess import (
     ResizePlan,
@@ -189,11 +196,10 @@ class Prediction:
                     if cfin.size else (0.0, 1.0))
         for i, t in enumerate(self.times):
             for j, v in enumerate(self.views):
-                stem = f"t{t:02d}_view{v}"
-                p = out / "depth" / f"depth_{stem}.png"
+                p = out / depth_png_name(t, v)
                 save_png(p, colorize(depth[i, j], cmap, lo, hi))
                 written["depth_png"].append(p)
-                p = out / "confidence" / f"conf_{stem}.png"
+                p = out / confidence_png_name(t, v)
                 save_png(p, colorize(self.confidence[i, j], conf_cmap, clo, chi))
                 written["confidence_png"].append(p)
         self.timing["write"] = time.perf_counter() - t0
