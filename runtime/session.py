@@ -128,7 +128,15 @@ class OnnxSession(ClosingSession, ManifestIO):
                     f"the CPU reference ops (plugins/reference/ort_ops.py and "
                     f"onnxruntime-extensions): {e}. Or use graph='{PORTABLE_GRAPH}'") from e
             so = session_options()
-            src = session_source(self.path, so)  # float16 plugin sites widened for the CPU
+            try:
+                src = session_source(self.path, so)  # float16 plugin sites widened for the CPU
+            except ImportError as e:  # a runtime-only install has no onnx to read graphs
+                if ".fp16." in graph:
+                    raise SessionError(
+                        f"{graph}'s float16 plugin sites are widened to float32 for the CPU "
+                        f"reference ops, which needs the onnx package ({e}): pip install "
+                        f"onnx, or run graph='model.fp16.onnx'") from e
+                src = str(self.path)  # FP32 / INT8 plugin sites take float32 as they are
         else:
             so = ort.SessionOptions()
             src = str(self.path)

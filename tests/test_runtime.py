@@ -767,3 +767,59 @@ def test_runtime_import_pulls_no_heavy_modules():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+_BLOCKED_RUN = r"""
+import importlib.abc, json, sys
+BLOCK = {"torch", "onnx", "onnxscript", "polygraphy", "onnx_graphsurgeon", "export", "calib"}
+class Blocked(importlib.abc.MetaPathFinder):  # as on a device with the runtime install only
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCK:
+            raise ImportError(f"{name} is blocked (runtime-only install)")
+        return None
+sys.meta_path.insert(0, Blocked())
+root, scene, out, graph = sys.argv[1:5]
+from runtime import Predictor
+with Predictor(root, backend="onnx", threads=1, graph=graph or None) as p:
+    pred = p.predict(scene, T=2, N=2)
+    written = pred.write_outputs(out)
+print(json.dumps({"detail": pred.backend_detail, "points": written["points"],
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCK)}))
+"""
+
+
+def test_predictor_runs_without_torch_or_onnx(bucket_root, mv_scene, tmp_path):
+    """The runtime-only install (pip install '.[runtime-ort]'): importing runtime and running
+    Predictor on a tiny bucket, default graph and plugin graph, with torch, onnx and
+    polygraphy unimportable."""
+    graphs = ["", "model.plugins.onnx"] if _have_reference_ops() else [""]
+    for k, graph in enumerate(graphs):
+        r = subprocess.run([sys.executable, "-c", _BLOCKED_RUN, str(bucket_root),
+                            str(mv_scene), str(tmp_path / f"o{k}"), graph], cwd=ROOT,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["loaded"] == [] and res["points"] > 0
+        assert (graph or "model.onnx") in res["detail"]
+        assert (tmp_path / f"o{k}" / NPZ_NAME).is_file()
+
+
+def test_runtime_install_route_brings_no_export_stack():
+    """pip install . (+ runtime-ort / runtime-trt) is the runtime alone; the toolkit is the
+    `export` extra, and scripts/setup.sh (the test venv) installs it."""
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = meta["optional-dependencies"]
+
+    def names(reqs):
+        return {r.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip() for r in reqs}
+
+    heavy = {"torch", "onnx", "onnxscript", "polygraphy", "onnx-graphsurgeon", "safetensors"}
+    for route in ("runtime", "runtime-ort", "runtime-trt"):
+        assert not (names(meta["dependencies"]) | names(extras[route])) & heavy, route
+    assert {"numpy", "pillow"} <= names(extras["runtime"])
+    assert {"onnxruntime", "onnxruntime-extensions"} <= names(extras["runtime-ort"])
+    assert {"tensorrt", "cuda-python"} <= names(extras["runtime-trt"])
+    assert heavy <= names(extras["export"])
+    assert ".[export," in (ROOT / "scripts" / "setup.sh").read_text()
