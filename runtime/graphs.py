@@ -78,6 +78,10 @@ def have_reference_ops() -> bool:
     return importlib.util.find_spec("onnxruntime_extensions") is not None
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
 def choose_graph(folder: Path, manifest: Mapping[str, Any], graph: str | None = None,
                  available: int | None = None) -> GraphChoice:
     """The graph onnxruntime runs for this bucket; see the module docstring for the rule."""
@@ -93,9 +97,8 @@ def choose_graph(folder: Path, manifest: Mapping[str, Any], graph: str | None = 
     have = available_memory_bytes() if available is None else available
     if need <= DENSE_FRACTION * have:
         return GraphChoice(PORTABLE_GRAPH)
-    why = (f"{bucket.name}: {PORTABLE_GRAPH}'s dense attention needs ~{need / 2**30:.1f} GiB "
-           f"per node, more than {DENSE_FRACTION:.0%} of the {have / 2**30:.1f} GiB "
-           f"available")
+    why = (f"{bucket.name}: {PORTABLE_GRAPH}'s dense attention needs ~{_size(need)} per "
+           f"node, more than {DENSE_FRACTION:.0%} of the {_size(have)} available")
     if not have_reference_ops():
         # Neither graph can run: say what each would need.
         from .session import SessionError  # noqa: PLC0415 - session imports this module
