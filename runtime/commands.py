@@ -231,6 +231,8 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
             try:
                 s.run_input(input, loops=loops)  # frame folder or one video per view
                 summary = s.close()
+                for note in predictor.graph_notices.values():  # why the slower graph ran
+                    warn(note)
             except BaseException:
                 s.abort()
                 raise
