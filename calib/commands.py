@@ -140,7 +140,9 @@ def quantize(
                       fmt(rel.get("pose_enc", {}).get("rel_l2")),
                       fmt(rel.get("depth", {}).get("rel_p95")),
                       f"{worst['max_abs']:.2e} ({worst['output']})",
-                      "PASS" if rec["passed"] else "FAIL")
+                      "PASS" if rec["passed"] else "FAIL: " + "; ".join(sorted(
+                          {f for a in rec["accuracy_vs_fp32"].values()
+                           for f in a.get("failures", [])}))[:80])
         ok &= rec["passed"]
     console.print(table)
     if not ok:
