@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from runtime.console import console, setup_logging, warn
+from runtime.console import console, flag, setup_logging, warn
 from runtime.console import fail as _fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -39,7 +39,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+    version: bool = flag(False, "--version", callback=_version, is_eager=True,
                                  help="print the version and exit"),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True,
                                 help="more log output (-v info, -vv debug, TensorRT's too)"),
@@ -125,28 +125,29 @@ def _build_model(preset: str, options: list[str], checkpoint: Optional[Path],
 @app.command()
 def export(
     T: str = typer.Option("8", "--T", help="time steps per clip; a list such as 4,8 exports several buckets"),
-    N: str = typer.Option("4", "--N", help="views per time step; a list such as 2,4"),
+    N: Optional[str] = typer.Option(None, "--N", help="views per time step; a list such "
+                                    "as 2,4 (default 4; not with --single-view)"),
     height: int = typer.Option(518, "--height", help="image height (multiple of 14)"),
     width: int = typer.Option(518, "--width", help="image width (multiple of 14)"),
-    single_view: bool = typer.Option(False, "--single-view", help="VGGT layout [B, S, 3, H, W] (S = --T)"),
-    ext_mask: bool = typer.Option(False, "--ext-mask", help="add an ext_mask input [B, T, N, H, W] (SAM2 / SegAnyMo masks)"),
+    single_view: bool = flag(False, "--single-view", help="VGGT layout [B, S, 3, H, W] (S = --T)"),
+    ext_mask: bool = flag(False, "--ext-mask", help="add an ext_mask input [B, T, N, H, W] (SAM2 / SegAnyMo masks)"),
     batch: int = typer.Option(1, help="fixed batch size of the bucket"),
     preset: str = typer.Option("vggt_mv_1b", help="vggt_mv_1b (PAGE-4D layout), vggt_1b, tiny"),
     option: list[str] = typer.Option([], "--option", "-o", help="config override key=value (JSON values), e.g. -o dual_stream=true -o sparse_global=true"),
     checkpoint: Optional[Path] = typer.Option(None, help="PAGE-4D / VGGT-1B checkpoint (.pt)"),
     pi3: Optional[Path] = typer.Option(None, help="Pi3 model.safetensors (stage 1 warm start)"),
     seed_checkpoint: Optional[Path] = typer.Option(None, help="seed prototype (vggt_t_mv) checkpoint"),
-    strict: bool = typer.Option(False, help="fail when any model parameter gets no weights"),
-    allow_partial_load: bool = typer.Option(
+    strict: bool = flag(False, help="fail when any model parameter gets no weights"),
+    allow_partial_load: bool = flag(
         False, "--allow-partial-load", help="export even when checkpoint tensors do not fit "
         "the configuration or model tensors keep random weights (refused by default)"),
     seed: int = typer.Option(0, help="seed for random init and random validation inputs"),
     opset: int = typer.Option(20, help="ONNX opset"),
     out: Path = typer.Option(Path("artifacts"), help="output root; one folder per bucket"),
-    validate: bool = typer.Option(True, help="run both graphs in onnxruntime vs PyTorch after export"),
+    validate: bool = flag(True, help="run both graphs in onnxruntime vs PyTorch after export"),
     input: str = typer.Option("random", "--input", "-i", help="validation inputs: 'random' or a folder like ../shared/data/mv_scene"),
     inputs_alias: Optional[str] = typer.Option(None, "--inputs", hidden=True, help="old spelling of --input"),
-    skip_resource_check: bool = typer.Option(False, "--skip-resource-check", help="do not "
+    skip_resource_check: bool = flag(False, "--skip-resource-check", help="do not "
                                              "refuse up front when the disk under --out or "
                                              "this machine's memory looks too small for the "
                                              "bucket (estimates: export/resources.py)"),
@@ -307,7 +308,7 @@ def inspect_checkpoint_cmd(
     path: Path = typer.Argument(..., help="checkpoint: .pt/.pth (PAGE-4D, VGGT-1B, seed prototype) or Pi3 .safetensors"),
     preset: str = typer.Option("vggt_mv_1b", help="configuration to match the file against"),
     option: list[str] = typer.Option([], "--option", "-o", help="config override key=value"),
-    sha256: bool = typer.Option(False, help="also hash the file (slow for 5 GB)"),
+    sha256: bool = flag(False, help="also hash the file (slow for 5 GB)"),
 ) -> None:
     """What a checkpoint holds (kind, tensors, parameters, dtypes) and how it would load into
     a VGGT_MV configuration: loaded / skipped / shape-mismatched / missing / unexpected,

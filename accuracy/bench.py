@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 BENCH_VERSION = 1
+# p90 / median beyond this: the runs were disturbed (other load, throttling) and the
+# median is not a latency to quote; bench warns.
+NOISY_RATIO = 2.0
 
 _CHILD = r"""
 import json, resource, sys, time

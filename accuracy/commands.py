@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from runtime.console import console, fail
+from runtime.console import console, fail, warn
 
 
 def check(
@@ -59,6 +59,33 @@ def check(
         raise typer.Exit(1)
 
 
+BENCH_COLUMNS = ("backend", "median s", "p90 s", "frames/s", "peak MB", "note")
+
+
+def bench_rows(res: dict, skipped: dict[str, str]) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Table rows (numbers in their columns only; errors and skip reasons in the note) and
+    warnings for noisy timings (p90 / median > NOISY_RATIO)."""
+    from accuracy.bench import NOISY_RATIO
+
+    rows, warnings = [], []
+    for r in res["rows"]:
+        if "error" in r:
+            rows.append((r["backend"], "", "", "", "", f"error: {r['error'][:60]}"))
+            continue
+        ratio = r["p90_s"] / r["median_s"] if r["median_s"] > 0 else float("inf")
+        note = ""
+        if ratio > NOISY_RATIO:
+            note = f"noisy: p90 {ratio:.1f}x median"
+            warnings.append(f"{r['backend']}: p90 {r['p90_s']:.3f} s is {ratio:.1f}x the "
+                            f"median {r['median_s']:.3f} s: the timings are noisy (other "
+                            f"load on this machine?); rerun with more --repeats")
+        rows.append((r["backend"], f"{r['median_s']:.3f}", f"{r['p90_s']:.3f}",
+                     f"{r['frames_per_s']:.2f}", f"{r['peak_rss_mb']:.0f}", note))
+    for b, reason in skipped.items():
+        rows.append((b, "", "", "", "", f"skipped: {reason}"))
+    return rows, warnings
+
+
 def bench(
     bucket: Path = typer.Option(..., help="exported bucket folder"),
     repeats: int = typer.Option(3, min=1, help="timed runs per backend"),
@@ -87,17 +114,14 @@ def bench(
     res = run_bench(bucket, names, repeats, warmup, skipped)
     path = atomic_write_json(out or bucket / BENCH, res)
     table = Table(title=f"bench {bucket.name}: {repeats} runs after {warmup} warm-up")
-    for col in ("backend", "median s", "p90 s", "frames/s", "peak MB"):
+    for col in BENCH_COLUMNS:
         table.add_column(col)
-    for r in res["rows"]:
-        if "error" in r:
-            table.add_row(r["backend"], "error", r["error"][:60], "", "")
-        else:
-            table.add_row(r["backend"], f"{r['median_s']:.3f}", f"{r['p90_s']:.3f}",
-                          f"{r['frames_per_s']:.2f}", f"{r['peak_rss_mb']:.0f}")
-    for b, reason in skipped.items():
-        table.add_row(b, "skipped", reason, "", "")
+    rows, warnings = bench_rows(res, skipped)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
+    for w in warnings:
+        warn(w)
     console.print(f"wrote {path}", markup=False)
     if any("error" in r for r in res["rows"]):
         raise typer.Exit(1)

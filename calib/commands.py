@@ -7,16 +7,20 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from runtime.console import console
+from runtime.console import console, flag
 from runtime.console import fail as _fail
+
+# The shared data sit beside the checkout: resolved from this file, not the working folder.
+DEFAULT_SCENE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mv_scene"
 
 
 def calibrate(
     bucket: list[Path] = typer.Option(..., help="exported bucket folder(s); each one's T, N, "
                                       "height and width shape its clips (repeat --bucket)"),
-    scene: Path = typer.Option(Path("../shared/data/mv_scene"), "--input", "-i",
-                               help="folder of real frames laid out time_TT/viewV.png, or of "
-                               "one synchronized video per view (view0.mp4, view1.mp4, ...)"),
+    scene: Optional[Path] = typer.Option(
+        None, "--input", "-i", help="folder of real frames laid out time_TT/viewV.png, or of "
+        "one synchronized video per view (view0.mp4, view1.mp4, ...); default: "
+        "../shared/data/mv_scene beside the repository (wherever you run from)"),
     scene_alias: Optional[Path] = typer.Option(None, "--scene", hidden=True,
                                                help="old spelling of --input"),
     clips: int = typer.Option(8, help="T x N clips sampled across the sequence; `quantize` "
@@ -33,6 +37,11 @@ def calibrate(
     from runtime.errors import RuntimeDataError
 
     scene = scene_alias or scene
+    if scene is None:
+        scene = DEFAULT_SCENE
+        if not scene.is_dir():
+            _fail(f"no --input given and the default {scene} does not exist; pass --input "
+                  f"FOLDER (frames time_TT/viewV.png or one video per view)")
     if out is not None and len(bucket) > 1:
         _fail("--out names one file; give one --bucket, or let each bucket get its calib.npz")
     table = Table(title="calibration sets")
@@ -59,9 +68,11 @@ def calibrate(
 
 def quantize(
     bucket: list[Path] = typer.Option(..., help="exported bucket folder(s) (repeat --bucket)"),
-    fp16: bool = typer.Option(False, "--fp16", help="FP16 weight layers; LayerNorm, softmax, "
-                              "reductions, head activations and attention stay FP32"),
-    int8: bool = typer.Option(False, "--int8", help="explicit INT8 Q/DQ on MatMul/Gemm/Conv, "
+    fp16: bool = flag(False, "--fp16", help="FP16 weight layers and FP16 q, k, v "
+                              "into every attention site (softmax statistics FP32 inside "
+                              "the kernel); LayerNorm, softmax, reductions and head "
+                              "activations stay FP32"),
+    int8: bool = flag(False, "--int8", help="explicit INT8 Q/DQ on MatMul/Gemm/Conv, "
                               "calibrated on real clips; sensitive layers stay FP32"),
     calib: Optional[Path] = typer.Option(None, help="calibration npz (default: "
                                          "<bucket>/calib.npz, see `calibrate`)"),
@@ -75,12 +86,17 @@ def quantize(
                                 "PTQ), builtin (numpy calibration), auto (ModelOpt if it "
                                 "imports and keeps the attention sites, else builtin)"),
     method: str = typer.Option("entropy", help="ModelOpt activation calibration: entropy | max"),
+    profiles: Optional[Path] = typer.Option(None, help="JSON overriding the tolerance "
+                                            "profiles, as `check --profiles`, e.g. "
+                                            "{\"int8\": {\"max_translation_dir_deg\": 6}}"),
 ) -> None:
     """Make model.<fp16|int8>.onnx (runs in onnxruntime) and model.<fp16|int8>.plugins.onnx
     (for TensorRT) for each bucket: convert the portable graph, then surgery, then measure
     both against FP32 on held-out real clips. Writes precision_<mode>.json next to
     manifest.json (files, sha256, calibration set and clips, excluded nodes, error table).
-    Exit 1 when a tolerance is exceeded."""
+    The verdict is `check`'s: the precision's tensor tolerances and its task limits
+    (rotation, translation direction, depth AbsRel / delta1.25; export/compare.py).
+    Exit 1 when one is exceeded."""
     from calib.graph_utils import DEFAULT_EXCLUDE
     from calib.precision import PrecisionError, make_precision
     from calib.quantize import BACKENDS, CALIBRATION_METHODS, QuantizationError
@@ -109,7 +125,7 @@ def quantize(
         try:
             rec = make_precision(b, mode, npz, holdout, tuple(DEFAULT_EXCLUDE) + tuple(exclude),
                                  log=lambda s: console.print(s, markup=False),
-                                 backend=backend, method=method)
+                                 backend=backend, method=method, profiles_json=profiles)
         except (PrecisionError, QuantizationError, FileNotFoundError, ValueError) as e:
             _fail(f"{b}: {e}")
         conv = rec["conversion"]
@@ -124,7 +140,9 @@ def quantize(
                       fmt(rel.get("pose_enc", {}).get("rel_l2")),
                       fmt(rel.get("depth", {}).get("rel_p95")),
                       f"{worst['max_abs']:.2e} ({worst['output']})",
-                      "PASS" if rec["passed"] else "FAIL")
+                      "PASS" if rec["passed"] else "FAIL: " + "; ".join(sorted(
+                          {f for a in rec["accuracy_vs_fp32"].values()
+                           for f in a.get("failures", [])}))[:80])
         ok &= rec["passed"]
     console.print(table)
     if not ok:

@@ -15,11 +15,12 @@ import numpy as np
 import onnx
 
 from export.compare import (
-    PROFILES,
     Profile,
     Tolerance,
     compare_outputs,
+    evaluate,
     format_table,
+    load_profiles,
     relative_errors,
 )
 from export.exporter import EXTERNAL_DATA_BYTES
@@ -125,17 +126,21 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
                    holdout_fraction: float = 0.34, exclude=DEFAULT_EXCLUDE,
                    tolerances: dict[str, Tolerance] | None = None,
                    log: Callable[[str], None] = print, backend: str = "auto",
-                   method: str = "entropy") -> dict[str, Any]:
+                   method: str = "entropy", profiles_json: str | Path | None = None
+                   ) -> dict[str, Any]:
     """Writes model.<mode>.onnx, model.<mode>.native.onnx, model.<mode>.plugins.onnx and
     precision_<mode>.json.
 
     The `holdout_fraction` of the calibration set's clips that start last (at least one;
     calib.dataset.split_indices) never reach the calibrator; accuracy vs the FP32 model.onnx is measured on them. `backend` and
-    `method` apply to INT8 (quantize.BACKENDS / CALIBRATION_METHODS).
+    `method` apply to INT8 (quantize.BACKENDS / CALIBRATION_METHODS). The verdict is
+    `check`'s: the precision's profile (overridable by ``profiles_json``, as check
+    --profiles) with its tensor tolerances and task limits.
     """
     if mode not in MODES:
         raise PrecisionError(f"mode must be one of {MODES}")
     bucket = Path(bucket_dir)
+    load_profiles(profiles_json)  # a bad --profiles file fails before any work
     manifest = load_manifest(bucket)
     src = bucket / PORTABLE_GRAPH
     # a truncated / bit-flipped model.onnx is named here, not by protobuf's DecodeError
@@ -211,7 +216,7 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
     _test_kill("quantize-graphs-written")
 
     # Against the FP32 graph on real frames: the same per-precision profile `check` uses.
-    base = PROFILES[mode]
+    base = load_profiles(profiles_json)[mode]
     profile = Profile(**{**base.to_dict(), "per_output": {
         **base.per_output, **{k: (v.atol, v.rtol) for k, v in (tolerances or {}).items()}}})
     refs = [run_onnx(src, f, plugins=False) for f in eval_feeds]
@@ -224,9 +229,17 @@ def make_precision(bucket_dir: str | Path, mode: str, calib_npz: str | Path | No
         rows = compare_outputs(ref, got, profile)
         log(format_table(rows, f"{bucket.name}: {graph} vs FP32 model.onnx "
                                f"({len(eval_feeds)} held-out input(s))"))
+        # One verdict with `check`: tensor tolerances and the task limits (rotation,
+        # translation direction, depth AbsRel / delta1.25) per held-out clip, a failure
+        # on any clip failing the graph.
+        per_clip = [evaluate(r, g, profile) for r, g in zip(refs, gots)]
+        failures = sorted({f for e in per_clip for f in e["failures"]})
+        for f in failures:
+            log(f"  FAIL {graph}: {f}")
         results[graph] = {"rows": [r.to_dict() for r in rows],
                           "relative": relative_errors(ref, got),
-                          "passed": all(r.passed for r in rows)}
+                          "task": [e["task"] for e in per_clip], "failures": failures,
+                          "passed": not failures}
         passed &= results[graph]["passed"]
     record = {
         "mode": mode, "bucket": manifest["bucket"], "source": file_entry(src, bucket),

@@ -26,11 +26,20 @@ def parse_int_list(text: str | int | Iterable[int], what: str) -> list[int]:
     return vals
 
 
-def make_buckets(T: str | Iterable[int], N: str | Iterable[int], H: int, W: int,
+def make_buckets(T: str | Iterable[int], N: str | Iterable[int] | None, H: int, W: int,
                  batch: int = 1, single_view: bool = False, ext_mask: bool = False,
                  patch_size: int = 14) -> list[Bucket]:
+    """N None: 4 views, or the single view of ``single_view`` buckets."""
     Ts = parse_int_list(T, "T")
-    Ns = [1] if single_view else parse_int_list(N, "N")
+    if single_view:
+        # A single-view bucket has no view axis: a --N would be silently ignored.
+        if N is not None and parse_int_list(N, "N") != [1]:
+            raise BucketError(f"--N {N} does not apply to --single-view buckets (one image "
+                              f"per step, S = --T frames); leave --N out, or drop "
+                              f"--single-view for a multi-view bucket with N views")
+        Ns = [1]
+    else:
+        Ns = parse_int_list(4 if N is None else N, "N")
     out = []
     for t in Ts:
         for n in Ns:

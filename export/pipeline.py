@@ -4,7 +4,6 @@ Kept out of cli.py so tests and other tools (calibration, checks) call the same 
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,12 @@ import numpy as np
 from .buckets import Bucket
 from .compare import PROFILES, Tolerance, compare_outputs, format_table
 from .validate import run_onnx
+from runtime.graphs import (  # noqa: F401 - AVAILABLE_MEMORY_ENV, available_memory_bytes: export's API
+    AVAILABLE_MEMORY_ENV,
+    DENSE_FRACTION,
+    available_memory_bytes,
+    dense_logits_bytes,
+)
 from runtime.layout import graph_has_plugins
 
 
@@ -56,40 +61,18 @@ def validation_feeds(bucket: Bucket, inputs: str, seed: int = 0) -> tuple[dict, 
 
 
 def dense_attention_bytes(config, bucket: Bucket) -> int:
-    """Largest logits tensor the portable graph materializes (its attention bodies are
-    dense): one fp32 [groups, heads, L, L] per attention node, plus the softmax copy."""
-    F = config.patch_start_idx + (bucket.H // config.patch_size) * (bucket.W // config.patch_size)
-    T, N, B, H = bucket.T, bucket.N, bucket.batch, config.num_heads
-    sizes = [B * N * H * (T * F) ** 2, B * T * H * (N * F) ** 2]
-    if config.sparse_global:
-        m = config.num_memory_tokens if config.sparse_strategy == "memory_bank" else 0
-        sizes.append(B * H * (T * N * F + m) ** 2)
-    return 2 * 4 * max(sizes)
+    """Largest logits tensor the portable graph materializes (runtime.graphs holds the one
+    formula: infer's default graph choice applies the same bound)."""
+    return dense_logits_bytes(config.to_dict(), bucket)
 
 
 # model.onnx's dense attention is validated only while its logits take at most this share
 # of the available memory (the tiled plugin graph is validated either way).
-DENSE_SKIP_FRACTION = 0.6
-# Test hook (tests/test_faults.py): pretend this machine has this much available memory.
-AVAILABLE_MEMORY_ENV = "VGGT_MV_TEST_AVAILABLE_MEMORY"
+DENSE_SKIP_FRACTION = DENSE_FRACTION
 
 
 def dense_validation_fits(config, bucket: Bucket, available: int) -> bool:
     return dense_attention_bytes(config, bucket) <= DENSE_SKIP_FRACTION * available
-
-
-def available_memory_bytes() -> int:
-    """MemAvailable: what can be allocated without swapping."""
-    fake = os.environ.get(AVAILABLE_MEMORY_ENV)
-    if fake:
-        return int(float(fake))
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
 
 
 def make_validator(model, bucket: Bucket, opts: ExportOptions,

@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .console import console, warn
+from .console import console, flag, warn
 from .console import fail as _fail
 
 __all__ = ["infer", "build_engine"]
@@ -73,12 +73,14 @@ def infer(
                            "sequence)."),
     views: Optional[str] = typer.Option(None, "--views", help="Views to use, e.g. 0,2,3 "
                                         "(default: the first N)."),
-    pad: bool = typer.Option(False, "--pad", help="Allow running in a larger bucket by "
+    pad: bool = flag(False, "--pad", help="Allow running in a larger bucket by "
                              "repeating the last time step / view; outputs are trimmed. "
                              "Copies take part in attention, so results shift slightly."),
-    graph: str = typer.Option("model.plugins.onnx", "--graph", help="ONNX graph in the "
-                              "bucket for --onnx: model.plugins.onnx, model.native.onnx "
-                              "or model.onnx."),
+    graph: Optional[str] = typer.Option(
+        None, "--graph", help="ONNX graph in the bucket for --onnx: model.onnx, "
+        "model.plugins.onnx or model.native.onnx. Default: model.onnx (fastest on "
+        "onnxruntime), unless its dense attention logits would exceed 60% of the available "
+        "memory: then model.plugins.onnx (tiled reference ops), with a notice."),
     attention: Optional[str] = typer.Option(
         None, "--attention", help="--engine: run the native or the plugin engine where a "
         "bucket has both (default: native first)."),
@@ -90,7 +92,7 @@ def infer(
     plugins: Optional[Path] = typer.Option(None, "--plugins", help="libvggt_mv_plugins.so "
                                            "for --engine (default: $VGGT_MV_PLUGINS or "
                                            "the one built in plugins/)."),
-    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="Capture the engine in a "
+    cuda_graph: bool = flag(False, "--cuda-graph", help="Capture the engine in a "
                                     "CUDA graph after the first run (--engine)."),
     weight_budget: Optional[str] = typer.Option(
         None, "--weight-budget", help="--engine built with --weight-streaming: GPU memory "
@@ -113,8 +115,8 @@ def infer(
                                                help="old spelling of --repeats"),
     warmup: int = typer.Option(0, "--warmup", min=0, help="Untimed runs between the first "
                                "run and the timed ones."),
-    compress: bool = typer.Option(False, "--compress", help="Compress predictions.npz."),
-    stream: bool = typer.Option(False, "--stream", help="Long videos at constant memory: "
+    compress: bool = flag(False, "--compress", help="Compress predictions.npz."),
+    stream: bool = flag(False, "--stream", help="Long videos at constant memory: "
                                 "run every time step of --input (a frame folder, or one "
                                 "video per view: view0.mp4, ...) in windows of --window "
                                 "steps sharing --overlap steps, chained into one world frame "
@@ -131,7 +133,7 @@ def infer(
                                         "rate for video input, else 1)."),
     max_points: int = typer.Option(500_000, "--max-points", min=1, help="--stream: bound of "
                                    "the merged point cloud (voxels coarsen beyond it)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="--stream: replace a "
+    overwrite: bool = flag(False, "--overwrite", help="--stream: replace a "
                                    "non-empty --out folder."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="--stream: infer "
                                           "the windows on this many Ray actors in parallel, "
@@ -252,6 +254,8 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
             try:
                 s.run_input(input, loops=loops)  # frame folder or one video per view
                 summary = s.close()
+                for note in predictor.graph_notices.values():  # why the slower graph ran
+                    warn(note)
             except BaseException:
                 s.abort()
                 raise
@@ -269,12 +273,12 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
 
 
 def build_engine(
-    fp16: bool = typer.Option(False, "--fp16", help="Build from model.fp16.native.onnx / "
+    fp16: bool = flag(False, "--fp16", help="Build from model.fp16.native.onnx / "
                               "model.fp16.plugins.onnx (FP16 casts in the graph; "
                               "LayerNorm/softmax/reductions FP32)."),
-    int8: bool = typer.Option(False, "--int8", help="Build from model.int8.native.onnx / "
+    int8: bool = flag(False, "--int8", help="Build from model.int8.native.onnx / "
                               "model.int8.plugins.onnx (explicit Q/DQ in the graph)."),
-    fp32: bool = typer.Option(False, "--fp32", help="Build model.native.onnx / "
+    fp32: bool = flag(False, "--fp32", help="Build model.native.onnx / "
                               "model.plugins.onnx as exported (FP32 reference engine)."),
     attention: str = typer.Option(
         "auto", "--attention", help="native: TensorRT's own fused attention (ONNX "
@@ -293,12 +297,12 @@ def build_engine(
     timing_cache: Optional[Path] = typer.Option(
         None, "--timing-cache", help="Timing cache file, reused and updated across builds "
         "(default: timing.cache next to the bucket folders)."),
-    no_timing_cache: bool = typer.Option(False, "--no-timing-cache",
+    no_timing_cache: bool = flag(False, "--no-timing-cache",
                                          help="Build without a timing cache."),
     opt_level: Optional[int] = typer.Option(None, "--opt-level", min=0, max=5,
                                             help="Builder optimization level (TensorRT "
                                             "default 3)."),
-    version_compatible: bool = typer.Option(
+    version_compatible: bool = flag(
         False, "--version-compatible", help="Build a version-compatible engine (runs on "
         "later TensorRT releases and on the lean runtime; may be slower)."),
     target: str = typer.Option("trt", "--target", help="trt: full TensorRT on the GPU that "
@@ -308,14 +312,14 @@ def build_engine(
     compute_capability: Optional[str] = typer.Option(
         None, "--compute-capability", help="With --target rtx: the GPUs to build for, e.g. "
         "86,89,120 (offered: 75, 80, 86, 89, 120, 121; not Orin 87 nor Hopper 90)."),
-    strip_weights: bool = typer.Option(
+    strip_weights: bool = flag(
         False, "--strip-weights", help="Build the plan without its weights (STRIP_PLAN + "
         "REFIT_IDENTICAL): the session refits it at load from the bucket's ONNX weights, "
         "checked against the sha256 in the sidecar. One copy of the weights on disk."),
-    weight_streaming: bool = typer.Option(
+    weight_streaming: bool = flag(
         False, "--weight-streaming", help="Build with WEIGHT_STREAMING: `infer "
         "--weight-budget` then keeps only part of the weights on the GPU."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate inputs and print the "
+    dry_run: bool = flag(False, "--dry-run", help="Validate inputs and print the "
                                  "build plan; works without TensorRT or a GPU."),
 ) -> None:
     """Build one TensorRT engine per bucket from its native or plugin graph (--attention),

@@ -7,13 +7,13 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-__all__ = ["console", "err", "fail", "warn", "setup_logging", "LOGGER_NAME"]
+__all__ = ["console", "err", "fail", "warn", "flag", "setup_logging", "LOGGER_NAME"]
 
 # Logs redirected to files should not wrap tables at 80 columns.
 _WIDTH = None if sys.stdout.isatty() else 160
@@ -28,6 +28,12 @@ _ECHOED = {"echoed": True}  # already printed by fail / warn: the log file only
 
 def _not_echoed(record: logging.LogRecord) -> bool:
     return not getattr(record, "echoed", False)
+
+
+def flag(default: bool, *names: str, **kwargs: Any) -> Any:
+    """typer.Option for an on/off flag: help shows no `<bool>` value placeholder (typer
+    0.29 prints one for every option, though `--fp16 true` is an error)."""
+    return typer.Option(default, *names, metavar="", **kwargs)
 
 
 def fail(msg: str, code: int = 2) -> NoReturn:

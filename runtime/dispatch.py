@@ -161,6 +161,12 @@ class BucketIndex:
         if T < 1 or N < 1:
             raise UnknownBucketError(f"a clip needs T >= 1 and N >= 1, got T={T}, N={N}")
         usable = [e for e in self if self._usable(e, H, W, ext_mask, require)]
+        if N != 1 and usable and all(e.spec.single_view for e in usable):
+            raise UnknownBucketError(
+                f"N={N} views asked for, but the buckets here are single-view (one image per "
+                f"time step): {', '.join(sorted(e.name for e in usable))}. Leave --N out "
+                f"(or --N 1), or export multi-view buckets: "
+                f"`{self._export_hint(T, N, H, W, ext_mask)}`")
         cands = [e for e in usable
                  if (e.spec.T, _views(e.spec)) == (T, N)
                  or (allow_pad and e.spec.T >= T and _views(e.spec) >= N
@@ -227,7 +233,7 @@ class BucketIndex:
         if preset and preset != "vggt_mv_1b":  # the default needs no flag
             parts.append(f"--preset {preset}")
         parts.append(f"--T {T} --N {N} --height {H} --width {W}")
-        if ref is not None and ref.spec.single_view:
+        if ref is not None and ref.spec.single_view and N == 1:
             parts.append("--single-view")
         if ext_mask:
             parts.append("--ext-mask")

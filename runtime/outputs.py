@@ -14,7 +14,8 @@ import numpy as np
 from .errors import RuntimeDataError
 from .layout import atomic_write  # the one atomic writer; re-exported for callers
 
-__all__ = ["atomic_write", "write_ply", "read_ply", "colorize", "save_png", "COLORMAPS"]
+__all__ = ["atomic_write", "write_ply", "read_ply", "colorize", "save_png", "COLORMAPS",
+           "depth_png_name", "confidence_png_name"]
 
 
 # ------------------------------------------------------------------------------------- PLY
@@ -121,6 +122,15 @@ def _lut(coeffs: tuple[np.ndarray, ...]) -> np.ndarray:
 
 
 COLORMAPS: dict[str, np.ndarray] = {"turbo": _lut(_TURBO), "viridis": _lut(_VIRIDIS)}
+
+
+def depth_png_name(t: int, view: int) -> str:
+    """depth PNG of time step t, view v, relative to the output folder (infer and stream)."""
+    return f"depth/depth_t{t:02d}_view{view}.png"
+
+
+def confidence_png_name(t: int, view: int) -> str:
+    return f"confidence/conf_t{t:02d}_view{view}.png"
 
 
 def colorize(array: np.ndarray, cmap: str = "turbo", vmin: float | None = None,

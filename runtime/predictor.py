@@ -31,7 +31,14 @@ from .exports.cameras import CameraLog, frame_is_finite, frame_name, json_safe
 from .exports.colmap import COLMAP_DIR, ColmapImage, export_points, write_colmap
 from .exports.glb import GLB_NAME, write_glb
 from .layout import atomic_directory, atomic_write_json
-from .outputs import atomic_write, colorize, save_png, write_ply
+from .outputs import (
+    atomic_write,
+    colorize,
+    confidence_png_name,
+    depth_png_name,
+    save_png,
+    write_ply,
+)
 from .postprocess import confidence_mask, depth_to_world_points, pose_encoding_to_extri_intri
 from .preprocess import (
     ResizePlan,
@@ -41,7 +48,8 @@ from .preprocess import (
     plan_resize,
     read_image,
 )
-from .session import PLUGIN_GRAPH, Session
+from .graphs import choose_graph
+from .session import Session
 
 __all__ = ["Predictor", "Prediction", "BACKENDS", "NPZ_NAME", "PLY_NAME"]
 
@@ -188,11 +196,10 @@ class Prediction:
                     if cfin.size else (0.0, 1.0))
         for i, t in enumerate(self.times):
             for j, v in enumerate(self.views):
-                stem = f"t{t:02d}_view{v}"
-                p = out / "depth" / f"depth_{stem}.png"
+                p = out / depth_png_name(t, v)
                 save_png(p, colorize(depth[i, j], cmap, lo, hi))
                 written["depth_png"].append(p)
-                p = out / "confidence" / f"conf_{stem}.png"
+                p = out / confidence_png_name(t, v)
                 save_png(p, colorize(self.confidence[i, j], conf_cmap, clo, chi))
                 written["confidence_png"].append(p)
         self.timing["write"] = time.perf_counter() - t0
@@ -289,10 +296,14 @@ def _labels(name: str, given: Sequence[int] | None, count: int, holds: str) -> l
 
 
 class Predictor:
-    """Exported buckets under ``root`` + a backend -> ``Prediction`` for a clip."""
+    """Exported buckets under ``root`` + a backend -> ``Prediction`` for a clip.
+
+    ``graph`` (onnx backend): the ONNX file each bucket runs; None picks the fastest one
+    that fits this machine's memory (runtime/graphs.py: model.onnx, else
+    model.plugins.onnx with a note in ``Prediction.notes``)."""
 
     def __init__(self, root: str | Path | Iterable[str | Path], backend: str = "auto", *,
-                 graph: str = PLUGIN_GRAPH, precision: str | None = None,
+                 graph: str | None = None, precision: str | None = None,
                  providers: Sequence[str] | str = ("CPUExecutionProvider",),
                  plugin_lib: str | Path | None = None, use_cuda_graph: bool = False,
                  allow_pad: bool = False, threads: int | None = None,
@@ -313,6 +324,7 @@ class Predictor:
         self.attention = attention  # engine route for the trt backend; None: native first
         self.weight_budget = weight_budget  # TrtSession(weight_streaming_budget=)
         self._sessions: dict[str, Session] = {}
+        self.graph_notices: dict[str, str] = {}  # bucket -> why it runs the slower graph
         self._lock = threading.Lock()
 
     def _resolve_backend(self, backend: str) -> str:
@@ -340,9 +352,15 @@ class Predictor:
                                       precision=self.precision, attention=self.attention,
                                       weight_streaming_budget=self.weight_budget)
                 else:
+                    from .layout import load_manifest  # noqa: PLC0415
                     from .session import OnnxSession  # noqa: PLC0415
 
-                    sess = OnnxSession(entry.folder, graph=self.graph,
+                    # None: the fastest graph the bucket can run here (runtime/graphs.py)
+                    choice = choose_graph(entry.folder, load_manifest(entry.folder),
+                                          self.graph)
+                    if choice.notice:
+                        self.graph_notices[entry.name] = choice.notice
+                    sess = OnnxSession(entry.folder, graph=choice.graph,
                                        providers=self.providers, threads=self.threads)
                 self._sessions[entry.name] = sess
             return sess
@@ -515,7 +533,10 @@ class Predictor:
             detail = f"TensorRT {getattr(sess, 'precision', '')} engine"
         else:
             provs = getattr(sess, "active_providers", [])
-            detail = f"onnxruntime {self.graph} [{', '.join(provs)}]"
+            graph = getattr(getattr(sess, "path", None), "name", self.graph)
+            detail = f"onnxruntime {graph} [{', '.join(provs)}]"
+            if sel.entry.name in self.graph_notices:
+                notes.append(self.graph_notices[sel.entry.name])
         return Prediction(bucket=sel.entry.name, backend=self.backend, outputs=outs,
                           backend_detail=detail,
                           colors=colors, extrinsics=extr, intrinsics=intr, depth=depth,

@@ -19,6 +19,7 @@ import numpy as np
 
 from .dispatch import check_feeds
 from .errors import RuntimeDataError
+from .graphs import MISSING_EXTENSIONS, have_reference_ops
 from .layout import (
     PLUGIN_GRAPH,
     PORTABLE_GRAPH,
@@ -115,6 +116,9 @@ class OnnxSession(ClosingSession, ManifestIO):
                                f"onnxruntime build; available: {available}")
         self.uses_plugins = _has_plugin_nodes(self.path, self.manifest)
         if self.uses_plugins:
+            if not have_reference_ops():
+                raise SessionError(MISSING_EXTENSIONS.format(graph=graph)
+                                   + f"; or run --graph {PORTABLE_GRAPH}")
             try:
                 from plugins.reference.ort_ops import (  # noqa: PLC0415
                     session_options, session_source)
@@ -124,7 +128,15 @@ class OnnxSession(ClosingSession, ManifestIO):
                     f"the CPU reference ops (plugins/reference/ort_ops.py and "
                     f"onnxruntime-extensions): {e}. Or use graph='{PORTABLE_GRAPH}'") from e
             so = session_options()
-            src = session_source(self.path, so)  # float16 plugin sites widened for the CPU
+            try:
+                src = session_source(self.path, so)  # float16 plugin sites widened for the CPU
+            except ImportError as e:  # a runtime-only install has no onnx to read graphs
+                if ".fp16." in graph:
+                    raise SessionError(
+                        f"{graph}'s float16 plugin sites are widened to float32 for the CPU "
+                        f"reference ops, which needs the onnx package ({e}): pip install "
+                        f"onnx, or run graph='model.fp16.onnx'") from e
+                src = str(self.path)  # FP32 / INT8 plugin sites take float32 as they are
         else:
             so = ort.SessionOptions()
             src = str(self.path)

@@ -53,7 +53,8 @@ from .exports.colmap import COLMAP_DIR, ColmapImage, export_points, write_colmap
 from .exports.glb import GLB_NAME, write_glb
 from .layout import atomic_write, recover_leftovers
 from .locks import OutputLock
-from .outputs import colorize, save_png, write_ply
+from .colour_range import RobustRange
+from .outputs import colorize, depth_png_name, save_png, write_ply
 from .pointcloud import VoxelCloud
 from .preprocess import decode_frame, discover_scene, intrinsics_to_source, preprocess_rgb
 from .video import find_view_videos
@@ -233,11 +234,17 @@ class StreamWriter:
                                            [self._log, self._win])
         self.frames = 0
         self.windows = 0
-        # One colour scale for every depth PNG of the stream (world units), fixed by the
-        # first time step written, so frames can be compared like infer's per-clip scale.
+        # One colour scale for every depth PNG of the stream (world units), like infer's
+        # per-clip scale: updated by every step as windows arrive, and applied at the end
+        # to the maps kept meanwhile (float16 on disk, removed) so that a scene receding
+        # after the first steps does not turn the later PNGs into one flat colour.
+        self._depth_scale = RobustRange()
+        self._depth_maps: list[tuple[str, Path]] = []
         self.depth_range: tuple[float, float] | None = None
 
     def write_window(self, record: dict[str, Any]) -> None:
+        if self._depth_scale.seen:  # how the stream's depth colour range evolves
+            record = {**record, "depth_range_so_far": list(self._depth_scale.range())}
         self._win.write(json.dumps(record, default=float) + "\n")
         self._win.flush()
         self.windows += 1
@@ -264,13 +271,12 @@ class StreamWriter:
             name = frame_name(t, v, paths[j] if paths else None, image_root)
             placed.append(self._log.add(t, v, extrinsics[j], K, w, h, K_model, image=name))
             if depth is not None and self.depth_pngs:
-                if self.depth_range is None:
-                    fin = np.asarray(depth)[np.isfinite(depth)]
-                    lo, hi = ((float(np.percentile(fin, 2)), float(np.percentile(fin, 98)))
-                              if fin.size else (0.0, 1.0))
-                    self.depth_range = (lo, hi if hi > lo else lo + 1.0)
-                save_png(self.tmp / "depth" / f"t{t:05d}_view{v}.png",
-                         colorize(depth[j], "turbo", *self.depth_range))
+                self._depth_scale.add(depth[j])
+                raw = self.tmp / ".depth_maps" / f"{len(self._depth_maps)}.npy"
+                raw.parent.mkdir(exist_ok=True)
+                with np.errstate(over="ignore"):  # beyond float16: inf, drawn black
+                    np.save(raw, np.asarray(depth[j], np.float16))
+                self._depth_maps.append((depth_png_name(t, v), raw))
             self.frames += 1
         self._log.flush()
         return placed
@@ -281,7 +287,10 @@ class StreamWriter:
         n = write_ply(self.tmp / "points.ply", pts, cols)
         self._windows_json()
         exports = self._write_exports(*export_points(pts, cols))
-        run = {**run, "depth_range_png": self.depth_range, **exports}
+        self._write_depth_pngs()
+        run = {**run, "depth_range_png": self.depth_range,
+               "depth_range_rule": "2nd-98th percentile of a uniform sample of every finite "
+                                   "depth of the stream", **exports}
         with atomic_write(self.tmp / "run.json", "w") as f:
             json.dump(json_safe(run), f, indent=2, allow_nan=False)
             f.write("\n")
@@ -300,6 +309,16 @@ class StreamWriter:
             self.tmp.rename(self.out)
         self._finalizer.detach()
         return {"out": str(self.out), "points": n, "frames": self.frames}
+
+    def _write_depth_pngs(self) -> None:
+        if not self._depth_maps:
+            return
+        self.depth_range = self._depth_scale.range()
+        for name, raw in self._depth_maps:
+            save_png(self.tmp / name, colorize(np.load(raw).astype(np.float32), "turbo",
+                                               *self.depth_range))
+            raw.unlink()
+        (self.tmp / ".depth_maps").rmdir()
 
     def _write_exports(self, pts: np.ndarray, cols: np.ndarray) -> dict[str, Any]:
         """COLMAP model and scene.glb from cameras.jsonl read back at the end: the frames'

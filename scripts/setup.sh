@@ -11,7 +11,7 @@ fi
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 python -m pip install -q "torch==2.13.0"
 # batch: Ray for tests/test_batch.py (`batch`, `infer --stream --workers`)
-python -m pip install -q -e ".[test,batch]"
+python -m pip install -q -e ".[export,test,batch]"
 python - <<'PY'
 import importlib
 for m in ("torch", "onnx", "onnxruntime", "onnxruntime_extensions", "onnx_graphsurgeon", "polygraphy", "ray"):

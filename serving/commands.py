@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from runtime import commands as runtime_commands
-from runtime.console import console, warn
+from runtime.console import console, flag, warn
 from runtime.console import fail as _fail
 
 __all__ = ["export_triton", "serve", "infer"]
@@ -40,9 +40,9 @@ def export_triton(
     plugins: Optional[Path] = typer.Option(None, "--plugins", help="libvggt_mv_plugins.so "
                                            "copied next to the TensorRT model (default: "
                                            "$VGGT_MV_PLUGINS or plugins/ build)."),
-    onnx_model: bool = typer.Option(True, "--onnx-model/--no-onnx-model",
+    onnx_model: bool = flag(True, "--onnx-model/--no-onnx-model",
                                     help="Write the onnxruntime model."),
-    trt_model: bool = typer.Option(True, "--trt-model/--no-trt-model",
+    trt_model: bool = flag(True, "--trt-model/--no-trt-model",
                                    help="Write the TensorRT model (when an engine exists)."),
     conf_percentile: float = typer.Option(50.0, "--conf-percentile", help="Python model's "
                                           "confidence filter (negative disables)."),

@@ -50,6 +50,25 @@ def test_check_writes_every_report(checked):
         assert b["task"]["depth_delta125"] == 1.0 and b["task"]["rotation_deg_max"] < 0.05
 
 
+def test_check_pictures_are_upscaled_with_a_bar_and_a_shared_error_scale(checked):
+    from PIL import Image
+
+    from accuracy.report import BAR_GAP, BAR_WIDTH, MIN_SIDE, picture
+
+    summary, out = checked
+    img = np.asarray(Image.open(next(out.glob("depth_*_err.png"))))
+    assert min(img.shape[:2]) >= MIN_SIDE  # 42 x 56 maps, upscaled
+    report = (out / "report.md").read_text()
+    assert "abs error in viridis on 0 .. " in report and "| depth " in report
+    # an error far below the tolerance is dark, one at the tolerance is the top colour,
+    # and the bar runs from the top colour (vmax) down to the bottom one (vmin)
+    tiny = picture(np.full((4, 4), 1e-7), "viridis", 0.0, 1e-3)
+    at_tol = picture(np.full((4, 4), 1e-3), "viridis", 0.0, 1e-3)
+    bar = tiny[:, -BAR_WIDTH:]
+    assert tiny.shape == (MIN_SIDE, MIN_SIDE + BAR_GAP + BAR_WIDTH, 3)
+    assert np.array_equal(tiny[0, 0], bar[-1, 0]) and np.array_equal(at_tol[0, 0], bar[0, 0])
+
+
 def test_polygraphy_reads_its_json_back(checked):
     from polygraphy.comparator import RunResults
     from polygraphy.json import load_json
@@ -121,6 +140,23 @@ def test_cli_check_and_bench(bucket, tmp_path):
     assert {"pytorch", "onnxrt:model.onnx", "onnxrt:model.plugins.onnx"} <= names
     assert all(r["median_s"] > 0 and r["peak_rss_mb"] > 0 for r in data["rows"])
     assert "tensorrt" in data["skipped"]
+
+
+def test_bench_table_keeps_reasons_out_of_the_number_columns_and_flags_noise():
+    from accuracy.commands import BENCH_COLUMNS, bench_rows
+
+    res = {"rows": [{"backend": "onnxrt:model.onnx", "median_s": 1.0, "p90_s": 2.5,
+                     "frames_per_s": 4.0, "peak_rss_mb": 100.0},
+                    {"backend": "pytorch", "median_s": 1.0, "p90_s": 1.5,
+                     "frames_per_s": 4.0, "peak_rss_mb": 100.0},
+                    {"backend": "onnxrt:model.plugins.onnx", "error": "boom"}]}
+    rows, warnings = bench_rows(res, {"tensorrt": "no GPU"})
+    assert all(len(r) == len(BENCH_COLUMNS) for r in rows)
+    p90 = BENCH_COLUMNS.index("p90 s")
+    assert [r[p90] for r in rows] == ["2.500", "1.500", "", ""]
+    assert rows[3][-1] == "skipped: no GPU" and rows[2][-1] == "error: boom"
+    assert rows[0][-1].startswith("noisy") and rows[1][-1] == ""
+    assert len(warnings) == 1 and "onnxrt:model.onnx" in warnings[0] and "2.5x" in warnings[0]
 
 
 def test_check_covers_quantized_graphs(bucket, tmp_path, mv_scene):

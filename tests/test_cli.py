@@ -85,3 +85,32 @@ def test_inspect_checkpoint_manifest_and_corrupt_file(tmp_path, state_dict_refs)
     bad.write_bytes(b"\x80\x02garbage")
     res = invoke("inspect-checkpoint", bad)
     assert res.exit_code == 2 and "bad.pt" in res.output
+
+
+def test_flags_show_no_value_placeholder():
+    """On/off flags take no value (`--fp16 true` is an error): help shows none."""
+    import typer
+    from typer.core import TyperOption
+
+    group = typer.main.get_command(cli.app)
+    ctx = typer.Context(group)
+    shown = {(name, p.name): p.display_type_rich(ctx)
+             for name, cmd in group.commands.items() for p in cmd.params
+             if isinstance(p, TyperOption) and p.is_flag and p.name != "help"}
+    assert len(shown) > 20
+    assert {k: v for k, v in shown.items() if v} == {}
+    res = invoke("build-engine", "--help")
+    assert "<bool>" not in res.output.split("--fp32")[0]
+
+
+def test_calibrate_default_input_is_found_from_any_folder(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import calib.commands as cc
+
+    repo = Path(cli.__file__).resolve().parent
+    assert cc.DEFAULT_SCENE == repo.parent / "shared" / "data" / "mv_scene"
+    monkeypatch.chdir(tmp_path)  # ../shared does not exist from here
+    monkeypatch.setattr(cc, "DEFAULT_SCENE", tmp_path / "nowhere")
+    res = invoke("calibrate", "--bucket", tmp_path)
+    assert res.exit_code == 2 and "no --input given" in res.output and "nowhere" in res.output

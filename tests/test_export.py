@@ -190,6 +190,11 @@ def test_bad_buckets_are_explained():
         make_buckets("0", "2", 518, 518)
     assert [b.name for b in make_buckets("4,8", "2,4", 518, 392)] == [
         "T4_N2_518x392", "T4_N4_518x392", "T8_N2_518x392", "T8_N4_518x392"]
+    # --N has no meaning for single-view buckets: refused, not silently dropped
+    with pytest.raises(BucketError, match="--N 4 does not apply to --single-view"):
+        make_buckets("2", "4", 518, 518, single_view=True)
+    assert [b.name for b in make_buckets("2", None, 518, 518, single_view=True)] == ["S2_518x518"]
+    assert [b.name for b in make_buckets("2", None, 518, 518)] == ["T2_N4_518x518"]
 
 
 def test_corrupt_manifest(tmp_path):

@@ -322,7 +322,7 @@ def test_time_labels_with_gaps_are_kept_and_said(bucket, predictor, mv_scene, tm
            if not x.startswith("#")]
     assert [float(x) for x in tum] == [t / 2.0 for t in labels]
     assert sorted(p.name for p in (out / "depth").glob("*_view0.png")) == \
-        [f"t{t:05d}_view0.png" for t in labels]
+        [f"depth_t{t:02d}_view0.png" for t in labels]  # infer's names
     assert any("not evenly spaced" in m for m in said), said
     pred = predictor.predict(scene, T=2, N=2, t0=1)  # time_01, time_05
     assert pred.times == [1, 5] and any("not evenly spaced" in n for n in pred.notes)

@@ -54,6 +54,20 @@ def records(bucket, builtin_bucket):
     return recs
 
 
+TASK_LIMITS = ("rotation_deg_max", "translation_dir_deg_max", "depth_absrel", "depth_delta125")
+
+
+def assert_tensors_pass_and_verdict_is_checks(rec):
+    """Every graph's tensors are within the precision's tolerances; the verdict adds
+    check's task limits, which the tiny model's random-weight cameras can exceed under
+    INT8 (seen: rotation 6.4 deg against 5 deg), so only its consistency is asserted."""
+    for graph, acc in rec["accuracy_vs_fp32"].items():
+        assert all(r["passed"] for r in acc["rows"]), (graph, acc["rows"])
+        assert all(f.split(" ")[0] in TASK_LIMITS for f in acc["failures"]), acc["failures"]
+        assert acc["passed"] == (not acc["failures"]) and len(acc["task"]) == 2
+    assert rec["passed"] == all(a["passed"] for a in rec["accuracy_vs_fp32"].values())
+
+
 def manifest_of(folder):
     return json.loads((folder / "manifest.json").read_text())
 
@@ -90,7 +104,7 @@ def test_fp16_graph_keeps_sensitive_ops_fp32(bucket, records):
 def test_int8_graph_has_qdq_on_weight_layers_only(bucket, builtin_bucket, records, which):
     folder = bucket[0] if which == "int8" else builtin_bucket
     rec = records[which]
-    assert rec["passed"]
+    assert_tensors_pass_and_verdict_is_checks(rec)
     assert rec["calibration"]["calibration_clips"] == 4
     assert rec["calibration"]["held_out_clips"] == 2
     cal = {json.dumps(c) for c in rec["calibration"]["calibration_clip_ids"]}
@@ -153,15 +167,13 @@ def test_surgery_keeps_plugin_counts_and_plugin_graph_runs(bucket, records, mode
     b = run_onnx(folder / f"model.{mode}.plugins.onnx", feeds, plugins=True)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], atol=1e-3, rtol=1e-3, err_msg=k)
-    acc = rec["accuracy_vs_fp32"][f"model.{mode}.plugins.onnx"]
-    assert acc["passed"]
+    assert_tensors_pass_and_verdict_is_checks(rec)
     # the native twin: made from the same converted graph, one Attention node per dense
     # site, judged against FP32 the same way
     native = onnx.load(str(folder / f"model.{mode}.native.onnx"), load_external_data=False)
     assert rec["native_surgery"]["native"][contract.BIASED_OP] == \
         manifest["attention_sites"][contract.BIASED_OP] == \
         sum(x.op_type == "Attention" for x in native.graph.node)
-    assert rec["accuracy_vs_fp32"][f"model.{mode}.native.onnx"]["passed"]
     # (onnxruntime's QDQ propagation, off for the INT8 native graph, changes INT8 results
     # by itself: the portable twin runs with the same optimizers for the comparison)
     from runtime.layout import ort_disabled_optimizers
@@ -222,7 +234,8 @@ def test_auto_falls_back_to_builtin(builtin_bucket, bucket, monkeypatch):
     monkeypatch.setattr(cq, "quantize_modelopt", broken)
     notes = []
     rec = make_precision(builtin_bucket, "int8", bucket[1], backend="auto", log=notes.append)
-    assert rec["conversion"]["backend"] == "builtin" and rec["passed"]
+    assert rec["conversion"]["backend"] == "builtin"
+    assert_tensors_pass_and_verdict_is_checks(rec)
     assert "simulated" in rec["conversion"]["modelopt_error"]
     assert any("builtin" in n for n in notes)
     with pytest.raises(QuantizationError, match="simulated"):
@@ -239,3 +252,25 @@ def test_fp16_weight_overflow_stays_fp32():
     m, rep = convert_fp16(helper.make_model(g))
     assert rep["converted_nodes"] == 0 and rep["excluded_nodes"] == 1
     assert rep["excluded_fp16_overflow"] == ["mm"]
+
+
+def test_quantize_verdict_applies_checks_task_limits(builtin_bucket, bucket, tmp_path):
+    """quantize judges like `check`: tensors within tolerance still FAIL on a task limit
+    (here delta1.25 >= 1.01, which no depth map can reach)."""
+    prof = tmp_path / "profiles.json"
+    prof.write_text(json.dumps({"fp16": {"atol": 1e3, "rtol": 1e3, "per_output": {},
+                                         "min_depth_delta125": 1.01}}))
+    notes = []
+    rec = make_precision(builtin_bucket, "fp16", bucket[1], profiles_json=prof,
+                         log=notes.append)
+    acc = rec["accuracy_vs_fp32"]["model.fp16.plugins.onnx"]
+    assert all(r["passed"] for r in acc["rows"])  # every tensor within its tolerance
+    assert not rec["passed"] and not acc["passed"]
+    assert any(f.startswith("depth_delta125") for f in acc["failures"]), acc["failures"]
+    assert "rotation_deg_max" in acc["task"][0]
+    assert any("FAIL model.fp16.plugins.onnx: depth_delta125" in n for n in notes)
+    prof.write_text("{not json")
+    from runtime.errors import RuntimeDataError
+
+    with pytest.raises(RuntimeDataError, match="profiles"):
+        make_precision(builtin_bucket, "fp16", bucket[1], profiles_json=prof, **QUIET)

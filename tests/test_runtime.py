@@ -31,7 +31,7 @@ from runtime.errors import (
 from conftest import with_field_of_view
 from runtime.outputs import read_ply
 from runtime.predictor import NPZ_NAME, PLY_NAME, Predictor
-from runtime.layout import sha256_file, sidecar_path_for
+from runtime.layout import Bucket, sha256_file, sidecar_path_for
 from runtime.trt.env import GpuUnavailableError, detect_gpu, require_gpu
 from runtime.trt.sidecar import (
     EnvironmentInfo,
@@ -180,14 +180,66 @@ def test_predict_arrays_equals_predict(predictor, mv_scene):
 def test_plugin_graph_runs_with_reference_ops(bucket_root, mv_scene):
     if not _have_reference_ops():
         pytest.skip("plugins/reference/ort_ops.py (CPU reference plugin ops) not available")
-    with Predictor(bucket_root, backend="onnx", threads=1) as p:  # default: plugin graph
+    with Predictor(bucket_root, backend="onnx", graph="model.plugins.onnx", threads=1) as p:
         sess = p.session(p.index[BUCKET])
         assert sess.path.name == "model.plugins.onnx" and sess.uses_plugins
         plug = p.predict(mv_scene, T=T_, N=N_)
-    with Predictor(bucket_root, backend="onnx", graph="model.onnx", threads=1) as p:
+    with Predictor(bucket_root, backend="onnx", threads=1) as p:  # default: portable graph
         port = p.predict(mv_scene, T=T_, N=N_)
+    assert "model.onnx" in port.backend_detail and not port.notes
     for k, v in port.outputs.items():
         np.testing.assert_allclose(plug.outputs[k], v, rtol=1e-3, atol=1e-4, err_msg=k)
+
+
+def test_default_graph_rule(tmp_path, monkeypatch):
+    """runtime/graphs.py: explicit graph > model.onnx while its dense logits fit 60% of the
+    available memory > model.plugins.onnx with a notice; refuses when neither can run."""
+    import runtime.graphs as graphs
+    from runtime.session import SessionError
+    from vggt_mv.config import tiny_config
+
+    d = _fake_bucket(tmp_path, 2, 2)
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert graphs.choose_graph(d, manifest).graph == "model.plugins.onnx"  # no model.onnx
+    (d / "model.onnx").write_bytes(b"not read")
+    manifest["model_config"] = tiny_config().to_dict()
+    need = graphs.dense_logits_bytes(manifest["model_config"], Bucket.from_dict(manifest["bucket"]))
+    # F = 1 + 4 registers + 3 x 4 patches = 17 tokens per frame, 4 heads, T = N = 2
+    assert need == 2 * 4 * 2 * 4 * (2 * 17) ** 2
+    assert graphs.choose_graph(d, manifest, available=int(need / 0.6) + 1).graph == "model.onnx"
+    small = graphs.choose_graph(d, manifest, available=need)
+    assert small.graph == "model.plugins.onnx" and "60% of" in small.notice
+    assert graphs.choose_graph(d, manifest, "model.native.onnx", available=1).graph == \
+        "model.native.onnx"
+    monkeypatch.setattr(graphs, "have_reference_ops", lambda: False)
+    with pytest.raises(SessionError, match="pip install onnxruntime-extensions"):
+        graphs.choose_graph(d, manifest, available=need)
+
+
+def test_default_graph_falls_back_to_tiled_plugin_graph(bucket_root, mv_scene, monkeypatch):
+    if not _have_reference_ops():
+        pytest.skip("plugins/reference/ort_ops.py (CPU reference plugin ops) not available")
+    from runtime.graphs import AVAILABLE_MEMORY_ENV
+
+    monkeypatch.setenv(AVAILABLE_MEMORY_ENV, "1000")
+    with Predictor(bucket_root, backend="onnx", threads=1) as p:
+        pred = p.predict(mv_scene, T=T_, N=N_)
+    assert "model.plugins.onnx" in pred.backend_detail
+    assert any("dense attention needs" in n for n in pred.notes), pred.notes
+
+
+def test_plugin_graph_without_extensions_names_the_package(bucket_root, mv_scene, tmp_path,
+                                                           monkeypatch):
+    import runtime.session as session
+
+    monkeypatch.setattr(session, "have_reference_ops", lambda: False)
+    res = CliRunner().invoke(app(), ["infer", "--onnx", str(bucket_root), "--input",
+                                     str(mv_scene), "--T", "2", "--N", "2", "--out",
+                                     str(tmp_path / "o"), "--graph", "model.plugins.onnx"])
+    assert res.exit_code != 0
+    assert "pip install onnxruntime-extensions" in res.output, res.output
+    assert "--graph model.onnx" in res.output and "internal error" not in res.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_infer_cli_end_to_end(bucket_root, mv_scene, tmp_path):
@@ -432,6 +484,24 @@ def test_dispatch_errors_list_available_buckets(tmp_path):
         BucketIndex.scan(empty)
 
 
+def test_single_view_buckets_refuse_several_views(tmp_path):
+    d = tmp_path / "S2_42x56"
+    d.mkdir()
+    bucket = Bucket(2, 1, 42, 56, single_view=True)
+    (d / "manifest.json").write_text(json.dumps({
+        "bucket": {**bucket.to_dict(), "name": bucket.name},
+        "inputs": {"images": {"shape": [1, 2, 3, 42, 56], "dtype": "float32"}},
+        "outputs": {}, "model_config": {"name": "tiny"}}))
+    (d / "model.onnx").write_bytes(b"not read by dispatch")
+    idx = BucketIndex.scan(tmp_path)
+    assert idx.select(2, 1).entry.name == "S2_42x56"
+    with pytest.raises(UnknownBucketError, match="single-view") as e:
+        idx.select(1, 4, allow_pad=True)
+    hint = str(e.value).split("`")[1]
+    # the export that makes the missing bucket: multi-view, so no --single-view
+    assert hint == "python cli.py export --preset tiny --T 1 --N 4 --height 42 --width 56"
+
+
 def test_pad_and_trim_round_trip(tmp_path):
     idx = BucketIndex.scan(_fake_bucket(tmp_path, 4, 3))
     sel = Selection(idx["T4_N3_42x56"], 2, 1)
@@ -617,7 +687,20 @@ def test_trt_session_without_tensorrt_names_what_is_missing(tmp_path, monkeypatc
         pytest.skip("TensorRT is installed here; this test covers machines without it")
     except ImportError:
         pass
+    import runtime.trt.session as trt_session
+    from runtime.trt.env import GpuInfo
+
     d = _engine_folder(tmp_path)
+
+    def no_gpu(device=0):
+        raise GpuUnavailableError("no CUDA driver on this machine (libcuda.so.1 not found)")
+
+    # no GPU: that is what to say, whatever TensorRT / cuda-python are missing besides
+    monkeypatch.setattr(trt_session, "require_gpu", no_gpu)
+    with pytest.raises(TrtUnavailableError, match="no GPU found.*use --onnx"):
+        TrtSession(d)
+    monkeypatch.setattr(trt_session, "require_gpu",
+                        lambda device=0: GpuInfo("Fake GPU", "8.9", 0, 1024))
     with pytest.raises(TrtUnavailableError, match="TensorRT is not installed"):
         TrtSession(d)
     with pytest.raises(FileNotFoundError, match="build-engine --int8"):
@@ -684,3 +767,59 @@ def test_runtime_import_pulls_no_heavy_modules():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+_BLOCKED_RUN = r"""
+import importlib.abc, json, sys
+BLOCK = {"torch", "onnx", "onnxscript", "polygraphy", "onnx_graphsurgeon", "export", "calib"}
+class Blocked(importlib.abc.MetaPathFinder):  # as on a device with the runtime install only
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCK:
+            raise ImportError(f"{name} is blocked (runtime-only install)")
+        return None
+sys.meta_path.insert(0, Blocked())
+root, scene, out, graph = sys.argv[1:5]
+from runtime import Predictor
+with Predictor(root, backend="onnx", threads=1, graph=graph or None) as p:
+    pred = p.predict(scene, T=2, N=2)
+    written = pred.write_outputs(out)
+print(json.dumps({"detail": pred.backend_detail, "points": written["points"],
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCK)}))
+"""
+
+
+def test_predictor_runs_without_torch_or_onnx(bucket_root, mv_scene, tmp_path):
+    """The runtime-only install (pip install '.[runtime-ort]'): importing runtime and running
+    Predictor on a tiny bucket, default graph and plugin graph, with torch, onnx and
+    polygraphy unimportable."""
+    graphs = ["", "model.plugins.onnx"] if _have_reference_ops() else [""]
+    for k, graph in enumerate(graphs):
+        r = subprocess.run([sys.executable, "-c", _BLOCKED_RUN, str(bucket_root),
+                            str(mv_scene), str(tmp_path / f"o{k}"), graph], cwd=ROOT,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["loaded"] == [] and res["points"] > 0
+        assert (graph or "model.onnx") in res["detail"]
+        assert (tmp_path / f"o{k}" / NPZ_NAME).is_file()
+
+
+def test_runtime_install_route_brings_no_export_stack():
+    """pip install . (+ runtime-ort / runtime-trt) is the runtime alone; the toolkit is the
+    `export` extra, and scripts/setup.sh (the test venv) installs it."""
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = meta["optional-dependencies"]
+
+    def names(reqs):
+        return {r.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip() for r in reqs}
+
+    heavy = {"torch", "onnx", "onnxscript", "polygraphy", "onnx-graphsurgeon", "safetensors"}
+    for route in ("runtime", "runtime-ort", "runtime-trt"):
+        assert not (names(meta["dependencies"]) | names(extras[route])) & heavy, route
+    assert {"numpy", "pillow"} <= names(extras["runtime"])
+    assert {"onnxruntime", "onnxruntime-extensions"} <= names(extras["runtime-ort"])
+    assert {"tensorrt", "cuda-python"} <= names(extras["runtime-trt"])
+    assert heavy <= names(extras["export"])
+    assert ".[export," in (ROOT / "scripts" / "setup.sh").read_text()

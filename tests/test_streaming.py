@@ -422,3 +422,53 @@ def test_input_with_both_frames_and_videos_is_refused(mv_scene, tmp_path):
     with pytest.raises(RuntimeDataError, match="both view videos"):
         s.run_input(both)
     assert not (tmp_path / "out").exists()
+
+
+def test_stream_depth_pngs_share_one_robust_range_and_infer_names(tmp_path):
+    """A scene receding step by step (depth t+1 .. t+2): with the range of the first step
+    every later PNG would be one flat colour; the stream's range spans all steps."""
+    from PIL import Image
+
+    from runtime.pointcloud import VoxelCloud
+    from runtime.streaming import StreamWriter
+
+    w = StreamWriter(tmp_path / "out", views=[0])
+    K = np.array([[[20.0, 0, W / 2], [0, 20.0, H / 2], [0, 0, 1]]])
+    E = np.concatenate([np.eye(3), np.zeros((3, 1))], axis=1)[None]
+    ramp = np.linspace(0.0, 1.0, W)[None, :].repeat(H, 0)
+    for t in range(16):
+        w.write_step(t, E, K, (t + 1.0 + ramp)[None])
+        if t in (7, 15):
+            w.write_window({"window": t // 8})
+    w.finish(VoxelCloud(0.1), {})
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "depth").iterdir()) == \
+        [f"depth_t{t:02d}_view0.png" for t in range(16)]  # the names infer writes
+    assert not (out / ".depth_maps").exists()
+    run = json.loads((out / "run.json").read_text())
+    lo, hi = run["depth_range_png"]
+    so_far = [r["depth_range_so_far"] for r in json.loads((out / "windows.json").read_text())]
+    assert so_far[0][1] < so_far[1][1] == pytest.approx(hi)  # updated as windows arrive
+    everything = np.concatenate([(t + 1.0 + ramp).ravel() for t in range(16)])
+    # 2nd..98th percentile of a sample of every depth (float16 maps, sampled reservoir)
+    assert lo == pytest.approx(np.percentile(everything, 2), abs=0.1)
+    assert hi == pytest.approx(np.percentile(everything, 98), abs=0.1)
+    pngs = [np.asarray(Image.open(out / "depth" / f"depth_t{t:02d}_view0.png"))
+            for t in (0, 8, 15)]
+    assert not np.array_equal(pngs[1], pngs[2])  # later steps keep their own colours
+    assert all(len(np.unique(p.reshape(-1, 3), axis=0)) > 1 for p in pngs)
+
+
+def test_robust_range_is_a_uniform_sample_of_the_whole_stream():
+    from runtime.colour_range import RobustRange
+
+    r = RobustRange(capacity=1000, per_map=500)
+    assert r.range() == (0.0, 1.0)
+    for k in range(40):  # 20,000 values, 20x the reservoir: early maps must still count
+        r.add(np.full(500, float(k)))
+    lo, hi = r.range()
+    assert r.seen == 20_000
+    assert lo == pytest.approx(np.percentile(np.repeat(np.arange(40.0), 500), 2), abs=1.5)
+    assert hi == pytest.approx(np.percentile(np.repeat(np.arange(40.0), 500), 98), abs=1.5)
+    r.add(np.array([np.nan, np.inf]))
+    assert r.seen == 20_000

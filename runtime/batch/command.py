@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..console import console, warn
+from ..console import console, flag, warn
 from ..console import fail as _fail
 
 __all__ = ["batch", "ray_pool", "ray_start", "actor_opts", "default_gpus"]
@@ -78,15 +78,16 @@ def batch(
     T: Optional[int] = typer.Option(None, "--T"), N: Optional[int] = typer.Option(None, "--N"),
     t0: int = typer.Option(0, "--t0", min=0),
     views: Optional[str] = typer.Option(None, "--views", help="e.g. 0,2,3"),
-    pad: bool = typer.Option(False, "--pad"),
-    graph: str = typer.Option("model.plugins.onnx", "--graph"),
+    pad: bool = flag(False, "--pad"),
+    graph: Optional[str] = typer.Option(None, "--graph", help="--onnx graph; default as "
+                                        "in infer (model.onnx where it fits memory)."),
     provider: str = typer.Option("cpu", "--provider"),
     precision: Optional[str] = typer.Option(None, "--precision"),
     plugins: Optional[Path] = typer.Option(None, "--plugins"),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads per "
                                           "worker (default: --cpus-per-worker)."),
     conf_percentile: float = typer.Option(50.0, "--conf-percentile"),
-    compress: bool = typer.Option(False, "--compress"),
+    compress: bool = flag(False, "--compress"),
 ) -> None:
     """Run many clips on Ray Data actors (each loads the session once): per clip the
     same files as `infer` in OUT/<item>/, a done marker so a re-run skips finished clips,

@@ -175,6 +175,14 @@ class TrtSession(ClosingSession):
             raise SidecarMismatchError(self.engine_path, [str(e)]) from e
         self.refit_seconds: float | None = None
 
+        # The GPU first: on a machine without one, a missing TensorRT or cuda-python is
+        # not the problem to report (require_gpu needs neither).
+        try:
+            gpu = require_gpu(device)
+        except GpuUnavailableError as e:
+            raise TrtUnavailableError(f"cannot run {self.engine_path}: no GPU found ({e}); "
+                                      f"TensorRT engines run on an NVIDIA GPU, on this "
+                                      f"machine use --onnx") from e
         trt = import_tensorrt(library=engine_library(self.sidecar, tensorrt_library))
         self.lean = trt.__name__.startswith("tensorrt_lean")
         version_compatible = bool(self.sidecar["build_options"].get("version_compatible"))
@@ -185,10 +193,6 @@ class TrtSession(ClosingSession):
                 f"--version-compatible. Install the full tensorrt package or rebuild with "
                 f"`python cli.py build-engine --version-compatible`")
         cudart = import_cudart()
-        try:
-            gpu = require_gpu(device)
-        except GpuUnavailableError as e:
-            raise TrtUnavailableError(f"cannot run {self.engine_path}: {e}") from e
         # A plugin-free engine (native attention, dense bucket) neither needs nor loads the
         # library, so it runs on a machine that has none.
         lib = resolve_plugin_library(plugin_lib) if engine_needs_plugins(self.sidecar) else None
