@@ -188,6 +188,10 @@ def export(
         feeds = read_validation_inputs(buckets, opts)
     except (RuntimeDataError, OSError) as e:
         _fail(f"--input {inputs}: {e}")
+    for flag_name, path in (("--checkpoint", checkpoint), ("--pi3", pi3),
+                            ("--seed-checkpoint", seed_checkpoint)):
+        if path is not None and not Path(path).is_file():  # bad input before resources
+            _fail(f"{flag_name} {path} does not exist (a .pt / .safetensors file)")
     from export.resources import check_resources, estimate
 
     cfg = _config(preset, option)
