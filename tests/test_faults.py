@@ -501,3 +501,25 @@ def test_disk_full_while_writing_names_the_path_and_leaves_nothing(tmp_path):
     assert "disk full writing" in r.stderr and "model.onnx" in r.stderr
     assert "this export needs ~" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists() or not list(out.iterdir())  # no bucket, no .partial-* folder
+
+
+# ------------------------------------------------ check must compare what it was asked to
+@pytest.mark.parametrize("backend,code,needle", [
+    ("onnxrt:model.onxx", 2, "unknown backend(s) ['onnxrt:model.onxx']"),
+    ("onnxrt:model.fp16.onnx", 1, "model.fp16.onnx not in the bucket"),
+])
+def test_check_refuses_a_backend_it_cannot_compare(bucket, tmp_path, backend, code, needle):
+    r = run_cli("check", "--bucket", bucket, "--backend", backend, "--out", tmp_path / "r")
+    assert r.returncode == code, r.stdout + r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert code == 1 or "'onnxrt:model.onnx'" in r.stderr  # the valid names are listed
+    assert not (tmp_path / "r").exists()
+
+
+def test_profile_for_an_unknown_precision_is_refused(tmp_path):
+    from export.compare import load_profiles
+
+    bad = tmp_path / "p.json"
+    bad.write_text('{"fp61": {"atol": 0.5}}')
+    with pytest.raises(RuntimeDataError, match=r"unknown precision\(s\) \['fp61'\]"):
+        load_profiles(bad)
