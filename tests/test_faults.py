@@ -523,3 +523,35 @@ def test_profile_for_an_unknown_precision_is_refused(tmp_path):
     bad.write_text('{"fp61": {"atol": 0.5}}')
     with pytest.raises(RuntimeDataError, match=r"unknown precision\(s\) \['fp61'\]"):
         load_profiles(bad)
+
+
+# ------------------------------------------------ every run checks its outputs
+def _flip_exponent_bit(graph: Path, weight: str) -> None:
+    """One weight's bit 30 flipped in place, the file's size unchanged."""
+    import onnx
+
+    init = next(i for i in onnx.load(str(graph)).graph.initializer if i.name == weight)
+    data = bytearray(graph.read_bytes())
+    at = data.find(init.raw_data[:64])
+    assert at > 0 and data.find(init.raw_data[:64], at + 1) == -1
+    data[at + 3] ^= 0x40  # little-endian float32: byte 3 holds the exponent's top bits
+    graph.write_bytes(bytes(data))
+
+
+def test_non_finite_outputs_fail_the_run_whatever_the_verification(damaged, mv_scene,
+                                                                   tmp_path):
+    import json
+
+    _flip_exponent_bit(damaged / "model.onnx", "model.depth_head.scratch.output_conv2.0.weight")
+    args = ["infer", "--onnx", damaged.parent, "--graph", "model.onnx", "--input", mv_scene,
+            "--T", 2, "--N", 2, "--out", tmp_path / "out"]
+    r = run_cli(*args, env={"VGGT_MV_NO_VERIFY": "1"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"depth: [\d,]+ of 9,408 values \(9\d\.\d%\)", r.stderr), r.stderr
+    assert "--allow-nonfinite" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = run_cli(*args, "--allow-nonfinite", env={"VGGT_MV_NO_VERIFY": "1"})
+    assert r.returncode == 0 and "non-finite model outputs" in r.stderr, r.stderr
+    health = json.loads((tmp_path / "out" / "run.json").read_text())["nonfinite_outputs"]
+    assert health["outputs"]["depth"]["share"] > 0.9 and len(health["frames"]) == 4
+    assert health["outputs"]["pose_enc"]["nonfinite"] == 0  # only the depth head was hit
