@@ -555,3 +555,26 @@ def test_non_finite_outputs_fail_the_run_whatever_the_verification(damaged, mv_s
     health = json.loads((tmp_path / "out" / "run.json").read_text())["nonfinite_outputs"]
     assert health["outputs"]["depth"]["share"] > 0.9 and len(health["frames"]) == 4
     assert health["outputs"]["pose_enc"]["nonfinite"] == 0  # only the depth head was hit
+
+
+# ------------------------------------------------ quantize never writes into the bucket's graph
+def test_int8_quantize_leaves_the_source_graph_untouched(damaged, calib_npz, monkeypatch):
+    import modelopt.onnx.quantization as mo
+
+    from calib.precision import make_precision
+    from calib.quantize import QuantizationError
+
+    before = layout.sha256_file(damaged / "model.onnx")
+    make_precision(damaged, "int8", calib_npz, backend="builtin", log=lambda s: None)
+    assert layout.sha256_file(damaged / "model.onnx") == before
+
+    def rewrites_its_input_then_dies(path, **kw):  # what a kill -9 inside ModelOpt leaves
+        Path(path).write_bytes(b"")
+        raise RuntimeError("killed midway")
+
+    monkeypatch.setattr(mo, "quantize", rewrites_its_input_then_dies)
+    with pytest.raises(QuantizationError, match="killed midway"):
+        make_precision(damaged, "int8", calib_npz, backend="modelopt", log=lambda s: None)
+    assert layout.sha256_file(damaged / "model.onnx") == before
+    OnnxSession(damaged, graph="model.onnx")  # the bucket still verifies and loads
+    assert not list(damaged.glob(".modelopt-*"))
