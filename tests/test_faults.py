@@ -578,3 +578,30 @@ def test_int8_quantize_leaves_the_source_graph_untouched(damaged, calib_npz, mon
     assert layout.sha256_file(damaged / "model.onnx") == before
     OnnxSession(damaged, graph="model.onnx")  # the bucket still verifies and loads
     assert not list(damaged.glob(".modelopt-*"))
+
+
+# ------------------------------------------------ a bucket hidden by a killed swap
+def test_every_reader_restores_a_bucket_hidden_by_a_killed_swap(bucket, mv_scene, tmp_path):
+    from runtime.dispatch import BucketIndex
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a PID that no longer runs, as after kill -9 between the renames
+    root = tmp_path / "art"
+    root.mkdir()
+    hidden = root / f".{bucket.name}.old-{gone.pid}"
+
+    def hide():
+        shutil.copytree(bucket, hidden)
+        assert not (root / bucket.name).exists()
+
+    hide()
+    assert [e.name for e in BucketIndex.scan(root)] == [bucket.name]  # folder of buckets
+    shutil.rmtree(root / bucket.name)
+    hide()
+    assert layout.load_manifest(root / bucket.name)["bucket"]  # the bucket named directly
+    shutil.rmtree(root / bucket.name)
+    hide()
+    r = run_cli("infer", "--onnx", root, "--graph", "model.onnx", "--input", mv_scene,
+                "--T", 2, "--N", 2, "--out", tmp_path / "out")
+    assert r.returncode == 0 and f"restored {root / bucket.name}" in r.stderr, r.stderr
+    assert sorted(p.name for p in root.iterdir()) == [bucket.name]
