@@ -13,7 +13,7 @@ import numpy as np
 from export.compare import evaluate, load_profiles, precision_of
 from runtime.layout import atomic_write_json, load_manifest
 
-from .runners import available_backends, make_runner
+from .runners import available_backends, make_runner, unknown_backends
 
 
 def run_check(folder: str | Path, feeds: list[dict[str, np.ndarray]], out_dir: str | Path,
@@ -29,11 +29,16 @@ def run_check(folder: str | Path, feeds: list[dict[str, np.ndarray]], out_dir: s
     except ImportError:
         simple = CompareFunc.simple
 
+    from runtime.errors import RuntimeDataError
+
     folder, out_dir = Path(folder), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(folder)
     profiles = load_profiles(profiles_json)
     found = available_backends(folder)
+    refusal = unknown_backends(found, backends or [])
+    if refusal:
+        raise RuntimeDataError(refusal)
+    out_dir.mkdir(parents=True, exist_ok=True)
     chosen = [(b, r) for b, r in found if backends is None or b in backends or b == "pytorch"]
     active = [b for b, r in chosen if r is None]
     skipped = {b: r for b, r in chosen if r is not None}

@@ -26,7 +26,8 @@ def check(
     depth AbsRel / delta<1.25, point error; writes Polygraphy JSON, summary.json and
     report.md with depth and error pictures. Exit 1 when a backend fails its profile."""
     from accuracy.check import run_check
-    from accuracy.runners import verify_recorded_checkpoints
+    from accuracy.runners import available_backends, unknown_backends, \
+        verify_recorded_checkpoints
     from export.compare import load_profiles
     from export.pipeline import validation_feeds
     from runtime.layout import CHECK_DIR, Bucket, load_manifest
@@ -39,6 +40,15 @@ def check(
         feeds, desc = validation_feeds(Bucket.from_dict(m["bucket"]), frames, seed)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         fail(str(e))
+    found = available_backends(bucket)
+    refusal = unknown_backends(found, backend)
+    if refusal:
+        fail(refusal)
+    # a backend asked for by name that cannot run would leave PyTorch compared with nothing
+    cannot = {b: r for b, r in found if b in backend and r is not None}
+    if cannot:
+        fail("requested backend(s) cannot run: " + "; ".join(f"{b}: {r}" for b, r in
+                                                             cannot.items()), code=1)
     out = out or bucket / CHECK_DIR
     summary = run_check(bucket, [feeds], out, profiles, backend or None,
                         log=lambda s: console.print(s, markup=False))
@@ -98,17 +108,16 @@ def bench(
     own process, through the same runners as `check`; GPU backends are listed as skipped
     without a GPU. Exit 1 when a backend fails to run."""
     from accuracy.bench import run_bench
-    from accuracy.runners import available_backends
+    from accuracy.runners import available_backends, unknown_backends
     from runtime.layout import BENCH, atomic_write_json, is_bucket
 
     if not is_bucket(bucket):
         fail(f"{bucket} is not an exported bucket (no manifest.json); run `python cli.py "
              f"export` first")
     found = available_backends(bucket)
-    known = {b for b, _ in found}
-    unknown = [b for b in backend if b not in known]
-    if unknown:
-        fail(f"unknown backend(s) {unknown}; this bucket has {sorted(known)}")
+    refusal = unknown_backends(found, backend)
+    if refusal:
+        fail(refusal)
     names = [b for b, r in found if r is None and (not backend or b in backend)]
     skipped = {b: r for b, r in found if r is not None and (not backend or b in backend)}
     res = run_bench(bucket, names, repeats, warmup, skipped)

@@ -136,6 +136,16 @@ def available_backends(folder: Path) -> list[tuple[str, str | None]]:
     return out
 
 
+def unknown_backends(found: list[tuple[str, str | None]], requested: list[str]) -> str | None:
+    """The refusal for requested names that are no backend of this bucket (a misspelt
+    graph would otherwise be silently left out of the comparison), or None."""
+    known = {b for b, _ in found}
+    unknown = [b for b in requested if b not in known]
+    if not unknown:
+        return None
+    return f"unknown backend(s) {unknown}; this bucket has {sorted(known)}"
+
+
 def make_runner(folder: Path, backend: str, manifest: dict[str, Any]) -> BaseRunner:
     """pytorch, onnxrt:<graph> (runtime.OnnxSession on the CPU) or tensorrt:<engine>
     (runtime.TrtSession)."""

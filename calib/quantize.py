@@ -220,15 +220,17 @@ def quantize_modelopt(src: str | Path, feeds: Sequence[dict[str, np.ndarray]],
         raise QuantizationError("ModelOpt is not installed: pip install nvidia-modelopt "
                                 "onnxslim onnxconverter-common lief cppimport (not the [onnx] "
                                 "extra, it downgrades onnx/onnxruntime)") from e
-    from export.shared_weights import is_shared, private_copy
+    from export.shared_weights import private_copy
 
     src = Path(src)
     model = onnx.load(str(src), load_external_data=False)
     names = [i.name for i in model.graph.input]
     scratch = Path(tempfile.mkdtemp(prefix=".modelopt-", dir=src.parent))
     out = scratch / "model.int8.onnx"
-    if is_shared(src):  # ModelOpt loads through onnx, which refuses hard-linked weights
-        src = private_copy(src, scratch / "source")
+    # ModelOpt rewrites the graph it is given in place (a kill -9 there left the bucket's
+    # model.onnx at 0 bytes): it only ever sees a copy of its own, which also keeps onnx
+    # away from the hard-linked shared weights it refuses.
+    src = private_copy(src, scratch / "source")
     chatter = io.StringIO()
     try:
         # ModelOpt narrates with tqdm bars and prints; keep them for the error message only.

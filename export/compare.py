@@ -86,8 +86,13 @@ def load_profiles(override: str | Path | None = None) -> dict[str, Profile]:
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
             raise RuntimeDataError(f"--profiles {override}: expected an object of profiles, "
                                    f"e.g. {example}")
+        strangers = sorted(set(data) - set(PROFILES))
+        if strangers:
+            # a misspelt precision would otherwise be ignored and the default judge the run
+            raise RuntimeDataError(f"--profiles {override}: unknown precision(s) {strangers}; "
+                                   f"profiles exist for {sorted(PROFILES)}")
         for name, fields in data.items():
-            base = profiles.get(name, PROFILES["fp32"]).to_dict()
+            base = profiles[name].to_dict()
             unknown = sorted(set(fields) - set(base))
             if unknown:
                 raise RuntimeDataError(f"--profiles {override}: profile {name!r} has unknown "

@@ -139,6 +139,9 @@ def infer(
                                           "the windows on this many Ray actors in parallel, "
                                           "chained in order here (pip install -e "
                                           "'.\\[batch]'; joins $RAY_ADDRESS if set)."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Keep results "
+                                         "whose raw outputs are more than 1% NaN/Inf (frames "
+                                         "flagged in run.json) instead of failing the run."),
 ) -> None:
     """Run VGGT_MV on a multi-view clip: writes predictions.npz, a colored PLY point
     cloud, depth and confidence PNGs per (time step, view), cameras.jsonl and TUM
@@ -147,6 +150,7 @@ def infer(
     frames' own pixels. Prints timing."""
     from .dispatch import UnknownBucketError
     from .errors import RuntimeDataError
+    from .health import NonFiniteOutputError
     from .predictor import Predictor
     from .session import SessionError
     from .trt.sidecar import SidecarError
@@ -172,7 +176,7 @@ def infer(
                            plugin_lib=plugins, use_cuda_graph=cuda_graph, allow_pad=pad,
                            threads=threads, conf_percentile=pct, weight_budget=budget,
                            conf_threshold=conf_threshold, points_from=points_from,
-                           attention=attention))
+                           attention=attention, allow_nonfinite=allow_nonfinite))
         return
     t_start = time.perf_counter()
     try:
@@ -182,7 +186,7 @@ def infer(
                              use_cuda_graph=cuda_graph, allow_pad=pad, threads=threads,
                              conf_percentile=pct, conf_threshold=conf_threshold,
                              points_from=points_from, attention=attention,
-                             weight_budget=budget)
+                             weight_budget=budget, allow_nonfinite=allow_nonfinite)
         with pred_obj as predictor:
             pred = predictor.predict(input, T=T, N=N, t0=t0, views=view_list)
             runs = [pred.timing["inference"]]
@@ -196,6 +200,8 @@ def infer(
                     predictor.run_selection(sel, pred.feeds)
                     runs.append(time.perf_counter() - t1)
             written = pred.write_outputs(out, compress=compress)
+    except NonFiniteOutputError as e:  # the run went through and produced garbage
+        _fail(str(e), code=1)
     except (UnknownBucketError, RuntimeDataError, OSError, SessionError, SidecarError,
             ValueError) as e:
         _fail(str(e))
@@ -230,6 +236,7 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
                   workers: int | None, opts: dict) -> None:
     from .dispatch import UnknownBucketError
     from .errors import RuntimeDataError
+    from .health import NonFiniteOutputError
     from .predictor import Predictor
     from .session import SessionError
     from .streaming import StreamingPredictor
@@ -259,6 +266,8 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
             except BaseException:
                 s.abort()
                 raise
+    except NonFiniteOutputError as e:  # the run went through and produced garbage
+        _fail(str(e), code=1)
     except (UnknownBucketError, RuntimeDataError, OSError, SessionError, SidecarError,
             ValueError) as e:
         _fail(str(e))

@@ -28,6 +28,7 @@ __all__ = [
     "ENGINE_PATTERN", "ENGINE_TARGETS", "engine_filename", "engine_filenames", "sidecar_path_for",
     "precision_report", "ALL_GRAPHS",
     "Bucket", "BucketError", "ManifestError", "ManifestIO", "load_manifest", "is_bucket", "bucket_folders",
+    "restore_hidden_bucket",
     "sha256_file", "sha256_bytes", "file_entry",
     "ArtifactIntegrityError", "verify_artifacts", "graph_records", "load_precision_report",
     "NO_VERIFY_ENV",
@@ -267,12 +268,39 @@ class ManifestIO:
 
 
 def is_bucket(folder: str | Path) -> bool:
-    return (Path(folder) / MANIFEST).is_file()
+    folder = Path(folder)
+    if not folder.exists():
+        restore_hidden_bucket(folder)
+    return (folder / MANIFEST).is_file()
+
+
+def restore_hidden_bucket(folder: str | Path) -> None:
+    """A kill between the two renames of a bucket swap leaves the good bucket hidden as
+    ``.NAME.old-PID`` and NAME missing, so every reader would say "no exported buckets":
+    each one that looks for NAME puts it back first (or, when it cannot, names it)."""
+    import logging  # noqa: PLC0415
+
+    folder = Path(folder)
+    if folder.exists() or not folder.parent.is_dir():
+        return
+    hidden: list[Path] = []
+    try:
+        hidden = [p for p in folder.parent.iterdir()
+                  if p.name.startswith(f".{folder.name}.old-") and (p / MANIFEST).is_file()]
+        if hidden:
+            recover_leftovers(folder)
+    except OSError as e:  # a read-only parent: the bucket stays hidden, so say where
+        logging.getLogger("vggt_mv").warning(
+            f"{hidden[0] if hidden else folder.parent} holds the bucket {folder.name} "
+            f"hidden by an interrupted export, which could not be restored ({e}); rename "
+            f"it back to {folder}")
 
 
 def load_manifest(folder: str | Path) -> dict[str, Any]:
     """A bucket folder's manifest.json, checked for the keys every step reads."""
     path = Path(folder) / MANIFEST
+    if not path.is_file():
+        restore_hidden_bucket(folder)
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not an exported bucket (no {MANIFEST}); run "
                                 f"`python cli.py export` first")
@@ -300,6 +328,9 @@ def bucket_folders(paths: str | Path | Iterable[str | Path]) -> list[Path]:
         if is_bucket(p) or not p.is_dir():
             out.append(p)
             continue
+        for hidden in p.iterdir():
+            if hidden.name.startswith(".") and ".old-" in hidden.name:
+                restore_hidden_bucket(p / hidden.name[1:].rsplit(".old-", 1)[0])
         # Skip the scratch folders export leaves while it runs (.T2_..partial-xxx).
         subs = sorted(d for d in p.iterdir()
                       if d.is_dir() and not d.name.startswith(".") and is_bucket(d))

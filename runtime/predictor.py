@@ -49,6 +49,7 @@ from .preprocess import (
     read_image,
 )
 from .graphs import choose_graph
+from .health import OutputHealth, output_health, require_finite
 from .session import Session
 
 __all__ = ["Predictor", "Prediction", "BACKENDS", "NPZ_NAME", "PLY_NAME"]
@@ -82,6 +83,7 @@ class Prediction:
     backend_detail: str = ""
     src_hw: tuple[int, int] | None = None   # input frames' size (one per clip); None: model's
     image_root: str = ""                    # folder the frame paths are relative to
+    health: OutputHealth | None = None      # NaN / Inf counts of the raw outputs
 
     @property
     def model_hw(self) -> tuple[int, int]:
@@ -209,6 +211,7 @@ class Prediction:
                 "points_source": self.points_source, "ply_points": written["points"],
                 "notes": self.notes, **self._geometry_info(), "nonfinite_frames": len(bad),
                 "nonfinite_examples": bad[:8],
+                "nonfinite_outputs": self.health.to_json() if self.health else None,
                 **exports,
                 "depth_range_png": [lo, hi], "confidence_range_png": [clo, chi],
                 "timing_s": {k: round(v, 4) for k, v in self.timing.items()},
@@ -309,7 +312,7 @@ class Predictor:
                  allow_pad: bool = False, threads: int | None = None,
                  conf_percentile: float | None = 50.0, conf_threshold: float | None = None,
                  points_from: str = "auto", attention: str | None = None,
-                 weight_budget: int | None = None):
+                 weight_budget: int | None = None, allow_nonfinite: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if points_from not in ("auto", "depth", "head"):
@@ -323,6 +326,7 @@ class Predictor:
         self.points_from = points_from
         self.attention = attention  # engine route for the trt backend; None: native first
         self.weight_budget = weight_budget  # TrtSession(weight_streaming_budget=)
+        self.allow_nonfinite = allow_nonfinite  # keep NaN/Inf-ridden results (flagged)
         self._sessions: dict[str, Session] = {}
         self.graph_notices: dict[str, str] = {}  # bucket -> why it runs the slower graph
         self._lock = threading.Lock()
@@ -488,6 +492,9 @@ class Predictor:
         ti = time.perf_counter()
         outs = self.run_selection(sel, feeds)
         timing["inference"] = time.perf_counter() - ti
+        health = output_health(outs, times, views)
+        # checked whatever the verification mode: corruption can outlive the hash check
+        health_note = require_finite(health, self.allow_nonfinite)
         tpp = time.perf_counter()
         spec = sel.entry.spec
         images = feeds["images"][0]  # [T, N, 3, H, W]
@@ -495,7 +502,7 @@ class Predictor:
                          ).astype(np.uint8)
         per = {k: v[0] for k, v in outs.items()}  # drop batch
         extr = intr = None
-        notes: list[str] = []
+        notes: list[str] = [health_note] if health_note else []
         if "pose_enc" in per:
             # A zero field of view (seen with untrained weights) gives infinite focal
             # lengths; say so once instead of numpy's divide-by-zero warnings.
@@ -543,7 +550,7 @@ class Predictor:
                           confidence=conf, points=points, points_source=source,
                           conf_mask=mask, times=times, views=views, frame_paths=frame_paths,
                           pad=(sel.pad_T, sel.pad_N), timing=timing, feeds=feeds,
-                          notes=notes)
+                          notes=notes, health=health)
 
     def close(self) -> None:
         with self._lock:

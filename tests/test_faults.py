@@ -501,3 +501,107 @@ def test_disk_full_while_writing_names_the_path_and_leaves_nothing(tmp_path):
     assert "disk full writing" in r.stderr and "model.onnx" in r.stderr
     assert "this export needs ~" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists() or not list(out.iterdir())  # no bucket, no .partial-* folder
+
+
+# ------------------------------------------------ check must compare what it was asked to
+@pytest.mark.parametrize("backend,code,needle", [
+    ("onnxrt:model.onxx", 2, "unknown backend(s) ['onnxrt:model.onxx']"),
+    ("onnxrt:model.fp16.onnx", 1, "model.fp16.onnx not in the bucket"),
+])
+def test_check_refuses_a_backend_it_cannot_compare(bucket, tmp_path, backend, code, needle):
+    r = run_cli("check", "--bucket", bucket, "--backend", backend, "--out", tmp_path / "r")
+    assert r.returncode == code, r.stdout + r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert code == 1 or "'onnxrt:model.onnx'" in r.stderr  # the valid names are listed
+    assert not (tmp_path / "r").exists()
+
+
+def test_profile_for_an_unknown_precision_is_refused(tmp_path):
+    from export.compare import load_profiles
+
+    bad = tmp_path / "p.json"
+    bad.write_text('{"fp61": {"atol": 0.5}}')
+    with pytest.raises(RuntimeDataError, match=r"unknown precision\(s\) \['fp61'\]"):
+        load_profiles(bad)
+
+
+# ------------------------------------------------ every run checks its outputs
+def _flip_exponent_bit(graph: Path, weight: str) -> None:
+    """One weight's bit 30 flipped in place, the file's size unchanged."""
+    import onnx
+
+    init = next(i for i in onnx.load(str(graph)).graph.initializer if i.name == weight)
+    data = bytearray(graph.read_bytes())
+    at = data.find(init.raw_data[:64])
+    assert at > 0 and data.find(init.raw_data[:64], at + 1) == -1
+    data[at + 3] ^= 0x40  # little-endian float32: byte 3 holds the exponent's top bits
+    graph.write_bytes(bytes(data))
+
+
+def test_non_finite_outputs_fail_the_run_whatever_the_verification(damaged, mv_scene,
+                                                                   tmp_path):
+    import json
+
+    _flip_exponent_bit(damaged / "model.onnx", "model.depth_head.scratch.output_conv2.0.weight")
+    args = ["infer", "--onnx", damaged.parent, "--graph", "model.onnx", "--input", mv_scene,
+            "--T", 2, "--N", 2, "--out", tmp_path / "out"]
+    r = run_cli(*args, env={"VGGT_MV_NO_VERIFY": "1"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"depth: [\d,]+ of 9,408 values \(9\d\.\d%\)", r.stderr), r.stderr
+    assert "--allow-nonfinite" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = run_cli(*args, "--allow-nonfinite", env={"VGGT_MV_NO_VERIFY": "1"})
+    assert r.returncode == 0 and "non-finite model outputs" in r.stderr, r.stderr
+    health = json.loads((tmp_path / "out" / "run.json").read_text())["nonfinite_outputs"]
+    assert health["outputs"]["depth"]["share"] > 0.9 and len(health["frames"]) == 4
+    assert health["outputs"]["pose_enc"]["nonfinite"] == 0  # only the depth head was hit
+
+
+# ------------------------------------------------ quantize never writes into the bucket's graph
+def test_int8_quantize_leaves_the_source_graph_untouched(damaged, calib_npz, monkeypatch):
+    import modelopt.onnx.quantization as mo
+
+    from calib.precision import make_precision
+    from calib.quantize import QuantizationError
+
+    before = layout.sha256_file(damaged / "model.onnx")
+    make_precision(damaged, "int8", calib_npz, backend="builtin", log=lambda s: None)
+    assert layout.sha256_file(damaged / "model.onnx") == before
+
+    def rewrites_its_input_then_dies(path, **kw):  # what a kill -9 inside ModelOpt leaves
+        Path(path).write_bytes(b"")
+        raise RuntimeError("killed midway")
+
+    monkeypatch.setattr(mo, "quantize", rewrites_its_input_then_dies)
+    with pytest.raises(QuantizationError, match="killed midway"):
+        make_precision(damaged, "int8", calib_npz, backend="modelopt", log=lambda s: None)
+    assert layout.sha256_file(damaged / "model.onnx") == before
+    OnnxSession(damaged, graph="model.onnx")  # the bucket still verifies and loads
+    assert not list(damaged.glob(".modelopt-*"))
+
+
+# ------------------------------------------------ a bucket hidden by a killed swap
+def test_every_reader_restores_a_bucket_hidden_by_a_killed_swap(bucket, mv_scene, tmp_path):
+    from runtime.dispatch import BucketIndex
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a PID that no longer runs, as after kill -9 between the renames
+    root = tmp_path / "art"
+    root.mkdir()
+    hidden = root / f".{bucket.name}.old-{gone.pid}"
+
+    def hide():
+        shutil.copytree(bucket, hidden)
+        assert not (root / bucket.name).exists()
+
+    hide()
+    assert [e.name for e in BucketIndex.scan(root)] == [bucket.name]  # folder of buckets
+    shutil.rmtree(root / bucket.name)
+    hide()
+    assert layout.load_manifest(root / bucket.name)["bucket"]  # the bucket named directly
+    shutil.rmtree(root / bucket.name)
+    hide()
+    r = run_cli("infer", "--onnx", root, "--graph", "model.onnx", "--input", mv_scene,
+                "--T", 2, "--N", 2, "--out", tmp_path / "out")
+    assert r.returncode == 0 and f"restored {root / bucket.name}" in r.stderr, r.stderr
+    assert sorted(p.name for p in root.iterdir()) == [bucket.name]
