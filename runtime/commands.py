@@ -139,7 +139,7 @@ def infer(
                                           "the windows on this many Ray actors in parallel, "
                                           "chained in order here (pip install -e "
                                           "'.\\[batch]'; joins $RAY_ADDRESS if set)."),
-    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Keep results "
+    allow_nonfinite: bool = flag(False, "--allow-nonfinite", help="Keep results "
                                          "whose raw outputs are more than 1% NaN/Inf (frames "
                                          "flagged in run.json) instead of failing the run."),
 ) -> None:
