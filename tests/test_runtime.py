@@ -823,3 +823,40 @@ def test_runtime_install_route_brings_no_export_stack():
     assert {"tensorrt", "cuda-python"} <= names(extras["runtime-trt"])
     assert heavy <= names(extras["export"])
     assert ".[export," in (ROOT / "scripts" / "setup.sh").read_text()
+
+
+@pytest.mark.slow
+def test_runtime_installs_alone_in_a_fresh_venv(bucket_root, mv_scene, tmp_path):
+    """A new venv (no system packages), `pip install '.[runtime-ort]'` from a copy of the
+    checkout (not editable: the installed package, not this tree, is imported), then
+    Predictor on a tiny bucket: no torch, onnx or polygraphy in that venv at all. Skips
+    only when pip cannot reach a package index (offline machine)."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "tests", "artifacts", "build", "*.egg-info", "__pycache__", "docs",
+        "*.onnx", "*.data", "*.engine", "*.so"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{src}[runtime-ort]"],
+                       capture_output=True, text=True, timeout=600)
+    log = r.stdout + r.stderr
+    if r.returncode != 0 and any(s in log for s in ("No matching distribution",
+                                                    "Could not find a version",
+                                                    "Failed to establish a new connection")):
+        pytest.skip(f"no package index reachable: {log.strip().splitlines()[-1]}")
+    assert r.returncode == 0, log[-3000:]
+    code = ("import importlib.util, sys\n"
+            "heavy = [m for m in ('torch', 'onnx', 'polygraphy', 'onnx_graphsurgeon') "
+            "if importlib.util.find_spec(m)]\n"
+            "import runtime\n"
+            "from runtime import Predictor\n"
+            "with Predictor(sys.argv[1], backend='onnx', threads=1) as p:\n"
+            "    pred = p.predict(sys.argv[2], T=2, N=2)\n"
+            "print(heavy, runtime.__file__, pred.bucket)\n")
+    out = subprocess.run([str(py), "-c", code, str(bucket_root), str(mv_scene)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("[] "), line  # nothing of the export stack is installed
+    assert str(venv) in line and "T2_N2_42x56" in line, line
