@@ -73,3 +73,20 @@ def with_field_of_view(model, per_iteration: float = 0.25):
         fc2.weight[7:9] = 0.0
         fc2.bias[7:9] = per_iteration
     return model
+
+
+def export_tiny(root: Path, bucket=None, **kw):
+    """The tiny preset (seed 0, random weights) exported at one bucket (default
+    T2_N2_42x56) into ``root``, quietly unless ``log`` is given: the bucket most test
+    modules share. Returns export's BucketResult."""
+    import torch
+
+    from export.buckets import Bucket
+    from export.exporter import export_bucket
+    from vggt_mv.config import tiny_config
+    from vggt_mv.models import VGGTMV
+
+    torch.manual_seed(0)
+    kw.setdefault("log", lambda s: None)
+    return export_bucket(VGGTMV(tiny_config()).eval(), bucket or Bucket(2, 2, 42, 56), root,
+                         **kw)

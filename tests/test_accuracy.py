@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import cli
@@ -13,18 +12,15 @@ from accuracy.check import run_check
 from export.buckets import Bucket
 from export.compare import PROFILES, load_profiles, rotation_error_deg
 from export.compare import evaluate as evaluate_pair
-from export.exporter import export_bucket
 from export.pipeline import validation_feeds
-from vggt_mv.config import tiny_config
-from vggt_mv.models import VGGTMV
 
 
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory):
-    root = tmp_path_factory.mktemp("acc")
-    torch.manual_seed(0)
-    res = export_bucket(VGGTMV(tiny_config()).eval(), Bucket(2, 2, 42, 56), root,
-                        weights={"source": "random init, seed 0", "seed": 0})
+    from conftest import export_tiny
+
+    res = export_tiny(tmp_path_factory.mktemp("acc"),
+                      weights={"source": "random init, seed 0", "seed": 0}, log=print)
     return res.folder
 
 

@@ -30,15 +30,9 @@ def run_cli(*args, env=None):
 
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory) -> Path:
-    from export.buckets import Bucket
-    from export.exporter import export_bucket
-    from vggt_mv.config import tiny_config
-    from vggt_mv.models import VGGTMV
+    from conftest import export_tiny
 
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("faults")
-    return export_bucket(VGGTMV(tiny_config()).eval(), Bucket(2, 2, 42, 56), root,
-                         log=lambda s: None).folder
+    return export_tiny(tmp_path_factory.mktemp("faults")).folder
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -25,15 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory) -> Path:
-    from export.buckets import Bucket
-    from export.exporter import export_bucket
-    from vggt_mv.config import tiny_config
-    from vggt_mv.models import VGGTMV
+    from conftest import export_tiny
 
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("faults_ss")
-    return export_bucket(VGGTMV(tiny_config()).eval(), Bucket(2, 2, 42, 56), root,
-                         log=lambda s: None).folder
+    return export_tiny(tmp_path_factory.mktemp("faults_ss")).folder
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,14 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from calib.dataset import build_calibration_set
 from calib.graph_utils import DEFAULT_EXCLUDE, AttentionSitesChanged, check_attention_intact
 from calib.precision import PrecisionError, make_precision
 from calib.quantize import QuantizationError, targets
-from export.buckets import Bucket
-from export.exporter import export_bucket
 from export.validate import run_onnx
 from plugins import contract
-from vggt_mv.config import tiny_config
-from vggt_mv.models import VGGTMV
 
 HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
 QUIET = {"log": lambda s: None}
@@ -26,9 +21,10 @@ QUIET = {"log": lambda s: None}
 
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory, mv_scene):
+    from conftest import export_tiny
+
     root = tmp_path_factory.mktemp("q")
-    torch.manual_seed(0)
-    res = export_bucket(VGGTMV(tiny_config()).eval(), Bucket(2, 2, 42, 56), root, **QUIET)
+    res = export_tiny(root)
     npz = build_calibration_set(mv_scene, 2, 2, (42, 56), 6, root / "calib.npz")
     return res.folder, npz
 
