@@ -11,15 +11,15 @@ from typing import Any, Callable
 import numpy as np
 
 from export.compare import evaluate, load_profiles, precision_of
-from runtime.layout import atomic_write_json, load_manifest
+from runtime.layout import atomic_directory, atomic_write_json, load_manifest
 
-from .runners import available_backends, make_runner, unknown_backends
+from .runners import available_backends, make_runner, unknown_backends, verify_backend_files
 
 
 def run_check(folder: str | Path, feeds: list[dict[str, np.ndarray]], out_dir: str | Path,
               profiles_json: str | Path | None = None, backends: list[str] | None = None,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import CompareFunc
 
     try:  # Polygraphy >= 0.53 (CompareFunc.simple is deprecated there)
         from polygraphy.comparator.compare import SimpleCompareFunc
@@ -38,12 +38,24 @@ def run_check(folder: str | Path, feeds: list[dict[str, np.ndarray]], out_dir: s
     refusal = unknown_backends(found, backends or [])
     if refusal:
         raise RuntimeDataError(refusal)
-    out_dir.mkdir(parents=True, exist_ok=True)
     chosen = [(b, r) for b, r in found if backends is None or b in backends or b == "pytorch"]
     active = [b for b, r in chosen if r is None]
     skipped = {b: r for b, r in chosen if r is not None}
+    verify_backend_files(folder, manifest, active)
     for b, r in skipped.items():
         log(f"skipped {b}: {r}")
+    # the report folder appears whole or not at all: a run that dies half-way (a graph
+    # that fails to load, Ctrl-C) leaves neither an empty folder nor a stale mix
+    with atomic_directory(out_dir) as tmp:
+        summary = _compare(folder, manifest, feeds, tmp, profiles, active, skipped, simple)
+    return summary
+
+
+def _compare(folder: Path, manifest: dict[str, Any], feeds: list[dict[str, np.ndarray]],
+             out_dir: Path, profiles: dict[str, Any], active: list[str],
+             skipped: dict[str, str], simple: Callable[..., Any]) -> dict[str, Any]:
+    from polygraphy.comparator import Comparator
+
     runners = [make_runner(folder, b, manifest) for b in active]
     t0 = time.perf_counter()
     results = Comparator.run(runners, data_loader=feeds)

@@ -146,6 +146,20 @@ def unknown_backends(found: list[tuple[str, str | None]], requested: list[str]) 
     return f"unknown backend(s) {unknown}; this bucket has {sorted(known)}"
 
 
+def verify_backend_files(folder: Path, manifest: dict[str, Any], backends: list[str]) -> None:
+    """Every graph a comparison will load is checked against its recorded size and sha256
+    up front: otherwise a corrupted graph is found only after the PyTorch reference has
+    run (minutes on a real model), and the comparison dies half-way. Raises
+    ArtifactIntegrityError naming the file and the remedy. Engines are checked by their
+    sidecars when the session opens (they need TensorRT, which may be absent here)."""
+    from runtime.layout import graph_records, verify_artifacts
+
+    for b in backends:
+        kind, _, target = b.partition(":")
+        if kind == "onnxrt" and target:
+            verify_artifacts(folder, graph_records(folder, manifest, target))
+
+
 def make_runner(folder: Path, backend: str, manifest: dict[str, Any]) -> BaseRunner:
     """pytorch, onnxrt:<graph> (runtime.OnnxSession on the CPU) or tensorrt:<engine>
     (runtime.TrtSession)."""

@@ -214,8 +214,13 @@ def quantize_modelopt(src: str | Path, feeds: Sequence[dict[str, np.ndarray]],
                       nodes: list[str], method: str = "entropy", large: bool = False
                       ) -> onnx.ModelProto:
     """ModelOpt backend: INT8 Q/DQ on exactly `nodes` (names), CPU calibration."""
+    from runtime.interrupts import deferred
+
     try:
-        from modelopt.onnx.quantization import quantize as mo_quantize
+        # its import loads C extensions that run Python during their init: a signal raised
+        # there aborts the process ("terminate called"), so it waits for the import to end
+        with deferred():
+            from modelopt.onnx.quantization import quantize as mo_quantize
     except ImportError as e:
         raise QuantizationError("ModelOpt is not installed: pip install nvidia-modelopt "
                                 "onnxslim onnxconverter-common lief cppimport (not the [onnx] "

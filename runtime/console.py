@@ -74,27 +74,29 @@ def setup_logging(verbose: int = 0, log_file: Path | None = None) -> None:
     root.setLevel(lowest)
 
 
-def _sigterm_as_interrupt(signum, frame) -> None:  # noqa: ANN001 - signal handler
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run_guarded(app) -> None:  # noqa: ANN001 - a typer.Typer
     """The CLI's one error boundary. Known failures become one line of cause and remedy
     (exit 2: the input was wrong; exit 1: a step ran and failed); SIGTERM (a timeout, a
     container stop) is handled like Ctrl-C, so the same clean-up runs; anything else keeps
     its traceback and asks to be reported, since it is a bug of ours."""
     import errno  # noqa: PLC0415
-    import signal  # noqa: PLC0415
     import traceback  # noqa: PLC0415
 
+    from . import interrupts  # noqa: PLC0415
     from .errors import RuntimeDataError  # noqa: PLC0415
 
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    interrupts.install()
     code = 0
     try:
         app()  # typer handles usage errors, typer.Exit and Ctrl-C (exit 130) itself
-    except SystemExit:
+    except SystemExit as e:
+        signum = interrupts.received()
+        if signum is not None and e.code == 130:
+            _report_interrupt(signum)
         raise
+    except KeyboardInterrupt as e:  # one raised outside typer's own handling
+        _report_interrupt(getattr(e, "signum", None) or interrupts.received() or 2)
+        code = 130
     except RuntimeDataError as e:
         code = _report(str(e), 2)
     except MemoryError:
@@ -120,6 +122,15 @@ def run_guarded(app) -> None:  # noqa: ANN001 - a typer.Typer
             "traceback above"))
         code = 1
     sys.exit(code)
+
+
+def _report_interrupt(signum: int) -> None:
+    from .interrupts import signal_name  # noqa: PLC0415
+
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "the command")
+    _report(f"interrupted by {signal_name(signum)} during `{command}`: the step that was "
+            f"running is abandoned and left nothing half-written (scratch folders removed); "
+            f"outputs it had already completed are kept", 130)
 
 
 def _report(msg: str, code: int) -> int:

@@ -636,6 +636,11 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     ``final`` stays untouched.
     """
     final = Path(final)
+    if final.is_symlink():
+        # `--out latest` where latest -> run_07: the user means the folder the link names;
+        # swapping the link itself would leave it hidden as .latest.old-PID (rmtree refuses
+        # links) and turn `latest` into a plain folder
+        final = Path(os.path.realpath(final))
     if final.exists() and not final.is_dir():
         # a folder never replaces a file: it may be the user's, and is not ours to delete
         raise RuntimeDataError(f"{final} is a file; give a folder path (or remove the file)")

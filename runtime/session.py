@@ -20,6 +20,7 @@ import numpy as np
 from .dispatch import check_feeds
 from .errors import RuntimeDataError
 from .graphs import MISSING_EXTENSIONS, have_reference_ops
+from .interrupts import deferred
 from .layout import (
     PLUGIN_GRAPH,
     PORTABLE_GRAPH,
@@ -179,7 +180,10 @@ class OnnxSession(ClosingSession, ManifestIO):
         if self._sess is None:
             raise SessionError("session is closed")
         arrays = check_feeds(self.inputs, feeds)
-        outs = self._sess.run(self._out_names, arrays)
+        # the CPU reference of a plugin op is Python called from onnxruntime's C++: a
+        # signal raised inside it would abort the process instead of stopping the run
+        with deferred():
+            outs = self._sess.run(self._out_names, arrays)
         result = dict(zip(self._out_names, outs))
         for name, spec in self.outputs.items():
             if list(result[name].shape) != [int(d) for d in spec["shape"]]:

@@ -413,6 +413,21 @@ def test_a_folder_never_replaces_a_file(tmp_path):
     assert f.read_text() == "the user's file" and sorted(tmp_path.iterdir()) == [f]
 
 
+def test_out_given_as_a_link_replaces_what_the_link_names(bucket, mv_scene, tmp_path):
+    from runtime.predictor import Predictor
+
+    run = tmp_path / "run_07"
+    latest = tmp_path / "latest"
+    with Predictor(bucket.parent, backend="onnx", graph="model.onnx") as p:
+        p.predict(mv_scene, T=2, N=2, t0=4).write_outputs(run)
+        latest.symlink_to(run.name)
+        p.predict(mv_scene, T=2, N=2, t0=0).write_outputs(latest)
+    assert latest.is_symlink() and latest.resolve() == run.resolve()
+    assert (run / "depth" / "depth_t00_view0.png").is_file()
+    assert not (run / "depth" / "depth_t04_view0.png").exists()
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["latest", "run_07"]  # no .old-*
+
+
 def test_calibration_clips_are_distinct_or_refused(mv_scene):
     from calib.dataset import sample_clips
     from runtime.preprocess import discover_scene
@@ -508,6 +523,24 @@ def test_check_refuses_a_backend_it_cannot_compare(bucket, tmp_path, backend, co
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert code == 1 or "'onnxrt:model.onnx'" in r.stderr  # the valid names are listed
     assert not (tmp_path / "r").exists()
+
+
+def test_check_verifies_graphs_before_the_pytorch_run(damaged, tmp_path, monkeypatch):
+    import accuracy.runners as runners
+
+    _flip_byte(damaged / "model.plugins.onnx")
+    torch_ran = []
+    monkeypatch.setattr(runners.TorchRunner, "activate_impl",
+                        lambda self: torch_ran.append(1))
+    from accuracy.check import run_check
+
+    with pytest.raises(ArtifactIntegrityError, match="model.plugins.onnx does not match"):
+        run_check(damaged, [{}], tmp_path / "r", log=lambda s: None)
+    assert not torch_ran and not (tmp_path / "r").exists()
+    r = run_cli("check", "--bucket", damaged, "--out", tmp_path / "r")
+    assert r.returncode == 2 and "model.plugins.onnx" in r.stderr, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "r").exists()
+    assert not list(tmp_path.glob(".r.*"))  # no scratch folder either
 
 
 def test_profile_for_an_unknown_precision_is_refused(tmp_path):

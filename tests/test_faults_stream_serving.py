@@ -366,3 +366,60 @@ def test_server_path_decodes_16_bit_pngs_like_local_infer(predictor, mv_scene, t
     remote = model._one_clip(clip.frames)
     np.testing.assert_allclose(remote["pose_enc"], local.outputs["pose_enc"][0], atol=1e-6)
     np.testing.assert_array_equal(remote["colors"], local.colors)
+
+
+# ------------------------------------------------ signals end a run cleanly
+_SIGNAL_IN_PLUGIN_OP = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import plugins.reference.numpy_ref as ref
+real = ref.biased_attention
+def once(*a):
+    if not getattr(once, "sent", False):
+        once.sent = True
+        os.kill(os.getpid(), signal.{sig})  # arrives while onnxruntime's C++ calls us
+    return real(*a)
+ref.biased_attention = once
+sys.argv = ["cli.py", *{args!r}]
+import cli
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_inside_a_plugin_op_stops_the_stream_cleanly(bucket, mv_scene, tmp_path, sig):
+    out = tmp_path / "out"
+    args = ["infer", "--onnx", str(bucket.parent), "--graph", "model.plugins.onnx", "--input",
+            str(mv_scene), "--T", "2", "--N", "2", "--stream", "--out", str(out)]
+    r = subprocess.run([sys.executable, "-c", _SIGNAL_IN_PLUGIN_OP.format(
+        root=str(ROOT), sig=sig, args=args)], capture_output=True, text=True, timeout=300,
+        cwd=ROOT)
+    assert r.returncode == 130, r.stdout + r.stderr
+    assert f"interrupted by {sig} during `infer`" in r.stderr, r.stderr
+    assert "terminate called" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out*")), list(tmp_path.iterdir())
+
+
+def test_a_signal_in_a_deferred_section_is_raised_when_it_ends():
+    import signal
+
+    from runtime import interrupts
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        interrupts.install()
+        after = []
+        with pytest.raises(interrupts.Interrupted, match="SIGTERM"):
+            with interrupts.deferred():
+                with interrupts.deferred():  # nested: raised only when the outer one ends
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    after.append("inner")
+                after.append("outer")
+        assert after == ["inner", "outer"]
+        with pytest.raises(interrupts.Interrupted, match="SIGINT"):  # outside: at once
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
