@@ -314,7 +314,28 @@ def load_manifest(folder: str | Path) -> dict[str, Any]:
         if key not in m:
             raise ManifestError(f"{path} has no {key!r}; re-export the bucket with "
                                 f"`python cli.py export`")
+    _check_manifest_agrees(path, m)
     return m
+
+
+def _check_manifest_agrees(path: Path, m: Mapping[str, Any]) -> None:
+    """The bucket a manifest describes and the input shapes it records (the graph's) are
+    written together by export: when they disagree the file was edited, and every error
+    downstream would blame the user's clip instead (and advise --pad, which fails alike)."""
+    images = (m.get("inputs") or {}).get("images") if isinstance(m.get("inputs"), dict) else None
+    if not isinstance(images, dict) or "shape" not in images:
+        return
+    try:
+        want = list(Bucket.from_dict(m["bucket"]).images_shape)
+        got = [int(d) for d in images["shape"]]
+    except (BucketError, TypeError, ValueError) as e:
+        raise ManifestError(f"{path} is inconsistent: its bucket or input shape cannot be read "
+                            f"({e}); it was edited by hand: re-export the bucket") from e
+    if got != want:
+        raise ManifestError(
+            f"{path} is inconsistent: its bucket {m['bucket']} means images {want}, but its "
+            f"inputs record {got} (the graph's shape); it was edited by hand: restore it or "
+            f"re-export the bucket")
 
 
 def bucket_folders(paths: str | Path | Iterable[str | Path]) -> list[Path]:

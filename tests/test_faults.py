@@ -428,6 +428,24 @@ def test_out_given_as_a_link_replaces_what_the_link_names(bucket, mv_scene, tmp_
     assert sorted(x.name for x in tmp_path.iterdir()) == ["latest", "run_07"]  # no .old-*
 
 
+@pytest.mark.parametrize("edit", ["T", "shape"])
+def test_a_hand_edited_manifest_is_named_not_the_clip(damaged, mv_scene, tmp_path, edit):
+    import json
+
+    m = json.loads((damaged / "manifest.json").read_text())
+    if edit == "T":
+        m["bucket"]["T"] = 3
+    else:
+        m["inputs"]["images"]["shape"][-1] = 70
+    (damaged / "manifest.json").write_text(json.dumps(m))
+    r = run_cli("infer", "--onnx", damaged, "--graph", "model.onnx", "--input", mv_scene,
+                "--T", 2, "--N", 2, "--pad", "--out", tmp_path / "out")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "manifest.json is inconsistent" in r.stderr and "edited by hand" in r.stderr
+    assert "--pad" not in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_calibration_clips_are_distinct_or_refused(mv_scene):
     from calib.dataset import sample_clips
     from runtime.preprocess import discover_scene

@@ -380,3 +380,22 @@ def test_engine_names_per_target_and_which_one_a_session_finds(tmp_path):
     assert find_engine(tmp_path, "fp16", attention="plugin").name == "model.fp16.engine"
     with pytest.raises(FileNotFoundError, match="--attention native"):
         find_engine(tmp_path, "int8", attention="native")
+
+
+def test_an_engine_left_out_of_the_search_is_named_with_the_reason(tmp_path):
+    from runtime.trt.session import find_engine
+
+    (tmp_path / "model.fp16.engine").write_bytes(b"trt")
+    (tmp_path / "model-old.engine").write_bytes(b"?")
+    with pytest.raises(FileNotFoundError) as e:  # only TensorRT for RTX installed
+        find_engine(tmp_path, target="rtx")
+    msg = str(e.value)
+    assert msg.startswith(f"no usable TensorRT engine in {tmp_path}")
+    assert "model.fp16.engine: built for full TensorRT, which is not installed here" in msg
+    assert "model-old.engine: not a name this toolkit writes" in msg
+    with pytest.raises(FileNotFoundError, match="model.fp16.engine: not native-attention"):
+        find_engine(tmp_path, "fp16", attention="native")
+    (tmp_path / "model-old.engine").unlink()
+    (tmp_path / "model.fp16.rtx.engine").write_bytes(b"rtx")
+    with pytest.raises(FileNotFoundError, match="model.fp16.rtx.engine: built for TensorRT for"):
+        find_engine(tmp_path, "int8", target="trt")

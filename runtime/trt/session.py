@@ -93,6 +93,7 @@ def find_engine(engine_dir: str | Path, precision: str | None = None,
             present[p] = found[0]
     flag = ("" if target in (None, "trt") else f" --target {target}") + \
         ("" if attention is None else f" --attention {attention}")
+    passed_over = _passed_over(folder, target, attention)
     if precision is not None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -100,16 +101,49 @@ def find_engine(engine_dir: str | Path, precision: str | None = None,
             raise FileNotFoundError(
                 f"no {precision} engine in {folder} (expected "
                 f"{' or '.join(engine_filenames(precision, target, attention))}; present: "
-                f"{sorted(present) or 'none'}); build it with `python cli.py "
+                f"{sorted(present) or 'none'}){passed_over}; build it with `python cli.py "
                 f"build-engine --{precision}{flag} --bucket {folder}`")
         return present[precision]
     for p in PRECISION_PREFERENCE:
         if p in present:
             return present[p]
+    if passed_over:
+        raise FileNotFoundError(f"no usable TensorRT engine in {folder}"
+                                f"{passed_over}; or build one with `python cli.py build-engine "
+                                f"--fp16{flag} --bucket {folder}`")
     raise FileNotFoundError(f"no TensorRT engine in {folder} (model.fp16.engine, "
                             f"model.int8.engine, model.fp32.engine, their .native.engine "
                             f"and .rtx.engine twins); build one with `python cli.py build-engine --fp16{flag} "
                             f"--bucket {folder}`")
+
+
+def _passed_over(folder: Path, target: str | None, attention: str | None) -> str:
+    """Why the engine files in a folder that the search did not take were left: "no engine"
+    next to a file the user can see sends them looking for the wrong problem."""
+    searched = {n for p in PRECISIONS for n in engine_filenames(p, target, attention)}
+    ours = {n for p in PRECISIONS for n in engine_filenames(p)}
+    other = sorted(p.name for p in folder.glob("*.engine") if p.name not in searched)
+    if not other:
+        return ""
+    why = []
+    full = [n for n in other if n in ours and not n.endswith(".rtx.engine")]
+    rtx = [n for n in other if n in ours and n.endswith(".rtx.engine")]
+    if target == "rtx" and full:
+        why.append(f"{', '.join(full)}: built for full TensorRT, which is not installed here "
+                   f"(only TensorRT for RTX is; pip install tensorrt to run them)")
+    if target == "trt" and rtx:
+        why.append(f"{', '.join(rtx)}: built for TensorRT for RTX, and full TensorRT was asked "
+                   f"for (pip install tensorrt-rtx and unset $VGGT_MV_TENSORRT to run them)")
+    rest = [n for n in other if not any(n in w for w in why)]
+    route = [n for n in rest if n in ours]
+    if route and attention is not None:
+        why.append(f"{', '.join(route)}: not {attention}-attention engines (drop "
+                   f"--attention {attention} to take them)")
+    unknown = [n for n in rest if n not in ours]
+    if unknown:
+        why.append(f"{', '.join(unknown)}: not a name this toolkit writes (rename to "
+                   f"model.<precision>[.native][.rtx].engine, or rebuild)")
+    return "; present but not taken: " + "; ".join(why)
 
 
 _TARGET_OF_LIBRARY = {"tensorrt": "trt", "tensorrt_rtx": "rtx"}
