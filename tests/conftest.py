@@ -57,7 +57,10 @@ def stand_in_shared_library(path: Path) -> Path:
     cls, machine, _ = _ELF_TARGETS.get(platform.machine().lower(), (2, 62, ""))
     header = (b"\x7fELF" + bytes([cls]) + b"\x01\x01" + bytes(9) + (3).to_bytes(2, "little")
               + machine.to_bytes(2, "little"))
-    path.write_bytes(header + b" stand-in: hashed by the plan, never loaded")
+    # the strings the plan looks for in a real libvggt_mv_plugins.so (creator names and
+    # namespace, the registry's entry point)
+    names = b"\0VggtBiasedAttention\0VggtSparseAttention\0vggt_mv\0getCreators\0"
+    path.write_bytes(header + b" stand-in: hashed by the plan, never loaded" + names)
     return path
 
 

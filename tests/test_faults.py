@@ -275,6 +275,13 @@ def test_build_engine_dry_run_refuses_what_would_not_build(damaged, calib_npz, t
     text.write_text("not a library\n")
     r = run_cli("build-engine", "--fp32", "--dry-run", "--bucket", damaged, "--plugins", text)
     assert r.returncode == 1 and "is not a shared library (no ELF header)" in r.stdout, r.stdout
+    from conftest import stand_in_shared_library
+
+    other = stand_in_shared_library(tmp_path / "libother.so")  # an ELF for this CPU ...
+    other.write_bytes(other.read_bytes().replace(b"VggtSparseAttention", b"SomeoneElsesOp"))
+    r = run_cli("build-engine", "--fp32", "--dry-run", "--bucket", damaged, "--plugins", other)
+    assert r.returncode == 1 and "holds no vggt_mv plugin creators (missing: " \
+        "VggtSparseAttention)" in r.stdout, r.stdout  # ... that registers nothing of ours
     p = damaged / "model.plugins.onnx"
     p.write_bytes(p.read_bytes()[:1000])
     r = run_cli("build-engine", "--fp32", "--dry-run", "--bucket", damaged, "--plugins", text)

@@ -139,8 +139,13 @@ def test_export_triton_refuses_a_plugin_that_is_not_a_library_for_this_machine(b
     text.write_text("not a library\n")
     other = 183 if platform.machine() == "x86_64" else 62
     foreign = _elf(tmp_path / "foreign.so", other)
+    here = 62 if platform.machine() == "x86_64" else 183
+    not_ours = _elf(tmp_path / "libother.so", here)  # loads here, registers nothing of ours
     for lib, says in ((text, "is not a shared library (no ELF header)"),
-                      (foreign, "AArch64 library" if other == 183 else "x86-64 library")):
+                      (foreign, "AArch64 library" if other == 183 else "x86-64 library"),
+                      (not_ours, "holds no vggt_mv plugin creators (missing: "
+                                 "VggtBiasedAttention, VggtSparseAttention, vggt_mv, "
+                                 "getCreators)")):
         res = cli("export-triton", "--bucket", bucket, "--out", tmp_path / "repo",
                   env={"VGGT_MV_PLUGINS": str(lib)})
         assert res.exit_code == 2 and says in res.output and str(lib) in res.output, res.output

@@ -413,7 +413,28 @@ def not_a_shared_library(path: str | Path) -> str | None:
         return (f"is a {bits} {name} library, but this machine runs "
                 f"{'64' if want[0] == 2 else '32'}-bit {want[2]}: build it here "
                 f"(python plugins/build.py) or give the library built for this machine")
-    return None
+    return _lacks_creators(path)
+
+
+def _lacks_creators(path: str | Path) -> str | None:
+    """A library for this CPU that is not ours (another project's plugins, libc) loads
+    fine and registers nothing, and the build then fails on the first plugin node. Our
+    library holds each creator's name and namespace as C strings and exports getCreators
+    (what TensorRT's registry calls): looked for in the bytes, no loader involved."""
+    from plugins import contract  # noqa: PLC0415 - stdlib-only contract accessors
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    wanted = [*contract.op_names(), contract.PLUGIN_NAMESPACE]
+    missing = [n for n in wanted if n.encode() + b"\0" not in data]
+    if b"getCreators\0" not in data:
+        missing.append("getCreators")
+    if not missing:
+        return None
+    return (f"holds no vggt_mv plugin creators (missing: {', '.join(missing)}): it is not "
+            f"libvggt_mv_plugins.so, or an old build of it")
 
 
 def _fmt_bytes(n: int | None) -> str:
