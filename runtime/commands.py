@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .console import console, flag, warn
+from .console import console, flag, os_error_message, warn
 from .console import fail as _fail
 
 __all__ = ["infer", "build_engine"]
@@ -202,7 +202,9 @@ def infer(
             written = pred.write_outputs(out, compress=compress)
     except NonFiniteOutputError as e:  # the run went through and produced garbage
         _fail(str(e), code=1)
-    except (UnknownBucketError, RuntimeDataError, OSError, SessionError, SidecarError,
+    except OSError as e:
+        _fail(*os_error_message(e))
+    except (UnknownBucketError, RuntimeDataError, SessionError, SidecarError,
             ValueError) as e:
         _fail(str(e))
     title = (f"infer: {pred.bucket} on {pred.backend_detail or pred.backend} "
@@ -268,7 +270,9 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
                 raise
     except NonFiniteOutputError as e:  # the run went through and produced garbage
         _fail(str(e), code=1)
-    except (UnknownBucketError, RuntimeDataError, OSError, SessionError, SidecarError,
+    except OSError as e:
+        _fail(*os_error_message(e))
+    except (UnknownBucketError, RuntimeDataError, SessionError, SidecarError,
             ValueError) as e:
         _fail(str(e))
     finally:

@@ -44,6 +44,35 @@ def fail(msg: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def os_error_message(e: OSError) -> tuple[str, int]:
+    """One line and an exit code for an OSError, naming the path the user knows: a
+    scratch path (.out.partial-41-x/...) means nothing to them, so the folder they asked
+    for (which the failed run left as it was) is named instead."""
+    import errno  # noqa: PLC0415
+
+    from .layout import public_path  # noqa: PLC0415
+
+    if e.errno is None:  # ours, raised with a sentence of its own
+        return str(e), 2
+    path = public_path(e.filename) if getattr(e, "filename", None) else None
+    at = f" {path}" if path else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "disk full" if e.errno == errno.ENOSPC else "disk quota exceeded"
+        return (f"{what}{' writing' + at if at else ''}: free space there or choose another "
+                f"--out; nothing half-written was kept", 1)
+    if e.errno == errno.EROFS:
+        return f"read-only file system{':' + at if at else ''}: choose a writable folder " \
+               f"with --out", 2
+    if isinstance(e, PermissionError):
+        return (f"permission denied{':' + at if at else ''}: choose a folder you can write "
+                f"with --out, or fix its permissions", 2)
+    if isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                      FileExistsError)):
+        return (f"{e.strerror or e}{':' + at if at else ''}: check the path (an output "
+                f"folder must not be an existing file)", 2)
+    return f"{type(e).__name__}: {e}", 1
+
+
 def warn(msg: str) -> None:
     logging.getLogger(LOGGER_NAME).warning(msg, extra=_ECHOED)
     err.print(Text("warning: ", style="bold yellow") + Text(str(msg)), soft_wrap=True)
@@ -103,18 +132,7 @@ def run_guarded(app) -> None:  # noqa: ANN001 - a typer.Typer
         code = _report("out of memory: choose a smaller bucket (--T, --N, --height, --width) "
                        "or a machine with more memory", 1)
     except OSError as e:
-        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        if e.errno == errno.ENOSPC:
-            code = _report(f"disk full{where}: free space there or choose another --out", 1)
-        elif isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                            FileExistsError)):
-            code = _report(f"{e.strerror or e}{where}: check the path (an output folder must "
-                           f"not be an existing file)", 2)
-        elif isinstance(e, PermissionError):
-            code = _report(f"permission denied{where}: choose a folder you can write, or fix "
-                           f"its permissions", 2)
-        else:
-            code = _report(f"{type(e).__name__}: {e}", 1)
+        code = _report(*os_error_message(e))
     except Exception:  # noqa: BLE001 - the boundary: a bug, shown with its traceback
         traceback.print_exc()
         err.print(Text("internal error: ", style="bold red") + Text(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import os
 import shutil
 import tempfile
@@ -607,6 +608,21 @@ def _test_disk_full(point: str, path: str | Path) -> None:
         import errno  # noqa: PLC0415
 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+_SCRATCH = re.compile(r"^\.(.+)\.(partial|old)-\d+(-.*)?$")
+
+
+def public_path(path: str | Path) -> Path:
+    """The path a user knows for one inside our scratch space: ``out/.run.partial-41-x/
+    depth/d.png`` is ``out/run`` (the folder they asked for, which appears only at the
+    end); other paths are returned as they are."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        m = _SCRATCH.match(part)
+        if m:
+            return Path(*parts[:i], m.group(1))
+    return Path(path)
 
 
 def _pid_alive(pid: int) -> bool:

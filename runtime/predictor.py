@@ -30,7 +30,7 @@ from .errors import NotEnoughFramesError, RuntimeDataError
 from .exports.cameras import CameraLog, frame_is_finite, frame_name, json_safe
 from .exports.colmap import COLMAP_DIR, ColmapImage, export_points, write_colmap
 from .exports.glb import GLB_NAME, write_glb
-from .layout import atomic_directory, atomic_write_json
+from .layout import _test_disk_full, atomic_directory, atomic_write_json
 from .outputs import (
     atomic_write,
     colorize,
@@ -153,6 +153,7 @@ class Prediction:
         # Written into a scratch folder that replaces the output whole: a re-used folder
         # never mixes this clip's frames with an earlier clip's (t05 beside old t00).
         with atomic_directory(final) as tmp:
+            _test_disk_full("outputs", tmp / NPZ_NAME)
             written = self._write(tmp, cmap, conf_cmap, compress)
             for name, data in (extra_json or {}).items():
                 atomic_write_json(tmp / name, data)

@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from runtime import commands as runtime_commands
-from runtime.console import console, flag, warn
+from runtime.console import console, flag, os_error_message, warn
 from runtime.console import fail as _fail
 
 __all__ = ["export_triton", "serve", "infer"]
@@ -149,7 +149,9 @@ def _infer_remote(server: str, protocol: Optional[str], model: Optional[str], in
         with TritonClient(server, protocol, timeout=timeout) as client:
             pred = client.predict(clip, model)
         written = pred.write_outputs(out, compress=compress)
-    except (ServingClientError, RuntimeDataError, OSError, ValueError) as e:
+    except OSError as e:
+        _fail(*os_error_message(e))
+    except (ServingClientError, RuntimeDataError, ValueError) as e:
         _fail(str(e))
     console.print(f"infer: {pred.bucket} on {pred.backend_detail}: "
                   f"{pred.timing['inference']:.3f} s request, "

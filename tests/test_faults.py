@@ -537,6 +537,23 @@ def test_disk_full_while_writing_names_the_path_and_leaves_nothing(tmp_path):
     assert not out.exists() or not list(out.iterdir())  # no bucket, no .partial-* folder
 
 
+def test_full_disk_while_writing_outputs_names_the_out_folder(bucket, mv_scene, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("infer", "--onnx", bucket.parent, "--graph", "model.onnx", "--input", mv_scene,
+                "--T", 2, "--N", 2, "--out", out, env={"VGGT_MV_TEST_DISK_FULL_AT": "outputs"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"disk full writing {out}: free space there or choose another --out" in r.stderr
+    assert ".partial" not in r.stderr and "Traceback" not in r.stderr
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_public_path_names_the_folder_a_scratch_path_stands_for(tmp_path):
+    assert layout.public_path(tmp_path / ".out.partial-41-ab12" / "depth" / "d.png") == \
+        tmp_path / "out"
+    assert layout.public_path(tmp_path / ".T2_N2.old-7") == tmp_path / "T2_N2"
+    assert layout.public_path(tmp_path / "out" / ".x.png.tmp") == tmp_path / "out" / ".x.png.tmp"
+
+
 # ------------------------------------------------ check must compare what it was asked to
 @pytest.mark.parametrize("backend,code,needle", [
     ("onnxrt:model.onxx", 2, "unknown backend(s) ['onnxrt:model.onxx']"),
