@@ -681,6 +681,10 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     if final.exists() and not final.is_dir():
         # a folder never replaces a file: it may be the user's, and is not ours to delete
         raise RuntimeDataError(f"{final} is a file; give a folder path (or remove the file)")
+    # the folders this run creates above ``final`` go again if it fails (an interrupted
+    # `export --out new/` must not leave an empty new/ behind); rmdir spares any that
+    # something else filled meanwhile
+    created = [d for d in (final.parent, *final.parent.parents) if not d.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_leftovers(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-",
@@ -699,5 +703,8 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for d in created:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
         raise
     _fsync_dir(final.parent)

@@ -44,6 +44,8 @@ class Fault:
     env: dict = field(default_factory=dict)
     signal_after: float | None = None           # send SIGTERM this many seconds in
     skip: Callable[[], str | None] = lambda: None  # a reason this fault cannot happen here
+    says: str | None = None                     # the message must say this (not just exit)
+    check: Callable[[Path], bool] = lambda w: True  # more to hold for the verdict
 
 
 def copy_scene(w: Path, name: str = "scene") -> Path:
@@ -138,6 +140,33 @@ def _gapped_scene(w: Path) -> None:
             shutil.rmtree(d)
 
 
+def _earlier_output(d: Path) -> None:
+    d.mkdir()
+    (d / "run.json").write_text("{}")  # what marks a folder as an earlier infer output
+    (d / "old.txt").write_text("from the earlier run")
+
+
+def _system_library() -> Path | None:
+    import ctypes.util  # noqa: PLC0415
+
+    name = ctypes.util.find_library("z")
+    for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
+              "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/lib"):
+        if name and (Path(d) / name).is_file():
+            return Path(d) / name
+    return None
+
+
+def _copy_a_system_library(dst: Path) -> None:
+    shutil.copy(_system_library(), dst)
+
+
+def _flip_middle(p: Path) -> None:
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    p.write_bytes(bytes(data))
+
+
 FAULTS = [
     # bucket folders
     Fault("manifest.json deleted", lambda w: infer(w),
@@ -206,7 +235,8 @@ FAULTS = [
           else None),
     # the tiny infer takes under a second: --repeats keeps it running when the signal comes
     Fault("SIGTERM during infer", lambda w: infer(w, "--repeats", "2000"), signal_after=1.5,
-          setup=lambda w: (copy_scene(w), copy_bucket(w))),
+          setup=lambda w: (copy_scene(w), copy_bucket(w)),
+          says="interrupted by SIGTERM during `infer`"),
     Fault("$VGGT_MV_PLUGINS names a missing file",
           lambda w: ["build-engine", "--fp16", "--dry-run", "--bucket", str(w / "bucket")],
           lambda w: copy_bucket(w), env={"VGGT_MV_PLUGINS": "/nonexistent/lib.so"}, out=None),
@@ -309,6 +339,37 @@ FAULTS = [
           expect="ok"),
     Fault("infer --stream on time_00,01,05,06,10,11", lambda w: stream(w),
           lambda w: (copy_bucket(w), _gapped_scene(w)), expect="ok"),
+    # issue #21, this round: signals, links, full disks, libraries and graphs not ours
+    Fault("SIGTERM during export", lambda w: ["export", *TINY, "--out", str(w / "out")],
+          signal_after=6.0, says="interrupted by SIGTERM during `export`"),
+    Fault("SIGTERM during infer --stream (plugin graph)",
+          lambda w: ["infer", "--onnx", str(w / "bucket"), "--graph", "model.plugins.onnx",
+                     "--input", str(w / "scene"), "--N", "2", "--stream", "--loops", "400",
+                     "--out", str(w / "out")],
+          lambda w: (copy_scene(w), copy_bucket(w)), signal_after=6.0,
+          says="interrupted by SIGTERM during `infer`"),
+    Fault("--out is a link to an earlier output", lambda w: infer(w, "--overwrite"),
+          lambda w: (copy_scene(w), copy_bucket(w), _earlier_output(w / "run_07"),
+                     (w / "out").symlink_to("run_07")), expect="ok",
+          check=lambda w: (w / "out").is_symlink() and not (w / "run_07" / "old.txt").exists()
+          and not list(w.glob(".out.old-*"))),
+    Fault("infer --out on a full disk", lambda w: infer(w),
+          lambda w: (copy_scene(w), copy_bucket(w)), env={"VGGT_MV_TEST_DISK_FULL_AT": "outputs"},
+          says="disk full writing"),
+    Fault("build-engine --dry-run with a library that is not ours (libz)",
+          lambda w: ["build-engine", "--fp16", "--dry-run", "--bucket", str(w / "bucket"),
+                     "--plugins", str(w / "libz.so")],
+          lambda w: (copy_bucket(w), _copy_a_system_library(w / "libz.so")), out=None,
+          says="holds no vggt_mv plugin creators",
+          skip=lambda: None if _system_library() else "no libz found to stand in"),
+    Fault("check on a bit-flipped graph",
+          lambda w: ["check", "--bucket", str(w / "bucket" / "T2_N2_42x56"), "--backend",
+                     "onnxrt:model.onnx", "--out", str(w / "out")],
+          lambda w: _flip_middle(copy_bucket(w) / "model.onnx"), says="does not match the sha256"),
+    Fault("check --backend tensorrt without TensorRT's runtime",
+          lambda w: ["check", "--bucket", str(w / "bucket" / "T2_N2_42x56"), "--backend",
+                     "tensorrt", "--out", str(w / "out")], lambda w: copy_bucket(w),
+          says="cannot run"),
     Fault("infer --server with an ftp:// URL",
           lambda w: ["infer", "--server", "ftp://127.0.0.1:1", "--input", str(SCENE), "--out",
                      str(w / "out")]),
@@ -351,6 +412,8 @@ def run_fault(f: Fault, work: Path) -> dict:
     else:
         good = proc.returncode not in (0, None) and "Traceback" not in text and not leftovers
         verdict = "refused" if good else "BAD"
+    if verdict != "BAD" and ((f.says and f.says not in text) or not f.check(w)):
+        verdict = "BAD"  # a refusal that does not say why, or a result that is not right
     if pwned:
         verdict = "BAD (pickle executed)"
     if os.path.isdir(w / "ro"):

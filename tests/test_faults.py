@@ -453,6 +453,18 @@ def test_a_hand_edited_manifest_is_named_not_the_clip(damaged, mv_scene, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_a_failed_write_takes_the_folders_it_created_with_it(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with layout.atomic_directory(tmp_path / "new" / "deeper" / "T2_N2"):
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(RuntimeError):
+        with layout.atomic_directory(tmp_path / "mine" / "T2_N2"):
+            raise RuntimeError("fails")
+    assert list(tmp_path.iterdir()) == [tmp_path / "mine"]  # the user's folder stays
+
+
 def test_calibration_clips_are_distinct_or_refused(mv_scene):
     from calib.dataset import sample_clips
     from runtime.preprocess import discover_scene
