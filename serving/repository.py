@@ -217,7 +217,10 @@ def _check_plugin_matches_engine(engine: Path, plugin: Path) -> None:
     if not side.is_file():
         return
     try:
-        want = (json.loads(side.read_text()).get("plugins") or {}).get("sha256")
+        record = json.loads(side.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("plugins") or {}, dict):
+            raise ValueError("not a sidecar object")
+        want = (record.get("plugins") or {}).get("sha256")
     except (OSError, ValueError) as e:
         raise RepositoryError(f"engine sidecar {side} is unreadable ({e}); rebuild the "
                               f"engine with `python cli.py build-engine`") from e
@@ -252,7 +255,7 @@ def _needs_plugins(engine: Path) -> bool:
         side = json.loads(sidecar_path_for(engine).read_text())
     except (OSError, ValueError):
         return True
-    return engine_needs_plugins(side)
+    return engine_needs_plugins(side) if isinstance(side, dict) else True
 
 
 def _bucket_files(folder: Path, graph: str) -> list[Path]:

@@ -135,6 +135,8 @@ def engine_needs_plugins(sidecar: Mapping[str, Any]) -> bool:
     """Whether an engine was built with our plugin library (a native engine of a dense
     bucket was not: it runs where the library does not exist)."""
     plug = sidecar.get("plugins")
+    if plug and not isinstance(plug, Mapping):
+        return True  # a hand-edited record: the safe side is to load the library
     return bool(plug and (plug.get("sha256") or plug.get("library")))
 
 
