@@ -428,3 +428,19 @@ def test_a_signal_in_a_deferred_section_is_raised_when_it_ends():
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def test_a_sidecar_that_is_not_an_object_never_ends_in_a_traceback(tmp_path):
+    from runtime.trt.sidecar import engine_needs_plugins
+    from serving.repository import RepositoryError, _check_plugin_matches_engine, _needs_plugins
+
+    engine = tmp_path / "model.fp16.engine"
+    engine.write_bytes(b"plan")
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(b"lib")
+    assert engine_needs_plugins({"plugins": "libvggt_mv_plugins.so"})  # hand-edited: load it
+    for text in ("[1, 2]", '{"plugins": "x"}'):
+        engine.with_name("model.fp16.engine.json").write_text(text)
+        assert _needs_plugins(engine)
+        with pytest.raises(RepositoryError, match="sidecar .* is unreadable"):
+            _check_plugin_matches_engine(engine, lib)
