@@ -146,9 +146,9 @@ def _report_interrupt(signum: int) -> None:
     from .interrupts import signal_name  # noqa: PLC0415
 
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), "the command")
-    _report(f"interrupted by {signal_name(signum)} during `{command}`: the step that was "
-            f"running is abandoned and left nothing half-written (scratch folders removed); "
-            f"outputs it had already completed are kept", 130)
+    _report(f"interrupted by {signal_name(signum)} during `{command}`: stopped cleanly; the "
+            f"step in progress left nothing half-written (outputs finished before it are "
+            f"kept)", 130)
 
 
 def _report(msg: str, code: int) -> int:
