@@ -1,13 +1,14 @@
 """`calibrate` and `quantize` commands (registered in cli.py); heavy imports inside."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from runtime.console import console, flag
+from runtime.console import console, flag, warn
 from runtime.console import fail as _fail
 
 # The shared data sit beside the checkout: resolved from this file, not the working folder.
@@ -28,13 +29,16 @@ def calibrate(
     out: Optional[Path] = typer.Option(None, help="npz to write (default: <bucket>/calib.npz; "
                                        "only with a single --bucket)"),
     seed: int = typer.Option(0, help="clip sampling seed"),
+    shortest: bool = flag(False, "--shortest", help="view videos that differ in length or "
+                          "one cut short: use the steps every view has whole (with a "
+                          "warning) instead of refusing, as `infer --stream --shortest`"),
 ) -> None:
     """Build a calibration set of real multi-view clips for each bucket, preprocessed exactly
-    like the runtime does (used by `quantize --int8`, and for held-out accuracy)."""
+    like the runtime does (used by `quantize --int8`, and for held-out accuracy). View
+    videos are decoded once into a scratch folder under $TMPDIR, removed afterwards."""
     from calib.dataset import build_calibration_set
-    from calib.videos import VideoError, extract_view_videos, find_view_videos
-    from runtime.layout import load_manifest
     from runtime.errors import RuntimeDataError
+    from runtime.layout import load_manifest
 
     scene = scene_alias or scene
     if scene is None:
@@ -44,26 +48,47 @@ def calibrate(
                   f"FOLDER (frames time_TT/viewV.png or one video per view)")
     if out is not None and len(bucket) > 1:
         _fail("--out names one file; give one --bucket, or let each bucket get its calib.npz")
+    buckets = []
+    for b_dir in bucket:  # every bucket is checked before any video is decoded
+        try:
+            buckets.append((b_dir, load_manifest(b_dir)["bucket"]))
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
+            _fail(f"{b_dir}: {e}")
     table = Table(title="calibration sets")
     for col in ("bucket", "clips", "T x N", "H x W", "file"):
         table.add_column(col)
-    for b_dir in bucket:
-        try:
-            m = load_manifest(b_dir)
-            b = m["bucket"]
-            frames = scene
-            if find_view_videos(scene):
-                frames = extract_view_videos(scene, b_dir / "calib_frames")
-                console.print(f"extracted view videos into {frames}")
+    # The frames of view videos live only as long as this command: never in a bucket.
+    with tempfile.TemporaryDirectory(prefix="vggt_mv_calib_frames_") as scratch:
+        frames = _calibration_frames(scene, Path(scratch), shortest)
+        for b_dir, b in buckets:
             n = 1 if b.get("single_view") else b["N"]
-            path = build_calibration_set(frames, b["T"], n, (b["H"], b["W"]), clips,
-                                         out or b_dir / "calib.npz",
-                                         with_masks=bool(b.get("ext_mask")), seed=seed)
-        except (FileNotFoundError, ValueError, RuntimeError, VideoError, RuntimeDataError) as e:
-            _fail(f"{b_dir}: {e}")
-        table.add_row(b_dir.name, str(clips), f"{b['T']} x {n}", f"{b['H']} x {b['W']}",
-                      str(path))
+            try:
+                path = build_calibration_set(frames, b["T"], n, (b["H"], b["W"]), clips,
+                                             out or b_dir / "calib.npz",
+                                             with_masks=bool(b.get("ext_mask")), seed=seed)
+            except (FileNotFoundError, ValueError, RuntimeError, RuntimeDataError) as e:
+                _fail(f"{b_dir}: {e}")
+            table.add_row(b_dir.name, str(clips), f"{b['T']} x {n}", f"{b['H']} x {b['W']}",
+                          str(path))
     console.print(table)
+
+
+def _calibration_frames(scene: Path, scratch: Path, shortest: bool) -> Path:
+    """``scene`` itself when it holds frames; its view videos decoded into ``scratch``
+    (runtime/video.py's reader and rule, as `infer --stream`) when it holds videos."""
+    from calib.videos import extract_view_videos
+    from runtime.video import VideoError, is_video_input
+
+    try:
+        if not is_video_input(scene):
+            return scene
+        frames = extract_view_videos(scene, scratch / "frames", shortest=shortest,
+                                     warn=warn)
+    except (VideoError, OSError) as e:
+        _fail(str(e))
+    console.print(f"decoded the view videos of {scene} into a scratch folder (removed at the "
+                  f"end)", markup=False)
+    return frames
 
 
 def quantize(
