@@ -232,29 +232,35 @@ class ViewVideos:
                              f"decodable frames; re-copy or re-encode them")
         cut = [t for t in ended if t.cut]
         for t in cut:
-            msg = (f"{t.path}: only {t.decoded} of the {t.claimed} frames its container "
-                   f"claims decode: cut short (an interrupted copy?) or corrupt at frame "
-                   f"{t.decoded}")
-            if not self.shortest:
-                raise VideoError(f"{msg}; re-copy or re-encode it, or {SHORTEST_HINT} "
-                                 f"(here {self.steps} steps: frame {t.decoded - 1}, at the "
-                                 f"cut, may be half-garbled and is left out)")
-            self.notes.append(f"{msg}; its last decoded frame ({t.decoded - 1}, at the cut) "
-                              f"was left out, the stream stops after {self.steps} steps")
-        longer = [t for t in self._tracks if t not in ended]
-        if longer and not self.unequal_lengths:
-            counts = ", ".join(f"{t.path.name}: {t.given}" if t in ended
-                               else f"{t.path.name}: over {self.steps}" for t in self._tracks)
-            msg = f"view videos in {self.folder} differ in length (frames: {counts})"
-            if not self.shortest:
-                raise VideoError(f"{msg}; trim them to one length, or {SHORTEST_HINT}")
-            self.unequal_lengths = (f"{msg}; view(s) {[t.view for t in ended]} ended after "
-                                    f"{self.steps} frames, every view stops there "
-                                    f"(--shortest)")
-            self.notes.append(self.unequal_lengths)
+            self._cut(t)
+        # Where every view that ended is cut, the cut is the reason: said already.
+        if len(ended) < len(self._tracks) and len(cut) < len(ended):
+            self._unequal(ended)
         if self.steps == 0:
             raise VideoError(f"the view videos in {self.folder} have no complete time step "
                              f"(every view decoding a whole frame)")
+
+    def _cut(self, t: _Track) -> None:
+        msg = (f"{t.path}: only {t.decoded} of the {t.claimed} frames its container claims "
+               f"decode: cut short (an interrupted copy?) or corrupt at frame {t.decoded}")
+        if not self.shortest:
+            raise VideoError(f"{msg}; re-copy or re-encode it, or {SHORTEST_HINT} (here "
+                             f"{self.steps} steps: frame {t.decoded - 1}, at the cut, may be "
+                             f"half-garbled and is left out)")
+        self.notes.append(f"{msg}; its last decoded frame ({t.decoded - 1}, at the cut) was "
+                          f"left out, every view stops after {self.steps} steps (--shortest)")
+
+    def _unequal(self, ended: list[_Track]) -> None:
+        if self.unequal_lengths:  # the containers said so up front: noted then
+            return
+        counts = ", ".join(f"{t.path.name}: {t.given}" if t in ended else
+                           f"{t.path.name}: more than {self.steps}" for t in self._tracks)
+        msg = f"view videos in {self.folder} differ in length (frames: {counts})"
+        if not self.shortest:
+            raise VideoError(f"{msg}; trim them to one length, or {SHORTEST_HINT}")
+        self.unequal_lengths = (f"{msg}; view(s) {[t.view for t in ended]} ended after "
+                                f"{self.steps} frames, every view stops there (--shortest)")
+        self.notes.append(self.unequal_lengths)
 
     def __iter__(self) -> Iterator[list[np.ndarray]]:
         while True:
