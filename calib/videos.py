@@ -29,6 +29,8 @@ def extract_view_videos(folder: str | Path, out_dir: str | Path, shortest: bool 
     out_dir = Path(out_dir)
     with ViewVideos(folder, shortest=shortest) as vids, atomic_directory(out_dir) as tmp:
         for t, frames in enumerate(vids):  # labels sort as numbers: time_100 after time_99
+            if t == 0:
+                _check_one_size(vids, frames)
             d = tmp / f"time_{t:02d}"
             d.mkdir()
             for v, rgb in zip(vids.views, frames):
@@ -37,3 +39,15 @@ def extract_view_videos(folder: str | Path, out_dir: str | Path, shortest: bool 
             (warn or print)(note)
     return out_dir
 
+
+
+def _check_one_size(vids: ViewVideos, frames: list) -> None:
+    """A calibration clip, like any clip `infer` runs, has one frame size (the stream
+    alone takes views of different sizes). Said here, naming the videos: later it would
+    name extracted frames in a scratch folder that is gone by then."""
+    sizes = {f.shape[:2] for f in frames}
+    if len(sizes) > 1:
+        each = ", ".join(f"{p.name}: {f.shape[1]}x{f.shape[0]}"
+                         for p, f in zip(vids.paths, frames))
+        raise VideoError(f"view videos in {vids.folder} differ in frame size ({each}); "
+                         f"calibration clips need one size: re-encode them at one size")

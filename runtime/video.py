@@ -13,6 +13,7 @@ rule, checked per frame:
   returns it with "overread" and no error), so each view is read one frame ahead and that
   frame is never handed out;
 - a frame that decodes at another shape than the video's first frame is refused;
+- views at different frame rates are refused (frame k would not be one moment);
 - views of unequal length (claimed up front, or found when one ends) are refused, naming
   each video and its frame count, unless ``shortest=True`` (``--shortest``): then every
   view stops at the shortest complete one and ``notes`` says what was left out.
@@ -195,7 +196,20 @@ class ViewVideos:
             raise
         good = [t.fps for t in self._tracks if t.fps > 0]
         self.fps = good[0] if good else None
+        self._check_frame_rates()
         self._check_claimed_lengths()
+
+    def _check_frame_rates(self) -> None:
+        """Views are paired by frame index: at different rates frame k of each view is a
+        different moment (10 vs 30 fps: 1 s apart by frame 15), so that is refused."""
+        rated = [t for t in self._tracks if t.fps > 0]
+        if rated and max(t.fps for t in rated) > min(t.fps for t in rated) * (1 + 5e-4):
+            rates = ", ".join(f"{t.path.name}: {t.fps:g} fps" for t in rated)
+            raise VideoError(f"view videos in {self.folder} have different frame rates "
+                             f"({rates}): frame k of each would not be one moment; "
+                             f"resample them to one rate (ffmpeg -i IN -r 10 OUT), or where "
+                             f"the frames are in step and a header is wrong, rewrite it "
+                             f"(ffmpeg -r 10 -i IN OUT)")
 
     def _check_claimed_lengths(self) -> None:
         """Unequal lengths the containers already state are refused before any work."""

@@ -133,6 +133,30 @@ def test_unequal_lengths_one_rule_for_both_commands(mv_scene, bucket, tmp_path, 
     assert not list(scratch.iterdir())
 
 
+def test_views_at_different_frame_rates_are_refused_by_both_commands(mv_scene, bucket,
+                                                                     tmp_path, scratch):
+    """Views are paired by frame index: at 10 and 30 fps frame 15 is 1 s apart."""
+    vids = write_view_videos(mv_scene, tmp_path / "rig", frames=4)
+    write_view_videos(mv_scene, vids, views=1, frames=4, fps=30)  # view0 at 30 fps
+    for r in (stream(bucket, vids, tmp_path / "out"),
+              calibrate(bucket, vids, tmp_path / "calib.npz")):
+        assert r.exit_code == 2, r.output
+        assert "view0.avi: 30 fps, view1.avi: 10 fps" in r.output and "ffmpeg" in r.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "calib.npz").exists()
+
+
+def test_views_of_different_sizes(mv_scene, bucket, tmp_path, scratch):
+    """The stream takes them (each view is preprocessed on its own, as from frames);
+    calibrate refuses them as it does frames, naming the videos (not the scratch files)."""
+    vids = write_view_videos(mv_scene, tmp_path / "rig", frames=4, size=(224, 168))
+    write_view_videos(mv_scene, vids, views=1, frames=4)  # view0 at 112x84
+    r = calibrate(bucket, vids, tmp_path / "calib.npz")
+    assert r.exit_code == 2 and "view0.avi: 112x84, view1.avi: 224x168" in r.output, r.output
+    assert str(scratch) not in r.output and not list(scratch.iterdir())
+    r = stream(bucket, vids, tmp_path / "out")
+    assert r.exit_code == 0 and "stream: 3 windows" in r.output, r.output
+
+
 def test_two_videos_for_one_view_are_refused_by_both_commands(mv_scene, bucket, tmp_path,
                                                               scratch):
     vids = write_view_videos(mv_scene, tmp_path / "rig", frames=4)
