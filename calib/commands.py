@@ -1,9 +1,12 @@
 """`calibrate` and `quantize` commands (registered in cli.py); heavy imports inside."""
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.table import Table
@@ -57,9 +60,7 @@ def calibrate(
     table = Table(title="calibration sets")
     for col in ("bucket", "clips", "T x N", "H x W", "file"):
         table.add_column(col)
-    # The frames of view videos live only as long as this command: never in a bucket.
-    with tempfile.TemporaryDirectory(prefix="vggt_mv_calib_frames_") as scratch:
-        frames = _calibration_frames(scene, Path(scratch), shortest)
+    with _calibration_frames(scene, shortest) as frames:
         for b_dir, b in buckets:
             n = 1 if b.get("single_view") else b["N"]
             try:
@@ -73,22 +74,39 @@ def calibrate(
     console.print(table)
 
 
-def _calibration_frames(scene: Path, scratch: Path, shortest: bool) -> Path:
-    """``scene`` itself when it holds frames; its view videos decoded into ``scratch``
-    (runtime/video.py's reader and rule, as `infer --stream`) when it holds videos."""
+@contextlib.contextmanager
+def _calibration_frames(scene: Path, shortest: bool) -> Iterator[Path]:
+    """``scene`` itself when it holds frames. When it holds view videos, their frames
+    decoded (runtime/video.py's reader and rule, as `infer --stream`) into a scratch
+    folder under $TMPDIR that lives only as long as this command: never in a bucket,
+    removed on success, failure and Ctrl-C; what a killed run left there goes first."""
     from calib.videos import extract_view_videos
+    from runtime.layout import recover_leftovers
     from runtime.video import VideoError, is_video_input
 
     try:
-        if not is_video_input(scene):
-            return scene
-        frames = extract_view_videos(scene, scratch / "frames", shortest=shortest,
-                                     warn=warn)
-    except (VideoError, OSError) as e:
+        videos = is_video_input(scene)
+    except VideoError as e:
         _fail(str(e))
-    console.print(f"decoded the view videos of {scene} into a scratch folder (removed at the "
-                  f"end)", markup=False)
-    return frames
+    if not videos:
+        yield scene
+        return
+    base = Path(tempfile.gettempdir()) / "vggt_mv_calib_frames"
+    for msg in recover_leftovers(base, log=False):  # .vggt_mv_calib_frames.partial-PID-*
+        warn(msg)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{base.name}.partial-{os.getpid()}-",
+                                    dir=base.parent))
+    try:
+        try:
+            frames = extract_view_videos(scene, scratch / "frames", shortest=shortest,
+                                         warn=warn)
+        except (VideoError, OSError) as e:
+            _fail(str(e))
+        console.print(f"decoded the view videos of {scene} into {scratch} (removed at the "
+                      f"end)", markup=False)
+        yield frames
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def quantize(

@@ -383,6 +383,8 @@ FAULTS = [
     Fault("view videos: calibrate --out outside the bucket", calibrate_videos,
           lambda w: (copy_bucket(w), view_videos(w)), expect="ok", ok_file="out/c.npz",
           skip=_no_cv2, scratch=True),
+    Fault("view videos: infer without --stream", lambda w: infer(w, scene="videos"),
+          lambda w: (copy_bucket(w), view_videos(w)), skip=_no_cv2),
     Fault("infer --server with an ftp:// URL",
           lambda w: ["infer", "--server", "ftp://127.0.0.1:1", "--input", str(SCENE), "--out",
                      str(w / "out")]),

@@ -199,6 +199,32 @@ def test_calibrate_never_writes_frames_into_the_bucket(mv_scene, bucket, tmp_pat
     assert not list(scratch.iterdir())
 
 
+def test_calibrate_removes_the_scratch_a_killed_run_left(mv_scene, bucket, tmp_path,
+                                                         scratch):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = scratch / f".vggt_mv_calib_frames.partial-{dead.pid}-abc" / "frames" / "time_00"
+    left.mkdir(parents=True)
+    vids = write_view_videos(mv_scene, tmp_path / "rig", frames=4)
+    r = calibrate(bucket, vids, tmp_path / "calib.npz")
+    assert r.exit_code == 0 and "left by an interrupted run" in r.output, r.output
+    assert not list(scratch.iterdir())
+
+
+def test_infer_without_stream_says_which_commands_read_videos(mv_scene, bucket, tmp_path):
+    vids = write_view_videos(mv_scene, tmp_path / "rig", frames=2)
+    r = cli("infer", "--onnx", bucket.parent, "--graph", "model.onnx", "--input", vids,
+            "--out", tmp_path / "out")
+    assert r.exit_code == 2 and "holds videos (view0.avi, view1.avi)" in r.output, r.output
+    assert "infer --stream" in r.output and not (tmp_path / "out").exists()
+    r = cli("infer", "--onnx", bucket.parent, "--input", mv_scene, "--shortest",
+            "--out", tmp_path / "out")
+    assert r.exit_code == 2 and "--shortest applies to view videos" in r.output
+
+
 class FakeCapture:
     """cv2.VideoCapture stand-in: ``frames[path name]`` lists each frame's (height, width);
     the container claims ``claimed`` frames (0: it does not say, as some streams)."""
