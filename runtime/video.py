@@ -12,7 +12,8 @@ rule, checked per frame:
   last decoded frame is the one at the cut and may be half-garbled (FFmpeg's MJPEG decoder
   returns it with "overread" and no error), so each view is read one frame ahead and that
   frame is never handed out;
-- a frame that decodes at another shape than the video's first frame is refused;
+- a frame FFmpeg reports as damaged (on stderr: OpenCV's read() succeeds, the damage
+  concealed) is refused, as is one that decodes at another shape than frame 0;
 - views at different frame rates are refused (frame k would not be one moment);
 - views of unequal length (claimed up front, or found when one ends) are refused, naming
   each video and its frame count, unless ``shortest=True`` (``--shortest``): then every
@@ -23,7 +24,9 @@ videos are opened; on a Jetson the system OpenCV works too.
 """
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
@@ -89,6 +92,52 @@ def _cv2() -> Any:
     return cv2
 
 
+# FFmpeg reports a damaged frame only on stderr: OpenCV's read() still returns True with
+# the damage concealed (a smeared or repeated block). OpenCV sets FFmpeg's log level to
+# errors unless OPENCV_FFMPEG_LOGLEVEL / OPENCV_FFMPEG_DEBUG ask for more, so a line
+# "[mjpeg @ 0x...] ..." written during one read is an error in that frame. The decoders
+# OpenCV drives report synchronously (measured: MJPEG, frame 5 of 16 damaged, the error
+# comes with frame 5's read).
+_FFMPEG_LINE = re.compile(rb"^\[[\w:. -]+ @ (0x)?[0-9a-fA-F]+\] (.*)$")
+
+
+class _StderrTap:
+    """What is written to file descriptor 2 while one read runs (the C library's stderr,
+    where FFmpeg writes). Anything that is not FFmpeg's goes on to the real stderr."""
+
+    def __init__(self) -> None:
+        self.active = not (os.environ.get("OPENCV_FFMPEG_LOGLEVEL")
+                           or os.environ.get("OPENCV_FFMPEG_DEBUG"))
+        self._file = tempfile.TemporaryFile() if self.active else None
+
+    def read(self, cap: Any) -> tuple[bool, Any, list[str]]:
+        if not self.active:
+            ok, img = cap.read()
+            return ok, img, []
+        saved = os.dup(2)
+        try:
+            os.dup2(self._file.fileno(), 2)
+            ok, img = cap.read()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        self._file.seek(0)
+        text = self._file.read()
+        self._file.seek(0)
+        self._file.truncate()
+        errors, other = [], []
+        for line in text.splitlines(keepends=True):
+            m = _FFMPEG_LINE.match(line.rstrip(b"\r\n"))
+            (errors.append(m.group(2).decode(errors="replace")) if m else other.append(line))
+        if other:
+            os.write(2, b"".join(other))
+        return ok, img, errors
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 class _Track:
     """One view's decoder, read one frame ahead: a frame is handed out only once the
     frame after it decoded, or the video ended where its container says it ends. So the
@@ -110,8 +159,9 @@ class _Track:
         self.decoded = 0        # frames decoded so far, the look-ahead included
         self.given = 0          # frames handed out
         self.shape: tuple[int, ...] | None = None
-        self._ahead: deque[np.ndarray] = deque()
+        self._ahead: deque[tuple[np.ndarray, list[str]]] = deque()  # (frame, FFmpeg errors)
         self._eof = False
+        self._tap = _StderrTap()
 
     @property
     def cut(self) -> bool:
@@ -121,18 +171,23 @@ class _Track:
     def next(self) -> np.ndarray | None:
         """The next frame (BGR, as decoded), or None where this view ends."""
         while len(self._ahead) < 2 and not self._eof:
-            img = self._decode()
-            if img is None:
+            got = self._decode()
+            if got is None:
                 self._eof = True
             else:
-                self._ahead.append(img)
+                self._ahead.append(got)
         if not self._ahead or (self.cut and len(self._ahead) == 1):
             return None  # the end, or the frame at a cut (it may be half-garbled)
+        img, errors = self._ahead.popleft()
+        if errors:  # checked only here: the frame at a cut is expected to be damaged
+            raise VideoError(f"{self.path}: frame {self.given} is damaged (FFmpeg: "
+                             f"{'; '.join(errors[:3])}); OpenCV decodes it with the damage "
+                             f"hidden. Re-copy or re-encode the video")
         self.given += 1
-        return self._ahead.popleft()
+        return img
 
-    def _decode(self) -> np.ndarray | None:
-        ok, img = self.cap.read()
+    def _decode(self) -> tuple[np.ndarray, list[str]] | None:
+        ok, img, errors = self._tap.read(self.cap)
         if not ok or img is None:
             return None
         shape = getattr(img, "shape", None)
@@ -146,10 +201,11 @@ class _Track:
                              f"{shape[0]}, frame 0 at {self.shape[1]}x{self.shape[0]}; "
                              f"re-encode the video at one size")
         self.decoded += 1
-        return img
+        return img, errors
 
     def release(self) -> None:
         self.cap.release()
+        self._tap.close()
 
 
 class ViewVideos:

@@ -163,6 +163,15 @@ def _cut(p: Path, fraction: float = 0.45) -> None:
     p.write_bytes(p.read_bytes()[:int(len(p.read_bytes()) * fraction)])
 
 
+def _damage_frame(p: Path, k: int = 5) -> None:
+    """300 random bytes a third into MJPEG frame k: it still decodes, the damage hidden."""
+    data = bytearray(p.read_bytes())
+    soi = [i for i in range(len(data) - 2) if data[i:i + 3] == b"\xff\xd8\xff"]
+    at = soi[k] + (soi[k + 1] - soi[k]) // 3
+    data[at:at + 300] = np.random.default_rng(0).integers(0, 256, 300, np.uint8).tobytes()
+    p.write_bytes(bytes(data))
+
+
 def calibrate_videos(w: Path, *extra: str) -> list[str]:
     return ["calibrate", "--bucket", str(w / "bucket" / "T2_N2_42x56"), "--input",
             str(w / "videos"), "--clips", "2", "--out", str(w / "out" / "c.npz"), *extra]
@@ -382,6 +391,13 @@ FAULTS = [
                      view_videos(w, views=(0,))), skip=_no_cv2, scratch=True),
     Fault("view videos: calibrate --out outside the bucket", calibrate_videos,
           lambda w: (copy_bucket(w), view_videos(w)), expect="ok", ok_file="out/c.npz",
+          skip=_no_cv2, scratch=True),
+    Fault("view videos: infer --stream, frame 5 of view1.avi damaged in place",
+          lambda w: stream(w, scene="videos"),
+          lambda w: (copy_bucket(w), _damage_frame(view_videos(w) / "view1.avi")),
+          skip=_no_cv2),
+    Fault("view videos: calibrate, frame 5 of view1.avi damaged in place", calibrate_videos,
+          lambda w: (copy_bucket(w), _damage_frame(view_videos(w) / "view1.avi")),
           skip=_no_cv2, scratch=True),
     Fault("view videos: infer without --stream", lambda w: infer(w, scene="videos"),
           lambda w: (copy_bucket(w), view_videos(w)), skip=_no_cv2),

@@ -105,6 +105,46 @@ def test_a_frame_that_fails_to_decode_mid_video_is_refused(mv_scene, tmp_path):
         list(ViewVideos(vids))
 
 
+def test_a_frame_ffmpeg_conceals_damage_in_is_refused_by_both_commands(mv_scene, bucket,
+                                                                        tmp_path, scratch):
+    """300 random bytes inside frame 5: OpenCV's read() succeeds with the damage hidden
+    (a smeared block); FFmpeg says so only on stderr, which the reader listens to."""
+    vids = write_view_videos(mv_scene, tmp_path / "rig", frames=8)
+    p = vids / "view1.avi"
+    data = bytearray(p.read_bytes())
+    soi = [i for i in range(len(data) - 2) if data[i:i + 3] == b"\xff\xd8\xff"]
+    at = soi[5] + (soi[6] - soi[5]) // 3
+    data[at:at + 300] = np.random.default_rng(0).integers(0, 256, 300, np.uint8).tobytes()
+    p.write_bytes(bytes(data))
+    cap = cv2.VideoCapture(str(p))
+    assert all(cap.read()[0] for _ in range(8))  # OpenCV alone sees nothing wrong
+    with pytest.raises(VideoError, match=r"view1.avi: frame 5 is damaged \(FFmpeg: "):
+        list(ViewVideos(vids, shortest=True))
+    for r in (stream(bucket, vids, tmp_path / "out"),
+              calibrate(bucket, vids, tmp_path / "calib.npz")):
+        assert r.exit_code == 2 and "view1.avi: frame 5 is damaged" in r.output, r.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "calib.npz").exists()
+    assert not list(scratch.iterdir())
+
+
+def test_stderr_tap_passes_on_what_is_not_ffmpeg(capfd, monkeypatch):
+    import os
+
+    from runtime.video import _StderrTap
+
+    class Cap:
+        def read(self):
+            os.write(2, b"[mjpeg @ 0x55d0] error y=4 x=5\nsomeone else's line\n")
+            return True, None
+
+    monkeypatch.delenv("OPENCV_FFMPEG_LOGLEVEL", raising=False)
+    monkeypatch.delenv("OPENCV_FFMPEG_DEBUG", raising=False)
+    tap = _StderrTap()
+    assert tap.read(Cap())[2] == ["error y=4 x=5"]
+    tap.close()
+    assert capfd.readouterr().err == "someone else's line\n"
+
+
 def test_truncated_mp4_is_refused_naming_the_file(mv_scene, bucket, tmp_path, scratch):
     vids = write_view_videos(mv_scene, tmp_path / "rig", suffix=".mp4", fourcc="mp4v")
     cut_file(vids / "view0.mp4", 0.45)  # the index (moov atom) sits at the end: gone
