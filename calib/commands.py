@@ -1,13 +1,17 @@
 """`calibrate` and `quantize` commands (registered in cli.py); heavy imports inside."""
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.table import Table
 
-from runtime.console import console, flag
+from runtime.console import console, flag, warn
 from runtime.console import fail as _fail
 
 # The shared data sit beside the checkout: resolved from this file, not the working folder.
@@ -28,13 +32,16 @@ def calibrate(
     out: Optional[Path] = typer.Option(None, help="npz to write (default: <bucket>/calib.npz; "
                                        "only with a single --bucket)"),
     seed: int = typer.Option(0, help="clip sampling seed"),
+    shortest: bool = flag(False, "--shortest", help="view videos that differ in length or "
+                          "one cut short: use the steps every view has whole (with a "
+                          "warning) instead of refusing, as `infer --stream --shortest`"),
 ) -> None:
     """Build a calibration set of real multi-view clips for each bucket, preprocessed exactly
-    like the runtime does (used by `quantize --int8`, and for held-out accuracy)."""
+    like the runtime does (used by `quantize --int8`, and for held-out accuracy). View
+    videos are decoded once into a scratch folder under $TMPDIR, removed afterwards."""
     from calib.dataset import build_calibration_set
-    from calib.videos import VideoError, extract_view_videos, find_view_videos
-    from runtime.layout import load_manifest
     from runtime.errors import RuntimeDataError
+    from runtime.layout import load_manifest
 
     scene = scene_alias or scene
     if scene is None:
@@ -44,26 +51,62 @@ def calibrate(
                   f"FOLDER (frames time_TT/viewV.png or one video per view)")
     if out is not None and len(bucket) > 1:
         _fail("--out names one file; give one --bucket, or let each bucket get its calib.npz")
+    buckets = []
+    for b_dir in bucket:  # every bucket is checked before any video is decoded
+        try:
+            buckets.append((b_dir, load_manifest(b_dir)["bucket"]))
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
+            _fail(f"{b_dir}: {e}")
     table = Table(title="calibration sets")
     for col in ("bucket", "clips", "T x N", "H x W", "file"):
         table.add_column(col)
-    for b_dir in bucket:
-        try:
-            m = load_manifest(b_dir)
-            b = m["bucket"]
-            frames = scene
-            if find_view_videos(scene):
-                frames = extract_view_videos(scene, b_dir / "calib_frames")
-                console.print(f"extracted view videos into {frames}")
+    with _calibration_frames(scene, shortest) as frames:
+        for b_dir, b in buckets:
             n = 1 if b.get("single_view") else b["N"]
-            path = build_calibration_set(frames, b["T"], n, (b["H"], b["W"]), clips,
-                                         out or b_dir / "calib.npz",
-                                         with_masks=bool(b.get("ext_mask")), seed=seed)
-        except (FileNotFoundError, ValueError, RuntimeError, VideoError, RuntimeDataError) as e:
-            _fail(f"{b_dir}: {e}")
-        table.add_row(b_dir.name, str(clips), f"{b['T']} x {n}", f"{b['H']} x {b['W']}",
-                      str(path))
+            try:
+                path = build_calibration_set(frames, b["T"], n, (b["H"], b["W"]), clips,
+                                             out or b_dir / "calib.npz",
+                                             with_masks=bool(b.get("ext_mask")), seed=seed)
+            except (FileNotFoundError, ValueError, RuntimeError, RuntimeDataError) as e:
+                _fail(f"{b_dir}: {e}")
+            table.add_row(b_dir.name, str(clips), f"{b['T']} x {n}", f"{b['H']} x {b['W']}",
+                          str(path))
     console.print(table)
+
+
+@contextlib.contextmanager
+def _calibration_frames(scene: Path, shortest: bool) -> Iterator[Path]:
+    """``scene`` itself when it holds frames. When it holds view videos, their frames
+    decoded (runtime/video.py's reader and rule, as `infer --stream`) into a scratch
+    folder under $TMPDIR that lives only as long as this command: never in a bucket,
+    removed on success, failure and Ctrl-C; what a killed run left there goes first."""
+    from calib.videos import extract_view_videos
+    from runtime.layout import recover_leftovers
+    from runtime.video import VideoError, is_video_input
+
+    try:
+        videos = is_video_input(scene)
+    except VideoError as e:
+        _fail(str(e))
+    if not videos:
+        yield scene
+        return
+    base = Path(tempfile.gettempdir()) / "vggt_mv_calib_frames"
+    for msg in recover_leftovers(base, log=False):  # .vggt_mv_calib_frames.partial-PID-*
+        warn(msg)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{base.name}.partial-{os.getpid()}-",
+                                    dir=base.parent))
+    try:
+        try:
+            frames = extract_view_videos(scene, scratch / "frames", shortest=shortest,
+                                         warn=warn)
+        except (VideoError, OSError) as e:
+            _fail(str(e))
+        console.print(f"decoded the view videos of {scene} into {scratch} (removed at the "
+                      f"end)", markup=False)
+        yield frames
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def quantize(

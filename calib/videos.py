@@ -1,74 +1,53 @@
-"""One video per view -> the time_TT/viewV.png layout everything else reads.
+"""One video per view -> the time_TT/viewV.png layout calibration reads.
 
-Calibration (and `infer`) work on synchronized frames; extracting them once into the
-frame layout keeps a single preprocessing path (runtime/preprocess.py) for both inputs,
-so a clip from videos is preprocessed exactly like one from images. OpenCV is an optional
-dependency (pip install opencv-python-headless), imported only here.
+Calibration works on synchronized frames; extracting them once into the frame layout
+keeps a single preprocessing path (runtime/preprocess.py) for both inputs, so a clip from
+videos is preprocessed exactly like one from images. The videos are read by the stream's
+reader (runtime/video.py: ViewVideos), so both commands find the same views and refuse
+the same faults (two videos for one view, a video cut short, unequal lengths unless
+``shortest``).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
+from typing import Callable
+
+from PIL import Image
 
 from runtime.layout import atomic_directory
+from runtime.video import VideoError, ViewVideos, find_view_videos
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-_VIEW = re.compile(r"view[_-]?(\d+)$", re.IGNORECASE)
-
-
-class VideoError(ValueError):
-    pass
+__all__ = ["VideoError", "find_view_videos", "extract_view_videos"]
 
 
-def find_view_videos(folder: str | Path) -> dict[int, Path]:
-    """{view index: file} for files named view0.mp4, view_1.avi, ... in a folder."""
-    out: dict[int, Path] = {}
-    for p in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
-        m = _VIEW.search(p.stem)
-        if p.suffix.lower() in VIDEO_SUFFIXES and m:
-            out[int(m.group(1))] = p
-    return out
-
-
-def extract_view_videos(folder: str | Path, out_dir: str | Path, every: int = 1,
-                        max_frames: int | None = None) -> Path:
-    """Decode every view's video into out_dir/time_TT/viewV.png (atomically: the folder
-    appears only when all frames are written). Views are truncated to the shortest video
-    so every time step has every view (they must be synchronized)."""
-    try:
-        import cv2
-    except ImportError as e:
-        raise VideoError("reading videos needs OpenCV: pip install opencv-python-headless") from e
-    videos = find_view_videos(folder)
-    if not videos:
-        raise VideoError(f"no view videos (view0.mp4, view1.mp4, ...) in {folder}")
-    frames: dict[int, list] = {}
-    for v, path in videos.items():
-        cap = cv2.VideoCapture(str(path))
-        if not cap.isOpened():
-            raise VideoError(f"cannot open video {path} (corrupt or unsupported codec)")
-        got, k = [], 0
-        while max_frames is None or len(got) < max_frames:
-            ok, img = cap.read()
-            if not ok:
-                break
-            if k % every == 0:
-                got.append(img)
-            k += 1
-        cap.release()
-        if not got:
-            raise VideoError(f"video {path} has no decodable frames")
-        frames[v] = got
-    T = min(len(f) for f in frames.values())
-    sizes = {f[0].shape for f in frames.values()}
-    if len(sizes) != 1:
-        raise VideoError(f"view videos have different frame sizes {sorted(sizes)}")
+def extract_view_videos(folder: str | Path, out_dir: str | Path, shortest: bool = False,
+                        warn: Callable[[str], None] | None = None) -> Path:
+    """Decode every view's video into out_dir/time_TT/viewV.png, one time step at a time,
+    atomically: ``out_dir`` appears only when every frame is written, and on an error
+    nothing of it is left. View indices keep the files' numbers (view0, view2, ...).
+    ``warn`` gets what ``shortest`` left out."""
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir) as tmp:
-        for t in range(T):
+    with ViewVideos(folder, shortest=shortest) as vids, atomic_directory(out_dir) as tmp:
+        for t, frames in enumerate(vids):  # labels sort as numbers: time_100 after time_99
+            if t == 0:
+                _check_one_size(vids, frames)
             d = tmp / f"time_{t:02d}"
             d.mkdir()
-            for v in sorted(frames):
-                if not cv2.imwrite(str(d / f"view{v}.png"), frames[v][t]):
-                    raise VideoError(f"cannot write {d / f'view{v}.png'}")
+            for v, rgb in zip(vids.views, frames):
+                Image.fromarray(rgb).save(d / f"view{v}.png")
+        for note in vids.notes:
+            (warn or print)(note)
     return out_dir
+
+
+
+def _check_one_size(vids: ViewVideos, frames: list) -> None:
+    """A calibration clip, like any clip `infer` runs, has one frame size (the stream
+    alone takes views of different sizes). Said here, naming the videos: later it would
+    name extracted frames in a scratch folder that is gone by then."""
+    sizes = {f.shape[:2] for f in frames}
+    if len(sizes) > 1:
+        each = ", ".join(f"{p.name}: {f.shape[1]}x{f.shape[0]}"
+                         for p, f in zip(vids.paths, frames))
+        raise VideoError(f"view videos in {vids.folder} differ in frame size ({each}); "
+                         f"calibration clips need one size: re-encode them at one size")

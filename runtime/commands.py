@@ -135,6 +135,10 @@ def infer(
                                    "the merged point cloud (voxels coarsen beyond it)."),
     overwrite: bool = flag(False, "--overwrite", help="--stream: replace a "
                                    "non-empty --out folder."),
+    shortest: bool = flag(False, "--shortest", help="--stream from view videos: when "
+                                  "they differ in length or one is cut short, stop every "
+                                  "view at the shortest complete one (with a warning) "
+                                  "instead of refusing. `calibrate --shortest` is the same."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="--stream: infer "
                                           "the windows on this many Ray actors in parallel, "
                                           "chained in order here (pip install -e "
@@ -169,9 +173,12 @@ def infer(
     if workers is not None and not stream:
         _fail("--workers runs the windows of --stream in parallel; for many clips use "
               "`batch`")
+    if shortest and not stream:
+        _fail("--shortest applies to view videos, which `infer` reads with --stream")
     if stream:
         _infer_stream(engine or onnx, "trt" if engine else "onnx", input, out, window,
                       overlap, N, view_list, loops, fps, max_points, overwrite, workers,
+                      shortest,
                       dict(graph=graph, precision=precision, providers=provider,
                            plugin_lib=plugins, use_cuda_graph=cuda_graph, allow_pad=pad,
                            threads=threads, conf_percentile=pct, weight_budget=budget,
@@ -235,7 +242,7 @@ def infer(
 def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int | None,
                   overlap: int, N: int | None, views: list[int] | None, loops: int,
                   fps: float | None, max_points: int, overwrite: bool,
-                  workers: int | None, opts: dict) -> None:
+                  workers: int | None, shortest: bool, opts: dict) -> None:
     from .dispatch import UnknownBucketError
     from .errors import RuntimeDataError
     from .health import NonFiniteOutputError
@@ -258,8 +265,8 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
                 runner = ParallelWindows(predictor, pool)
             s = StreamingPredictor(runner, T, overlap, out, N=N, views=views, fps=fps,
                                    max_points=max_points, overwrite=overwrite,
-                                   log=lambda m: console.print(m, markup=False),
-                                   warn=warn)
+                                   shortest=shortest, warn=warn,
+                                   log=lambda m: console.print(m, markup=False))
             try:
                 s.run_input(input, loops=loops)  # frame folder or one video per view
                 summary = s.close()

@@ -584,6 +584,19 @@ def _scan_sequences(image_root: Path) -> tuple[str, list[str], list[list[Path]]]
     return "cameras", [d.name for d, _ in cams], [files for _, files in cams]
 
 
+def _videos_hint(root: Path) -> str:
+    """Where a frame folder was expected but the folder holds view videos: which commands
+    read those (a clip of `infer` is frames; videos go through runtime/video.py)."""
+    from .video import VIDEO_SUFFIXES  # noqa: PLC0415 - the name rule only, no OpenCV
+
+    videos = sorted(p.name for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    if not videos:
+        return ""
+    return (f"; it holds videos ({', '.join(videos[:4])}{', ...' if len(videos) > 4 else ''})"
+            f": `infer --stream` and `calibrate` read one video per view, or extract their "
+            f"frames to time_TT/viewV.png")
+
+
 def discover_scene(folder: str | Path) -> SceneIndex:
     """Index a scene in one of three layouts (each optionally under images/):
 
@@ -604,7 +617,7 @@ def discover_scene(folder: str | Path) -> SceneIndex:
             raise SceneNotFoundError(
                 f"no frames under {image_root}: expected time_TT/viewV.png folders (e.g. "
                 f"{image_root}/time_00/view0.png), one folder per camera (cam0/000000.png, "
-                f"cam1/000000.png, ...) or a flat folder of images")
+                f"cam1/000000.png, ...) or a flat folder of images{_videos_hint(root)}")
         layout, names, per_view = seq
         n = len(per_view[0])
         frames = {(t, v): per_view[v][t] for v in range(len(per_view)) for t in range(n)}

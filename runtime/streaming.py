@@ -57,7 +57,7 @@ from .colour_range import RobustRange
 from .outputs import colorize, depth_png_name, save_png, write_ply
 from .pointcloud import VoxelCloud
 from .preprocess import decode_frame, discover_scene, intrinsics_to_source, preprocess_rgb
-from .video import find_view_videos
+from .video import find_view_videos, is_video_input
 
 __all__ = ["WindowReport", "WorldChainer", "StreamWriter", "StreamingPredictor",
            "check_window_overlap", "tum_line"]
@@ -383,7 +383,7 @@ class StreamingPredictor:
     def __init__(self, predictor: Any, window: int, overlap: int, out_dir: str | Path, *,
                  N: int | None = None, views: Sequence[int] | None = None,
                  voxel: float | None = None, max_points: int = 500_000,
-                 fps: float | None = None,
+                 fps: float | None = None, shortest: bool = False,
                  min_points: int = 200, max_residual: float = 0.2, overwrite: bool = False,
                  depth_pngs: bool = True, log: Callable[[str], None] = print,
                  warn: Callable[[str], None] | None = None):
@@ -399,6 +399,9 @@ class StreamingPredictor:
         self.p, self.window, self.overlap = predictor, int(window), int(overlap)
         self.N, self.views = N, list(views) if views is not None else None
         self.out_dir, self.fps, self.overwrite = Path(out_dir), fps, overwrite
+        # View videos of unequal length (or one cut short): refused unless this is set,
+        # then every view stops at the shortest complete one (runtime/video.py's rule).
+        self.shortest = shortest
         self.voxel, self.max_points, self.depth_pngs = voxel, max_points, depth_pngs
         self.chainer = WorldChainer(min_points=min_points, max_residual=max_residual)
         self.log, self.warn = log, warn or log
@@ -508,13 +511,15 @@ class StreamingPredictor:
     def run_videos(self, folder: str | Path, loops: int = 1) -> None:
         """One synchronized video per view (view0.mp4, view1.avi, ...), decoded one time
         step at a time (runtime/video.py): memory does not depend on the videos' length.
-        The TUM timestamps use the videos' frame rate unless ``fps`` was given."""
+        The TUM timestamps use the videos' frame rate unless ``fps`` was given. Videos
+        of unequal length, cut short or decoding a bad frame raise VideoError (the stream
+        aborts, nothing is written) unless ``shortest``, see runtime/video.py."""
         from .video import ViewVideos  # noqa: PLC0415 - OpenCV only for video input
 
         views = self.views
         if views is None and self.N is not None:
             views = sorted(find_view_videos(folder))[: self.N]
-        with ViewVideos(folder, views) as vids:
+        with ViewVideos(folder, views, shortest=self.shortest) as vids:
             self.views = vids.views
             if self.fps is None and vids.fps and self._writer is None:
                 self.fps = vids.fps
@@ -523,19 +528,12 @@ class StreamingPredictor:
                     vids.rewind()
                 for frames in vids:
                     self.push(frames)
-                if vids.unequal_lengths:
-                    self.warn(vids.unequal_lengths)
+                for note in vids.notes:  # what --shortest left out
+                    self.warn(note)
 
     def run_input(self, path: str | Path, loops: int = 1) -> None:
         """A time_TT/viewV frame folder or a folder of view videos, whichever ``path`` is."""
-        videos = find_view_videos(path)
-        frames = Path(path).is_dir() and (
-            (Path(path) / "images").is_dir()
-            or any(d.name.startswith("time_") for d in Path(path).iterdir()))
-        if videos and frames:
-            raise RuntimeDataError(f"{path} holds both view videos ({sorted(videos)}) and "
-                                   f"time_TT frame folders; point --input at one of them")
-        if videos:
+        if is_video_input(path):  # refuses a folder holding both kinds
             self.run_videos(path, loops)
         else:
             self.run_folder(path, loops)

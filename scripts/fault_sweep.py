@@ -46,6 +46,8 @@ class Fault:
     skip: Callable[[], str | None] = lambda: None  # a reason this fault cannot happen here
     says: str | None = None                     # the message must say this (not just exit)
     check: Callable[[Path], bool] = lambda w: True  # more to hold for the verdict
+    ok_file: str = "out/run.json"               # what an "ok" run must have written
+    scratch: bool = False                       # $TMPDIR inside the work folder, checked empty
 
 
 def copy_scene(w: Path, name: str = "scene") -> Path:
@@ -165,6 +167,51 @@ def _flip_middle(p: Path) -> None:
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0x10
     p.write_bytes(bytes(data))
+
+
+def view_videos(w: Path, name: str = "videos", frames: int = 8, lengths=None, fps=10,
+                suffix: str = ".avi", fourcc: str = "MJPG", views=(0, 1),
+                size=(112, 84)) -> Path:
+    """view0.avi, view1.avi from the real scene's frames (MJPG in AVI, small)."""
+    import cv2
+
+    d = w / name
+    d.mkdir(parents=True, exist_ok=True)
+    for i, v in enumerate(views):
+        n = lengths[i] if lengths else frames
+        vw = cv2.VideoWriter(str(d / f"view{v}{suffix}"), cv2.VideoWriter_fourcc(*fourcc),
+                             fps, size)
+        for t in range(n):
+            im = cv2.imread(str(SCENE / "images" / f"time_{t:02d}" / f"view{v}.png"))
+            vw.write(cv2.resize(im, size, interpolation=cv2.INTER_AREA))
+        vw.release()
+    return d
+
+
+def _cut(p: Path, fraction: float = 0.45) -> None:
+    p.write_bytes(p.read_bytes()[:int(len(p.read_bytes()) * fraction)])
+
+
+def _damage_frame(p: Path, k: int = 5) -> None:
+    """300 random bytes a third into MJPEG frame k: it still decodes, the damage hidden."""
+    data = bytearray(p.read_bytes())
+    soi = [i for i in range(len(data) - 2) if data[i:i + 3] == b"\xff\xd8\xff"]
+    at = soi[k] + (soi[k + 1] - soi[k]) // 3
+    data[at:at + 300] = np.random.default_rng(0).integers(0, 256, 300, np.uint8).tobytes()
+    p.write_bytes(bytes(data))
+
+
+def calibrate_videos(w: Path, *extra: str) -> list[str]:
+    return ["calibrate", "--bucket", str(w / "bucket" / "T2_N2_42x56"), "--input",
+            str(w / "videos"), "--clips", "2", "--out", str(w / "out" / "c.npz"), *extra]
+
+
+def _no_cv2() -> str | None:
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return "OpenCV is not installed (the video extra)"
+    return None
 
 
 FAULTS = [
@@ -370,6 +417,51 @@ FAULTS = [
           lambda w: ["check", "--bucket", str(w / "bucket" / "T2_N2_42x56"), "--backend",
                      "tensorrt", "--out", str(w / "out")], lambda w: copy_bucket(w),
           says="cannot run"),
+    # issue #21: view videos (infer --stream and calibrate share one reader and rule)
+    Fault("view videos: infer --stream, view1.avi cut at 45%", lambda w: stream(
+        w, scene="videos"), lambda w: (copy_bucket(w), _cut(view_videos(w) / "view1.avi")),
+        skip=_no_cv2),
+    Fault("view videos: infer --stream --shortest, view1.avi cut at 45%", lambda w: stream(
+        w, "--shortest", scene="videos"), expect="ok", skip=_no_cv2,
+        setup=lambda w: (copy_bucket(w), _cut(view_videos(w) / "view1.avi"))),
+    Fault("view videos: calibrate, view1.avi cut at 45%", calibrate_videos,
+          lambda w: (copy_bucket(w), _cut(view_videos(w) / "view1.avi")), skip=_no_cv2,
+          scratch=True),
+    Fault("view videos: infer --stream, a truncated view0.mp4", lambda w: stream(
+        w, scene="videos"), lambda w: (copy_bucket(w), _cut(view_videos(
+            w, suffix=".mp4", fourcc="mp4v") / "view0.mp4")), skip=_no_cv2),
+    Fault("view videos: infer --stream, 8 and 5 frames", lambda w: stream(w, scene="videos"),
+          lambda w: (copy_bucket(w), view_videos(w, lengths=[8, 5])), skip=_no_cv2),
+    Fault("view videos: calibrate, 8 and 5 frames", calibrate_videos,
+          lambda w: (copy_bucket(w), view_videos(w, lengths=[8, 5])), skip=_no_cv2,
+          scratch=True),
+    Fault("view videos: calibrate, view0.mkv beside view0.avi", calibrate_videos,
+          lambda w: (copy_bucket(w), view_videos(w), view_videos(w, views=(0,),
+                                                                 suffix=".mkv")),
+          skip=_no_cv2, scratch=True),
+    Fault("view videos: infer --stream, view0.mkv beside view0.avi",
+          lambda w: stream(w, scene="videos"),
+          lambda w: (copy_bucket(w), view_videos(w), view_videos(w, views=(0,),
+                                                                 suffix=".mkv")),
+          skip=_no_cv2),
+    Fault("view videos: infer --stream, 30 and 10 fps", lambda w: stream(w, scene="videos"),
+          lambda w: (copy_bucket(w), view_videos(w), view_videos(w, views=(0,), fps=30)),
+          skip=_no_cv2),
+    Fault("view videos: calibrate, frame sizes 112x84 and 224x168", calibrate_videos,
+          lambda w: (copy_bucket(w), view_videos(w, size=(224, 168)),
+                     view_videos(w, views=(0,))), skip=_no_cv2, scratch=True),
+    Fault("view videos: calibrate --out outside the bucket", calibrate_videos,
+          lambda w: (copy_bucket(w), view_videos(w)), expect="ok", ok_file="out/c.npz",
+          skip=_no_cv2, scratch=True),
+    Fault("view videos: infer --stream, frame 5 of view1.avi damaged in place",
+          lambda w: stream(w, scene="videos"),
+          lambda w: (copy_bucket(w), _damage_frame(view_videos(w) / "view1.avi")),
+          skip=_no_cv2),
+    Fault("view videos: calibrate, frame 5 of view1.avi damaged in place", calibrate_videos,
+          lambda w: (copy_bucket(w), _damage_frame(view_videos(w) / "view1.avi")),
+          skip=_no_cv2, scratch=True),
+    Fault("view videos: infer without --stream", lambda w: infer(w, scene="videos"),
+          lambda w: (copy_bucket(w), view_videos(w)), skip=_no_cv2),
     Fault("infer --server with an ftp:// URL",
           lambda w: ["infer", "--server", "ftp://127.0.0.1:1", "--input", str(SCENE), "--out",
                      str(w / "out")]),
@@ -385,6 +477,9 @@ def run_fault(f: Fault, work: Path) -> dict:
     w.mkdir(parents=True)
     f.setup(w)
     env = dict(os.environ, **f.env)
+    if f.scratch:  # a scratch folder the step must remove, success or not
+        (w / "tmp").mkdir()
+        env["TMPDIR"] = str(w / "tmp")
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *f.args(w)], cwd=w,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -400,14 +495,16 @@ def run_fault(f: Fault, work: Path) -> dict:
     lines = [ln for ln in (err or out or "").splitlines() if ln.strip()
              and not ln.startswith(("warning: no checkpoint", "built "))]
     first = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "")
-    leftovers = []
-    if f.out and (w / f.out).exists():
-        leftovers.append(f.out)
-    leftovers += [p.name for p in w.rglob(".*partial-*")] + [p.name for p in w.rglob("*.tmp")]
+    stray = [p.name for p in w.rglob(".*partial-*")] + [p.name for p in w.rglob("*.tmp")]
+    # calibrate's frames of view videos belong in no bucket, and its scratch is removed
+    stray += [str(p.relative_to(w)) for p in w.rglob("calib_frames")]
+    if f.scratch:
+        stray += [str(p.relative_to(w)) for p in (w / "tmp").iterdir()]
+    leftovers = ([f.out] if f.out and (w / f.out).exists() else []) + stray
     pwned = (w / "PWNED").exists()
     if f.expect == "ok":
-        good = proc.returncode == 0 and "Traceback" not in text and (w / "out" /
-                                                                     "run.json").is_file()
+        good = (proc.returncode == 0 and "Traceback" not in text and not stray
+                and (w / f.ok_file).is_file())
         verdict = "ok" if good else "BAD"
     else:
         good = proc.returncode not in (0, None) and "Traceback" not in text and not leftovers

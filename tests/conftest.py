@@ -93,3 +93,34 @@ def export_tiny(root: Path, bucket=None, **kw):
     kw.setdefault("log", lambda s: None)
     return export_bucket(VGGTMV(tiny_config()).eval(), bucket or Bucket(2, 2, 42, 56), root,
                          **kw)
+
+
+def write_view_videos(scene: Path, out: Path, views=2, frames=6, lengths=None,
+                      size=(112, 84), suffix=".avi", fourcc="MJPG", fps=10) -> Path:
+    """view0.avi, view1.avi, ... in ``out`` from the real frames of ``scene`` (time_TT/
+    viewV.png), ``frames`` each (``lengths``: one count per view), resized to ``size``
+    (width, height; None: as they are). MJPG in AVI decodes wherever OpenCV does; mp4v in
+    .mp4 needs OpenCV's FFmpeg."""
+    cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless) not installed")
+    out.mkdir(parents=True, exist_ok=True)
+    for v in range(views):
+        n = lengths[v] if lengths else frames
+        imgs = [cv2.imread(str(scene / "images" / f"time_{t:02d}" / f"view{v}.png"))
+                for t in range(n)]
+        if size is not None:
+            imgs = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in imgs]
+        h, w = imgs[0].shape[:2]
+        vw = cv2.VideoWriter(str(out / f"view{v}{suffix}"), cv2.VideoWriter_fourcc(*fourcc),
+                             fps, (w, h))
+        assert vw.isOpened(), f"OpenCV cannot write {fourcc} into {suffix}"
+        for im in imgs:
+            vw.write(im)
+        vw.release()
+    return out
+
+
+def cut_file(path: Path, fraction: float) -> Path:
+    """Keep the first ``fraction`` of a file's bytes: a copy interrupted part-way."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+    return path

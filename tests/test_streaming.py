@@ -298,20 +298,11 @@ def test_cli_infer_stream(tiny_root, mv_scene, tmp_path):
 
 # ------------------------------------------------------------- one video per view
 def _write_view_videos(scene, out, frames=16, short_view=None, fps=10):
-    """view0.avi ... view3.avi from the real frames (MJPG: decodes wherever OpenCV does)."""
-    cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless) not installed")
-    out.mkdir(parents=True, exist_ok=True)
-    for v in range(4):
-        n = frames - 4 if v == short_view else frames
-        imgs = [cv2.imread(str(scene / "images" / f"time_{t:02d}" / f"view{v}.png"))
-                for t in range(n)]
-        h, w = imgs[0].shape[:2]
-        vw = cv2.VideoWriter(str(out / f"view{v}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), fps,
-                             (w, h))
-        for im in imgs:
-            vw.write(im)
-        vw.release()
-    return out
+    """view0.avi ... view3.avi from the real frames at full size (conftest's writer)."""
+    from conftest import write_view_videos
+
+    lengths = [frames - 4 if v == short_view else frames for v in range(4)]
+    return write_view_videos(scene, out, views=4, lengths=lengths, size=None, fps=fps)
 
 
 def test_view_videos_read_one_step_at_a_time(mv_scene, tmp_path):
@@ -333,8 +324,10 @@ def test_view_videos_read_one_step_at_a_time(mv_scene, tmp_path):
     assert np.abs(got - png).mean() < 4.0 < 10.0 < np.abs(got[..., ::-1] - png).mean()
 
     short = _write_view_videos(mv_scene, tmp_path / "short", short_view=3)
-    with ViewVideos(short) as v:
-        assert len(list(v)) == 12 and "view(s) [3] ended after 12" in v.unequal_lengths
+    with pytest.raises(VideoError, match=r"view2.avi: 16, view3.avi: 12\); trim them"):
+        ViewVideos(short)  # the containers say so: refused before any frame is decoded
+    with ViewVideos(short, shortest=True) as v:
+        assert len(list(v)) == 12 and "view3.avi: 12" in v.unequal_lengths
     with pytest.raises(VideoError, match=r"views \[5\] have no video"):
         ViewVideos(vids, views=[0, 5])
     bad = tmp_path / "bad"
@@ -348,7 +341,8 @@ def test_view_videos_read_one_step_at_a_time(mv_scene, tmp_path):
 
 def test_cli_infer_stream_from_view_videos(tiny_root, mv_scene, tmp_path):
     """The same 16 steps as one video per view: every output, TUM time stamps from the
-    videos' 10 fps, a warning when the views differ in length."""
+    videos' 10 fps; views of different lengths refused, or (--shortest) cut to the
+    shortest with a warning."""
     from typer.testing import CliRunner
 
     import cli as command_line
@@ -374,7 +368,10 @@ def test_cli_infer_stream_from_view_videos(tiny_root, mv_scene, tmp_path):
     short_args = list(args)
     short_args[short_args.index(str(vids))] = str(short)
     short_args[-1] = str(tmp_path / "short_out")
-    r = CliRunner().invoke(command_line.app, short_args)
+    r = CliRunner().invoke(command_line.app, short_args)  # refused, naming each length
+    assert r.exit_code == 2 and "view0.avi: 12, view1.avi: 16" in r.output, r.output
+    assert "--shortest" in r.output and not (tmp_path / "short_out").exists()
+    r = CliRunner().invoke(command_line.app, short_args + ["--shortest"])
     assert r.exit_code == 0, r.output
     assert "differ in length" in r.output and "stream: 4 windows" in r.output
 
