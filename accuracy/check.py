@@ -41,6 +41,7 @@ def run_check(folder: str | Path, feeds: list[dict[str, np.ndarray]], out_dir: s
     chosen = [(b, r) for b, r in found if backends is None or b in backends or b == "pytorch"]
     active = [b for b, r in chosen if r is None]
     skipped = {b: r for b, r in chosen if r is not None}
+    _check_report_folder(out_dir, folder)
     verify_backend_files(folder, manifest, active)
     for b, r in skipped.items():
         log(f"skipped {b}: {r}")
@@ -49,6 +50,23 @@ def run_check(folder: str | Path, feeds: list[dict[str, np.ndarray]], out_dir: s
     with atomic_directory(out_dir) as tmp:
         summary = _compare(folder, manifest, feeds, tmp, profiles, active, skipped, simple)
     return summary
+
+
+def _check_report_folder(out_dir: Path, bucket: Path) -> None:
+    """The report folder is replaced whole, so it may only be new, empty or an earlier
+    report: `--out` naming the bucket, a folder above it, or a folder of the user's
+    would otherwise be deleted with it."""
+    from runtime.errors import RuntimeDataError
+
+    out, b = out_dir.resolve(), bucket.resolve()
+    if out == b or out in b.parents:
+        raise RuntimeDataError(f"--out {out_dir} is the bucket {bucket} or holds it; the report "
+                               f"folder is replaced whole: give a folder of its own (default: "
+                               f"{bucket}/check)")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "summary.json").is_file():
+        raise RuntimeDataError(f"--out {out_dir} holds files that are not an earlier check "
+                               f"report; choose an empty or new folder (an earlier report is "
+                               f"replaced whole)")
 
 
 def _compare(folder: Path, manifest: dict[str, Any], feeds: list[dict[str, np.ndarray]],

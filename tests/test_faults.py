@@ -597,6 +597,20 @@ def test_check_verifies_graphs_before_the_pytorch_run(damaged, tmp_path, monkeyp
     assert not list(tmp_path.glob(".r.*"))  # no scratch folder either
 
 
+def test_check_never_replaces_a_folder_that_is_not_its_report(bucket, tmp_path):
+    from accuracy.check import run_check
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"the user's")
+    for out, says in ((bucket, "is the bucket"), (bucket.parent, "is the bucket"),
+                      (photos, "not an earlier check report")):
+        with pytest.raises(RuntimeDataError, match=says):
+            run_check(bucket, [{}], out, log=lambda s: None)
+    assert (photos / "holiday.jpg").read_bytes() == b"the user's"
+    assert (bucket / "manifest.json").is_file()
+
+
 def test_profile_for_an_unknown_precision_is_refused(tmp_path):
     from export.compare import load_profiles
 
