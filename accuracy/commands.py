@@ -109,11 +109,17 @@ def bench(
     without a GPU. Exit 1 when a backend fails to run."""
     from accuracy.bench import run_bench
     from accuracy.runners import available_backends, unknown_backends
-    from runtime.layout import BENCH, atomic_write_json, is_bucket
+    from runtime.errors import RuntimeDataError
+    from runtime.layout import BENCH, atomic_write_json, is_bucket, output_file
 
     if not is_bucket(bucket):
         fail(f"{bucket} is not an exported bucket (no manifest.json); run `python cli.py "
              f"export` first")
+    try:  # before minutes of timing, not after
+        if out is not None:
+            output_file(out, BENCH)
+    except RuntimeDataError as e:
+        fail(str(e))
     found = available_backends(bucket)
     refusal = unknown_backends(found, backend)
     if refusal:

@@ -41,7 +41,7 @@ def calibrate(
     videos are decoded once into a scratch folder under $TMPDIR, removed afterwards."""
     from calib.dataset import build_calibration_set
     from runtime.errors import RuntimeDataError
-    from runtime.layout import load_manifest
+    from runtime.layout import load_manifest, output_file
 
     scene = scene_alias or scene
     if scene is None:
@@ -51,6 +51,11 @@ def calibrate(
                   f"FOLDER (frames time_TT/viewV.png or one video per view)")
     if out is not None and len(bucket) > 1:
         _fail("--out names one file; give one --bucket, or let each bucket get its calib.npz")
+    if out is not None:
+        try:
+            output_file(out, "calib.npz")
+        except RuntimeDataError as e:
+            _fail(str(e))
     buckets = []
     for b_dir in bucket:  # every bucket is checked before any video is decoded
         try:

@@ -388,6 +388,30 @@ def inside(folder: str | Path, value: Any, *, source: str | Path, key: str) -> P
 
 
 # ------------------------------------------------------------------------ fingerprints
+def output_file(path: str | Path, own: str, option: str = "--out") -> Path:
+    """A file path a command may write its one output to (``own``: its default name, e.g.
+    ``calib.npz``): never a folder, and never another artifact of a bucket (its manifest,
+    graphs, weights, engines, sidecars, precision reports, calibration set, bench figures),
+    which `--out B/model.onnx` would otherwise replace with an npz or a JSON."""
+    p = Path(path)
+    if p.is_dir():
+        raise RuntimeDataError(f"{option} {p} is a folder; give a file path (e.g. {p / own})")
+    folder = p.parent
+    if p.name != own and (folder / MANIFEST).is_file():
+        theirs = p.name == MANIFEST or p.suffix in (".onnx", ".engine", ".npz") \
+            or p.name.endswith((".onnx.data", ".engine.json")) \
+            or p.name.startswith("precision_") or p.name == BENCH
+        if not theirs:
+            with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+                m = json.loads((folder / MANIFEST).read_text())
+                theirs = p.name in {str(e.get("name")) for e in m.get("files") or []}
+        if theirs:
+            raise RuntimeDataError(f"{option} {p} is an artifact of the bucket {folder}; writing "
+                                   f"there would replace it: give another file (default: "
+                                   f"{folder / own})")
+    return p
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     """Streaming digest: weights and engines are GBs and are never read whole."""
     h = hashlib.sha256()

@@ -611,6 +611,15 @@ def test_check_never_replaces_a_folder_that_is_not_its_report(bucket, tmp_path):
     assert (bucket / "manifest.json").is_file()
 
 
+@pytest.mark.parametrize("name", ["model.onnx", "manifest.json", "calib.npz", "."])
+def test_bench_out_never_replaces_an_artifact_of_a_bucket(damaged, name):
+    before = {p.name: p.read_bytes() for p in damaged.iterdir() if p.is_file()}
+    r = run_cli("bench", "--bucket", damaged, "--repeats", 1, "--out", damaged / name)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert ("is a folder" if name == "." else "is an artifact of the bucket") in r.stderr
+    assert {p.name: p.read_bytes() for p in damaged.iterdir() if p.is_file()} == before
+
+
 def test_profile_for_an_unknown_precision_is_refused(tmp_path):
     from export.compare import load_profiles
 
