@@ -11,7 +11,8 @@ from typing import Any, Callable
 import numpy as np
 
 from export.compare import evaluate, load_profiles, precision_of
-from runtime.layout import atomic_directory, atomic_write_json, load_manifest
+from runtime.layout import (atomic_directory, atomic_write_json, load_manifest,
+                            replaceable_folder)
 
 from .runners import available_backends, make_runner, unknown_backends, verify_backend_files
 
@@ -56,17 +57,7 @@ def _check_report_folder(out_dir: Path, bucket: Path) -> None:
     """The report folder is replaced whole, so it may only be new, empty or an earlier
     report: `--out` naming the bucket, a folder above it, or a folder of the user's
     would otherwise be deleted with it."""
-    from runtime.errors import RuntimeDataError
-
-    out, b = out_dir.resolve(), bucket.resolve()
-    if out == b or out in b.parents:
-        raise RuntimeDataError(f"--out {out_dir} is the bucket {bucket} or holds it; the report "
-                               f"folder is replaced whole: give a folder of its own (default: "
-                               f"{bucket}/check)")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "summary.json").is_file():
-        raise RuntimeDataError(f"--out {out_dir} holds files that are not an earlier check "
-                               f"report; choose an empty or new folder (an earlier report is "
-                               f"replaced whole)")
+    replaceable_folder(out_dir, marker="summary.json", keep=[bucket], what="check report")
 
 
 def _compare(folder: Path, manifest: dict[str, Any], feeds: list[dict[str, np.ndarray]],

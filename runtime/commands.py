@@ -251,8 +251,12 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
     from .streaming import StreamingPredictor
     from .trt.sidecar import SidecarError
 
+    from .layout import replaceable_folder
+
     pool = None
     try:
+        # even with --overwrite: `--out .` must not delete the frames or the buckets it reads
+        replaceable_folder(out, marker=None, keep=[input, root], overwrite=True)
         with Predictor(root, backend=backend, **opts) as predictor:
             T = window or max(e.spec.T for e in predictor.index)
             runner = predictor

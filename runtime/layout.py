@@ -388,6 +388,32 @@ def inside(folder: str | Path, value: Any, *, source: str | Path, key: str) -> P
 
 
 # ------------------------------------------------------------------------ fingerprints
+def replaceable_folder(out: str | Path, *, marker: str | None, keep: Iterable[str | Path] = (),
+                       overwrite: bool = False, option: str = "--out",
+                       what: str = "output") -> Path:
+    """Refuses an output folder that a run would replace whole (atomic_directory) when
+    that would delete what is not its own: a folder that is, or holds, something the run
+    reads (``keep``: the bucket, the input; ``--out .`` with --overwrite would delete them),
+    or a non-empty folder that is not an earlier output (``marker`` is the file every
+    output of this kind holds) unless ``overwrite``. Returns ``out`` as a Path."""
+    out = Path(out)
+    where = out.resolve()
+    for k in keep:
+        k = Path(k)
+        kr = k.resolve()
+        if where == kr or where in kr.parents:
+            raise RuntimeDataError(f"{option} {out} is or holds {k}, which this run reads; the "
+                                   f"{what} folder is replaced whole, so give one of its own")
+    if out.exists() and not out.is_dir():
+        raise RuntimeDataError(f"{option} {out} is a file; give a folder")
+    if out.is_dir() and not overwrite and any(out.iterdir()) and \
+            not (marker and (out / marker).is_file()):
+        raise RuntimeDataError(f"{option} {out} holds files that are not an earlier {what}; "
+                               f"choose an empty or new folder (an earlier {what} is replaced "
+                               f"whole)")
+    return out
+
+
 def output_file(path: str | Path, own: str, option: str = "--out") -> Path:
     """A file path a command may write its one output to (``own``: its default name, e.g.
     ``calib.npz``): never a folder, and never another artifact of a bucket (its manifest,

@@ -30,7 +30,9 @@ from runtime.layout import (EXTERNAL_DATA_SUFFIX, MANIFEST, PORTABLE_GRAPH, PREC
                             Bucket, ManifestError, atomic_directory, atomic_write_json,
                             atomic_write_text, bucket_folders, engine_filenames,
                             file_entry, graph_records, is_bucket, load_manifest,
-                            sha256_file, sidecar_path_for, verify_artifacts)
+                            replaceable_folder, sha256_file, sidecar_path_for,
+                            verify_artifacts)
+from runtime.errors import RuntimeDataError
 
 from .pbtxt import ConfigError, Enum, to_pbtxt, triton_dtype
 
@@ -322,6 +324,10 @@ def export_repository(buckets: Iterable[str | Path], out: str | Path,
     if len(set(names)) != len(names):
         raise RepositoryError(f"the same bucket given twice: {names}")
     plugin = Path(opts.plugins).resolve() if opts.plugins else None
+    try:  # replaced whole: never a bucket it reads, nor a folder of the user's
+        replaceable_folder(out, marker="serving.json", keep=folders, what="repository")
+    except RuntimeDataError as e:
+        raise RepositoryError(str(e)) from e
 
     entries: list[dict[str, Any]] = []
     with atomic_directory(out) as tmp:

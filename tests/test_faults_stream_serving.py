@@ -444,3 +444,21 @@ def test_a_sidecar_that_is_not_an_object_never_ends_in_a_traceback(tmp_path):
         assert _needs_plugins(engine)
         with pytest.raises(RepositoryError, match="sidecar .* is unreadable"):
             _check_plugin_matches_engine(engine, lib)
+
+
+def test_folders_replaced_whole_are_never_the_inputs_or_the_users(bucket, mv_scene, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"the user's")
+    for out, says in ((bucket, "which this run reads"), (bucket.parent, "which this run reads"),
+                      (photos, "not an earlier repository")):
+        res = cli("export-triton", "--bucket", bucket, "--out", out, "--no-trt-model")
+        assert res.exit_code == 2 and says in res.output, res.output
+    scene = tmp_path / "scene"
+    shutil.copytree(mv_scene, scene)
+    for out in (scene, tmp_path):  # --overwrite does not extend to what the stream reads
+        res = cli("infer", "--onnx", bucket.parent, "--input", scene, "--N", 2, "--stream",
+                  "--out", out, "--overwrite")
+        assert res.exit_code == 2 and "which this run reads" in res.output, res.output
+    assert (photos / "a.jpg").read_bytes() == b"the user's" and (scene / "images").is_dir()
+    assert (bucket / "manifest.json").is_file() and hidden(tmp_path) == []
