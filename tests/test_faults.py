@@ -559,6 +559,28 @@ def test_full_disk_while_writing_outputs_names_the_out_folder(bucket, mv_scene, 
     assert sorted(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("err,says,code", [
+    ("ENOSPC", "disk full writing {out}: free space there or choose another --out", 1),
+    ("EDQUOT", "disk quota exceeded writing {out}", 1),
+    ("EROFS", "read-only file system: {out}: choose a writable folder with --out", 2),
+    ("EACCES", "permission denied: {out}: choose a folder you can write with --out", 2),
+])
+def test_os_errors_name_the_folder_asked_for(tmp_path, err, says, code):
+    import errno
+    import os
+
+    from runtime.console import os_error_message
+
+    scratch = tmp_path / ".out.partial-41-ab12" / "depth" / "d.png"
+    n = getattr(errno, err)
+    e = (PermissionError if err == "EACCES" else OSError)(n, os.strerror(n), str(scratch))
+    msg, got = os_error_message(e)
+    assert msg.startswith(says.format(out=tmp_path / "out")) and got == code, msg
+    assert ".partial" not in msg
+    assert os_error_message(FileNotFoundError("no exported buckets in x")) == (
+        "no exported buckets in x", 2)  # ours: its own sentence
+
+
 def test_public_path_names_the_folder_a_scratch_path_stands_for(tmp_path):
     assert layout.public_path(tmp_path / ".out.partial-41-ab12" / "depth" / "d.png") == \
         tmp_path / "out"
