@@ -84,15 +84,105 @@ def test_missing_cuobjdump_is_named(monkeypatch, capsys):
     assert "pip install nvidia-cuda-cuobjdump" in capsys.readouterr().err
 
 
-def test_hot_loop_meets_targets(tmp_path):
+PTXAS = """
+ptxas info    : Compiling entry function '_ZN4vggt20attention_kernel_mmaILi64EEEvv' for 'sm_80'
+ptxas info    : Function properties for _ZN4vggt20attention_kernel_mmaILi64EEEvv
+    352 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 242 registers, used 1 barriers, 352 bytes cumulative stack size, 472 bytes cmem[0]
+ptxas info    : Compile time = 212.817 ms
+ptxas info    : Function properties for _ZN4vggt10TileLoaderILi64EE7generalERKNS_7KeyListEiPh
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+"""
+
+
+def test_a_frame_line_belongs_to_the_function_it_follows():
+    """ptxas prints an out-of-line callee's properties after the kernel's: its 0-byte frame
+    must not overwrite the kernel's 352 (which once hid the kernel's stack frame)."""
+    sr = load()
+    info = sr.ptxas_info(PTXAS)
+    assert list(info) == ["_ZN4vggt20attention_kernel_mmaILi64EEEvv"]
+    assert info["_ZN4vggt20attention_kernel_mmaILi64EEEvv"] == {"regs": 242, "smem": 0, "spill": 0, "stack": 352}
+    r = sr.KernelReport(80, "attention_kernel_mma<64, bias>", 242, 33792, 0, 352, 8, {"nested_loops": 0}, 3)
+    assert sr.structural_failures(r) == ["352 bytes stack frame", "3 local-memory instructions"]
+    assert "| 0 | 352 | 8 |" in sr.markdown([r])
+
+
+def test_never_executed_placeholders_move_no_bytes():
+    """ptxas pads cp.async sequences with `@!PT LDS RZ, [RZ]`: an issue slot, no access."""
+    sr = load()
+    sass = SASS.replace("        /*0040*/", "        /*0038*/              @!PT LDS RZ, [RZ] ;\n        /*0040*/")
+    h = sr.hot_loop(sr.parse_sass(sass)["_ZN4vggt20attention_kernel_mmaILi64EEEvv"])
+    assert h["instructions"] == 7 and h["never_executed"] == 1 and h["smem_bytes"] == 1024
+
+
+NESTED = """
+        Function : _ZN4vggt20attention_kernel_mmaILi64ELb1EEEvv
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/               @P0 BRA 0x60 ;
+        /*0020*/                   HMMA.16816.F32 R8, R4, R6, R8 ;
+        /*0030*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R10.64] ;
+        /*0040*/               @P1 BRA 0x20 ;
+        /*0050*/                   BRA 0x80 ;
+        /*0060*/                   HMMA.16816.F32 R8, R4, R6, R8 ;
+        /*0070*/                   LDS.64 R12, [R2] ;
+        /*0080*/               @P2 BRA 0x10 ;
+        /*0090*/                   EXIT ;
+"""
+
+
+def test_outer_loop_passes_are_bounded_per_segment():
+    """The hot loop is the innermost HMMA loop; around it, the segments from the outer
+    loop's head (into the hot loop: 1 instruction; through the masked tile: 4, one HMMA)
+    and from the hot loop's exit (2) bound what the other tiles cost."""
+    sr = load()
+    h = sr.hot_loop(sr.parse_sass(NESTED)["_ZN4vggt20attention_kernel_mmaILi64ELb1EEEvv"])
+    assert h["instructions"] == 3 and h["mma"] == 1
+    op = h["outer_pass"]
+    assert op["head"] == {"instructions": 1, "smem_bytes": 0}
+    assert op["exit"] == {"instructions": 2, "smem_bytes": 0}
+    assert op["per_tile"] == {"instructions": 3.0, "smem_bytes": 256.0}
+    # Time-SA, 64-key tiles: 172 tiles, tile 0 and 171 not in the hot loop, one entry
+    assert sr.tile_kinds(10992, lambda j: 10992, 64) == [False] + [True] * 170 + [False]
+    a = sr.amortised(h, 64, True)["Time-SA"]
+    heads, entries, other = 2 + 1 + 1, 1, 2
+    assert a["instructions"] == 170 * 3 + heads * 1 + entries * 2 + other * 3
+    # landmark sparse: the own frame's tiles, then a boundary tile and landmark singletons
+    assert sr.tile_kinds(1374 + 64, lambda j: 1374 if j < 1374 else j + 1, 64) == \
+        [False] + [True] * 20 + [False, False]
+
+
+@pytest.fixture(scope="module")
+def tc_reports(tmp_path_factory):
+    """The tensor-core kernels' reports on sm_80 / 87 / 90 (compiled once for the module)."""
     sr = load()
     try:
         nvcc, cuobjdump = sr.find_tool("nvcc"), sr.find_tool("cuobjdump")
     except sr.ToolMissing as e:
         pytest.skip(str(e))
+    tmp = tmp_path_factory.mktemp("sass")
+    out = {}
     for arch in (80, 87, 90):
-        reports = [r for r in sr.report_arch(arch, nvcc, cuobjdump, tmp_path) if "mma" in r.kernel]
-        assert len(reports) == 2, reports
+        out[arch] = [r for r in sr.report_arch(arch, nvcc, cuobjdump, tmp) if "mma" in r.kernel]
+    return out
+
+
+def test_tensor_core_kernels_have_no_stack_frame(tc_reports):
+    """No stack frame, no local memory anywhere in the tensor-core kernels (an address-taken
+    key list or an out-of-line call gave them a 352-byte frame and local loads in the hot
+    loop), and sass_report --check agrees."""
+    sr = load()
+    for arch, reports in tc_reports.items():
+        assert len(reports) == 4, reports   # D = 64 / 128, with and without bias
+        for r in reports:
+            assert r.stack_bytes == 0 and r.local_instructions == 0, r
+            assert r.hot_loop["local_memory"] == 0, r
+            assert sr.structural_failures(r) == [], r
+
+
+def test_hot_loop_meets_targets(tc_reports):
+    sr = load()
+    for arch, reports in tc_reports.items():
+        assert len(reports) == 4, reports
         for r in reports:
             h = r.hot_loop
             assert r.spill_bytes == 0 and r.resident_warps >= 8, r

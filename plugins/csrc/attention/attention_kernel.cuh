@@ -56,10 +56,41 @@ struct KeyList
     int tail_start;                 // memory tokens (strategy 2) or all keys (biased)
     const int32_t* landmarks;       // strategy 0
     int n_frames;                   // strategy 1
-    int frames[kMaxDilatedFrames];  // strategy 1
+    // strategy 1: kMaxDilatedFrames entries the caller owns (a local array of the CUDA-core
+    // kernel; shared memory in the tensor-core kernel, which must have no local memory)
+    int* frames;
     int frame_len;
+    uint32_t frame_recip;           // (2^32 - 1) / frame_len, see frame_of
     int mode;                       // 0 contiguous, 1 own+landmarks, 2 frames, 3 own+tail
 };
+
+// Read-only global data (the landmark lists): ld.global.nc, also where the pointer itself
+// was loaded from memory and the compiler could not tell its address space.
+template <typename T>
+__device__ __forceinline__ T load_global_ro(const T* p)
+{
+#ifdef __CUDACC__
+    return __ldg(p);
+#else
+    return *p;
+#endif
+}
+
+// j / frame_len for 0 <= j < 2^31 without a division (a ~20-instruction sequence at run
+// time; general() needs seven per tile): with m = floor((2^32 - 1) / F), the high half of
+// j m is j / F - j (2^32 - mF) / (F 2^32) rounded down, and 2^32 - mF <= F makes that at
+// most one below floor(j / F); one compare corrects it. Exact for every F >= 1.
+__device__ __forceinline__ int frame_of(const KeyList& kl, int j)
+{
+    const uint32_t uj = static_cast<uint32_t>(j);
+#ifdef __CUDACC__
+    uint32_t q = __umulhi(uj, kl.frame_recip);
+#else
+    uint32_t q = static_cast<uint32_t>((static_cast<uint64_t>(uj) * kl.frame_recip) >> 32);
+#endif
+    q += uj - q * static_cast<uint32_t>(kl.frame_len) >= static_cast<uint32_t>(kl.frame_len) ? 1u : 0u;
+    return static_cast<int>(q);
+}
 
 __device__ __forceinline__ int key_at(const KeyList& kl, int j, bool& valid)
 {
@@ -71,26 +102,35 @@ __device__ __forceinline__ int key_at(const KeyList& kl, int j, bool& valid)
     {
         if (j < kl.own)
             return kl.own_start + j;
-        const int idx = kl.landmarks[j - kl.own];
+        const int idx = load_global_ro(kl.landmarks + (j - kl.own));
         // A landmark inside the query's own frame is already visible once.
         valid = !(idx >= kl.own_start && idx < kl.own_start + kl.own);
         return idx;
     }
-    case 2: return kl.frames[j / kl.frame_len] * kl.frame_len + j % kl.frame_len;
+    case 2:
+    {
+        const int f = frame_of(kl, j);
+        return kl.frames[f] * kl.frame_len + (j - f * kl.frame_len);
+    }
     default: return j < kl.own ? kl.own_start + j : kl.tail_start + (j - kl.own);
     }
 }
 
 // Which queries a block of `rows` query rows owns and which keys they see.
+// `frames` receives strategy 1's frame list; only threads with write_frames store it
+// (the tensor-core kernel lets one thread fill its shared copy, before a barrier).
 __device__ __forceinline__ void block_problem(const AttentionParams& p, int L, int S, int M, int b,
-    const int32_t* landmarks, int& q_begin, int& q_end, KeyList& kl, int rows = kBlockQ)
+    const int32_t* landmarks, int& q_begin, int& q_end, KeyList& kl, int* frames, int rows = kBlockQ,
+    bool write_frames = true)
 {
+    kl.frames = frames;
     kl.mode = 0;
     kl.tail_start = 0;
     kl.count = S;
     kl.own = 0;
     kl.own_start = 0;
     kl.frame_len = 1;
+    kl.frame_recip = 0xffffffffu;
     kl.n_frames = 0;
     kl.landmarks = nullptr;
     if (p.kind == OpKind::kBiased)
@@ -116,6 +156,7 @@ __device__ __forceinline__ void block_problem(const AttentionParams& p, int L, i
     kl.own_start = f * F;
     kl.own = F;
     kl.frame_len = F;
+    kl.frame_recip = 0xffffffffu / static_cast<uint32_t>(F > 0 ? F : 1);
     if (p.strategy == kStrategyLandmark)
     {
         kl.mode = 1;
@@ -127,13 +168,18 @@ __device__ __forceinline__ void block_problem(const AttentionParams& p, int L, i
         kl.mode = 2;
         const int t = f / p.num_n, n = f % p.num_n;
         int nf = 0;
-        for (int vv = 0; vv < p.num_n && nf < kMaxDilatedFrames; ++vv)
-            kl.frames[nf++] = t * p.num_n + vv;
+        for (int vv = 0; vv < p.num_n && nf < kMaxDilatedFrames; ++vv, ++nf)
+            if (write_frames)
+                frames[nf] = t * p.num_n + vv;
         for (int tt = 0; tt < p.num_t && nf < kMaxDilatedFrames; ++tt)
         {
             const int dt = tt > t ? tt - t : t - tt;
             if (dt > 0 && dt < 31 && ((p.level_mask >> dt) & 1))
-                kl.frames[nf++] = tt * p.num_n + n;
+            {
+                if (write_frames)
+                    frames[nf] = tt * p.num_n + n;
+                ++nf;
+            }
         }
         kl.n_frames = nf;
         kl.count = nf * F;
@@ -209,7 +255,8 @@ __global__ void attention_kernel(AttentionParams p, int /*B: grid.y = B*H*/, int
     const int tid = static_cast<int>(threadIdx.x);
     int q_begin = 0, q_end = 0;
     KeyList kl;
-    block_problem(p, L, S, M, b, landmarks, q_begin, q_end, kl);
+    int frames[kMaxDilatedFrames];
+    block_problem(p, L, S, M, b, landmarks, q_begin, q_end, kl, frames);
 
     const int i = q_begin + tid;
     const bool active = i < q_end;

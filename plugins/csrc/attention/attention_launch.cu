@@ -47,7 +47,9 @@ static int launch_tc(const AttentionParams& p, int B, int H, int L, int S, int D
     const dim3 grid(static_cast<unsigned>(query_tiles(p, L, MmaTraits<DMAX>::kBlockM)), static_cast<unsigned>(B * H));
     const dim3 block(MmaTraits<DMAX>::kThreads);
     constexpr int smem = MmaTraits<DMAX>::kSmemBytes;
-    auto* kernel = attention_kernel_mma<DMAX>;
+    // the bias is a template parameter: without one the hot loop carries no c_j at all
+    auto* kernel = (p.kind == OpKind::kBiased && p.has_bias != 0) ? attention_kernel_mma<DMAX, true>
+                                                                  : attention_kernel_mma<DMAX, false>;
 #ifdef __CUDACC__
     // above 48 KB of dynamic shared memory a kernel must opt in (per device; cheap to repeat)
     if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)

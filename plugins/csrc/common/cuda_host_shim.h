@@ -394,6 +394,19 @@ inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = 32)
     return out;
 }
 
+// Indexed shuffle: lane l receives src_lane's value (src_lane taken modulo 32, as on the GPU).
+template <typename T>
+inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = 32)
+{
+    static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= sizeof(uint64_t), "shuffle of a register value");
+    if (mask != 0xffffffffu || width != 32 || vggt_host::tl_warp->size != vggt_host::kWarpSize)
+        vggt_host::fail("__shfl_sync needs a full warp, a full mask and width 32");
+    const auto* table = vggt_host::exchange(&var, sizeof(T));
+    T out;
+    std::memcpy(&out, table[static_cast<unsigned>(src_lane) % 32u], sizeof(T));
+    return out;
+}
+
 #else
 #define VGGT_SHARED_ARENA(name, bytes) __shared__ alignas(128) unsigned char name[bytes]
 #endif // __CUDACC__

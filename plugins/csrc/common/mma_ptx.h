@@ -9,6 +9,7 @@
 //   cp_async_16       cp.async.cg.shared.global, 16 bytes (src-size 0: zero fill)
 //   cp_async_commit / cp_async_wait<N>   commit_group / wait_group N
 //   lds / sts         a shared-memory load / store (on the host: bank + race accounting)
+//   ldg               ld.global.nc (read-only global load)
 //   pack_half2, ex2   cvt.rn.f16x2.f32, ex2.approx.ftz.f32
 //
 // Every wrapper except cp_async_commit / cp_async_wait is called by all 32 lanes of a
@@ -89,6 +90,14 @@ template <typename T>
 __device__ __forceinline__ T lds(const T* p)
 {
     return *p;
+}
+
+// A read-only global load (ld.global.nc) for pointers the compiler cannot place in the
+// global space itself (loaded from shared memory, it would otherwise be a generic LD).
+template <typename T>
+__device__ __forceinline__ T ldg(const T* p)
+{
+    return __ldg(p);
 }
 
 template <typename T>
@@ -267,6 +276,12 @@ inline void warp_access(const T* p, bool active, vggt_host::Access a)
         vggt_host::account_warp_access(offs, act, sizeof(T), 128 / sizeof(T), a);
     }
     __syncwarp();   // accounted (and race-checked) before any lane touches the data
+}
+
+template <typename T>
+inline T ldg(const T* p)
+{
+    return *p;
 }
 
 template <typename T>

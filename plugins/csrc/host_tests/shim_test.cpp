@@ -4,7 +4,7 @@
 // undefined or refuses must make the host run abort.
 //
 // usage: shim_test MODE, MODE one of
-//   shuffle        __shfl_xor_sync over two warps: lane i gets lane i^m's value; exit 0
+//   shuffle        __shfl_xor_sync and indexed __shfl_sync over two warps: lane i gets lane i^m's / lane (3i+m)%32's value; exit 0
 //   mma            mma.sync m16n8k16 from fragments built per the documented layout vs a
 //                  scalar matmul (with a non-zero C); exit 0
 //   ldmatrix       .x1 / .x2 / .x4, with and without .trans, vs the documented layout; exit 0
@@ -41,8 +41,11 @@ __global__ void shuffle_kernel(int lane_mask, int* out)
 {
     const int tid = static_cast<int>(threadIdx.x);
     const int got = __shfl_xor_sync(0xffffffffu, tid * 10, lane_mask);
+    // indexed: every lane reads lane (lane * 3 + lane_mask) % 32 of its warp
+    const int idx = __shfl_sync(0xffffffffu, tid * 10, (tid % 32) * 3 + lane_mask);
     __syncwarp();
     out[tid] = got;
+    out[64 + tid] = idx;
 }
 
 // ---- mma: A 16x16, B 16x8 (k x n), C 16x8 ----------------------------------------------
@@ -263,10 +266,13 @@ int main(int argc, char** argv)
     {
         for (int m : {1, 2, 16, 31})
         {
-            int out[64] = {};
+            int out[128] = {};
             vggt_host::launch(dim3(2), dim3(64), shuffle_kernel, m, out);
             for (int t = 0; t < 64; ++t)
+            {
                 expect(out[t] == ((t / 32) * 32 + ((t % 32) ^ m)) * 10, "shuffle");
+                expect(out[64 + t] == ((t / 32) * 32 + ((t % 32) * 3 + m) % 32) * 10, "indexed shuffle");
+            }
         }
         return g_errors == 0 ? 0 : 1;
     }
