@@ -470,7 +470,7 @@ FAULTS = [
     Fault("check --out the bucket itself",
           lambda w: ["check", "--bucket", str(w / "bucket" / "T2_N2_42x56"), "--out",
                      str(w / "bucket" / "T2_N2_42x56")], lambda w: copy_bucket(w), out=None,
-          says="is the bucket", check=lambda w: (w / "bucket" / "T2_N2_42x56" /
+          says="which this run reads", check=lambda w: (w / "bucket" / "T2_N2_42x56" /
                                                  "manifest.json").is_file()),
     Fault("export-triton --out the bucket's folder",
           lambda w: ["export-triton", "--bucket", str(w / "bucket"), "--out", str(w / "bucket"),

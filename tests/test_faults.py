@@ -625,7 +625,8 @@ def test_check_never_replaces_a_folder_that_is_not_its_report(bucket, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "holiday.jpg").write_bytes(b"the user's")
-    for out, says in ((bucket, "is the bucket"), (bucket.parent, "is the bucket"),
+    reads = "which this run reads"
+    for out, says in ((bucket, reads), (bucket.parent, reads),
                       (photos, "not an earlier check report")):
         with pytest.raises(RuntimeDataError, match=says):
             run_check(bucket, [{}], out, log=lambda s: None)
