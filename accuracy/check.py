@@ -42,7 +42,9 @@ def run_check(folder: str | Path, feeds: list[dict[str, np.ndarray]], out_dir: s
     chosen = [(b, r) for b, r in found if backends is None or b in backends or b == "pytorch"]
     active = [b for b, r in chosen if r is None]
     skipped = {b: r for b, r in chosen if r is not None}
-    _check_report_folder(out_dir, folder)
+    # replaced whole (below), so it may only be new, empty or an earlier report: never the
+    # bucket, a folder above it, or a folder of the user's
+    replaceable_folder(out_dir, marker="summary.json", keep=[folder], what="check report")
     verify_backend_files(folder, manifest, active)
     for b, r in skipped.items():
         log(f"skipped {b}: {r}")
@@ -51,13 +53,6 @@ def run_check(folder: str | Path, feeds: list[dict[str, np.ndarray]], out_dir: s
     with atomic_directory(out_dir) as tmp:
         summary = _compare(folder, manifest, feeds, tmp, profiles, active, skipped, simple)
     return summary
-
-
-def _check_report_folder(out_dir: Path, bucket: Path) -> None:
-    """The report folder is replaced whole, so it may only be new, empty or an earlier
-    report: `--out` naming the bucket, a folder above it, or a folder of the user's
-    would otherwise be deleted with it."""
-    replaceable_folder(out_dir, marker="summary.json", keep=[bucket], what="check report")
 
 
 def _compare(folder: Path, manifest: dict[str, Any], feeds: list[dict[str, np.ndarray]],

@@ -40,7 +40,6 @@ def extract_view_videos(folder: str | Path, out_dir: str | Path, shortest: bool 
     return out_dir
 
 
-
 def _check_one_size(vids: ViewVideos, frames: list) -> None:
     """A calibration clip, like any clip `infer` runs, has one frame size (the stream
     alone takes views of different sizes). Said here, naming the videos: later it would

@@ -246,12 +246,11 @@ def _infer_stream(root: Path, backend: str, input: Path, out: Path, window: int 
     from .dispatch import UnknownBucketError
     from .errors import RuntimeDataError
     from .health import NonFiniteOutputError
+    from .layout import replaceable_folder
     from .predictor import Predictor
     from .session import SessionError
     from .streaming import StreamingPredictor
     from .trt.sidecar import SidecarError
-
-    from .layout import replaceable_folder
 
     pool = None
     try:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -388,56 +388,6 @@ def inside(folder: str | Path, value: Any, *, source: str | Path, key: str) -> P
 
 
 # ------------------------------------------------------------------------ fingerprints
-def replaceable_folder(out: str | Path, *, marker: str | None, keep: Iterable[str | Path] = (),
-                       overwrite: bool = False, option: str = "--out",
-                       what: str = "output") -> Path:
-    """Refuses an output folder that a run would replace whole (atomic_directory) when
-    that would delete what is not its own: a folder that is, or holds, something the run
-    reads (``keep``: the bucket, the input; ``--out .`` with --overwrite would delete them),
-    or a non-empty folder that is not an earlier output (``marker`` is the file every
-    output of this kind holds) unless ``overwrite``. Returns ``out`` as a Path."""
-    out = Path(out)
-    where = out.resolve()
-    for k in keep:
-        k = Path(k)
-        kr = k.resolve()
-        if where == kr or where in kr.parents:
-            raise RuntimeDataError(f"{option} {out} is or holds {k}, which this run reads; the "
-                                   f"{what} folder is replaced whole, so give one of its own")
-    if out.exists() and not out.is_dir():
-        raise RuntimeDataError(f"{option} {out} is a file; give a folder")
-    if out.is_dir() and not overwrite and any(out.iterdir()) and \
-            not (marker and (out / marker).is_file()):
-        raise RuntimeDataError(f"{option} {out} holds files that are not an earlier {what}; "
-                               f"choose an empty or new folder (an earlier {what} is replaced "
-                               f"whole)")
-    return out
-
-
-def output_file(path: str | Path, own: str, option: str = "--out") -> Path:
-    """A file path a command may write its one output to (``own``: its default name, e.g.
-    ``calib.npz``): never a folder, and never another artifact of a bucket (its manifest,
-    graphs, weights, engines, sidecars, precision reports, calibration set, bench figures),
-    which `--out B/model.onnx` would otherwise replace with an npz or a JSON."""
-    p = Path(path)
-    if p.is_dir():
-        raise RuntimeDataError(f"{option} {p} is a folder; give a file path (e.g. {p / own})")
-    folder = p.parent
-    if p.name != own and (folder / MANIFEST).is_file():
-        theirs = p.name == MANIFEST or p.suffix in (".onnx", ".engine", ".npz") \
-            or p.name.endswith((".onnx.data", ".engine.json")) \
-            or p.name.startswith("precision_") or p.name == BENCH
-        if not theirs:
-            with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
-                m = json.loads((folder / MANIFEST).read_text())
-                theirs = p.name in {str(e.get("name")) for e in m.get("files") or []}
-        if theirs:
-            raise RuntimeDataError(f"{option} {p} is an artifact of the bucket {folder}; writing "
-                                   f"there would replace it: give another file (default: "
-                                   f"{folder / own})")
-    return p
-
-
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     """Streaming digest: weights and engines are GBs and are never read whole."""
     h = hashlib.sha256()
@@ -579,6 +529,56 @@ def load_precision_report(folder: str | Path, manifest: Mapping[str, Any], mode:
 
 
 # ---------------------------------------------------------------------- atomic writes
+def replaceable_folder(out: str | Path, *, marker: str | None, keep: Iterable[str | Path] = (),
+                       overwrite: bool = False, option: str = "--out",
+                       what: str = "output") -> Path:
+    """Refuses an output folder that a run would replace whole (atomic_directory) when
+    that would delete what is not its own: a folder that is, or holds, something the run
+    reads (``keep``: the bucket, the input; ``--out .`` with --overwrite would delete them),
+    or a non-empty folder that is not an earlier output (``marker`` is the file every
+    output of this kind holds) unless ``overwrite``. Returns ``out`` as a Path."""
+    out = Path(out)
+    where = out.resolve()
+    for k in keep:
+        k = Path(k)
+        kr = k.resolve()
+        if where == kr or where in kr.parents:
+            raise RuntimeDataError(f"{option} {out} is or holds {k}, which this run reads; the "
+                                   f"{what} folder is replaced whole, so give one of its own")
+    if out.exists() and not out.is_dir():
+        raise RuntimeDataError(f"{option} {out} is a file; give a folder")
+    if out.is_dir() and not overwrite and any(out.iterdir()) and \
+            not (marker and (out / marker).is_file()):
+        raise RuntimeDataError(f"{option} {out} holds files that are not an earlier {what}; "
+                               f"choose an empty or new folder (an earlier {what} is replaced "
+                               f"whole)")
+    return out
+
+
+def output_file(path: str | Path, own: str, option: str = "--out") -> Path:
+    """A file path a command may write its one output to (``own``: its default name, e.g.
+    ``calib.npz``): never a folder, and never another artifact of a bucket (its manifest,
+    graphs, weights, engines, sidecars, precision reports, calibration set, bench figures),
+    which `--out B/model.onnx` would otherwise replace with an npz or a JSON."""
+    p = Path(path)
+    if p.is_dir():
+        raise RuntimeDataError(f"{option} {p} is a folder; give a file path (e.g. {p / own})")
+    folder = p.parent
+    if p.name != own and (folder / MANIFEST).is_file():
+        theirs = p.name == MANIFEST or p.suffix in (".onnx", ".engine", ".npz") \
+            or p.name.endswith((".onnx.data", ".engine.json")) \
+            or p.name.startswith("precision_") or p.name == BENCH
+        if not theirs:  # a damaged manifest is for the reader that needs it to say
+            with contextlib.suppress(RuntimeDataError, OSError, AttributeError, TypeError):
+                files = load_manifest(folder).get("files") or []
+                theirs = p.name in {str(e.get("name")) for e in files}
+        if theirs:
+            raise RuntimeDataError(f"{option} {p} is an artifact of the bucket {folder}; writing "
+                                   f"there would replace it: give another file (default: "
+                                   f"{folder / own})")
+    return p
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

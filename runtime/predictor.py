@@ -30,7 +30,7 @@ from .errors import NotEnoughFramesError, RuntimeDataError
 from .exports.cameras import CameraLog, frame_is_finite, frame_name, json_safe
 from .exports.colmap import COLMAP_DIR, ColmapImage, export_points, write_colmap
 from .exports.glb import GLB_NAME, write_glb
-from .layout import _test_disk_full, atomic_directory, atomic_write_json
+from .layout import _test_disk_full, atomic_directory, atomic_write_json, replaceable_folder
 from .outputs import (
     atomic_write,
     colorize,
@@ -143,13 +143,7 @@ class Prediction:
         the outputs (batch's done marker: present exactly when everything else is).
         Returns {"npz", "ply", "depth_png": [...], "confidence_png": [...], "run_json",
         "points"} with paths and the PLY vertex count."""
-        final = Path(out_dir)
-        if final.exists() and not final.is_dir():
-            raise RuntimeDataError(f"--out {final} is a file; give a folder")
-        if final.is_dir() and any(final.iterdir()) and not (final / RUN_JSON).is_file():
-            raise RuntimeDataError(
-                f"--out {final} holds files that are not an earlier infer output; choose an "
-                f"empty or new folder (an earlier output is replaced whole)")
+        final = replaceable_folder(out_dir, marker=RUN_JSON, what="infer output")
         # Written into a scratch folder that replaces the output whole: a re-used folder
         # never mixes this clip's frames with an earlier clip's (t05 beside old t00).
         with atomic_directory(final) as tmp:

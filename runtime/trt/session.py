@@ -93,7 +93,6 @@ def find_engine(engine_dir: str | Path, precision: str | None = None,
             present[p] = found[0]
     flag = ("" if target in (None, "trt") else f" --target {target}") + \
         ("" if attention is None else f" --attention {attention}")
-    passed_over = _passed_over(folder, target, attention)
     if precision is not None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -101,12 +100,14 @@ def find_engine(engine_dir: str | Path, precision: str | None = None,
             raise FileNotFoundError(
                 f"no {precision} engine in {folder} (expected "
                 f"{' or '.join(engine_filenames(precision, target, attention))}; present: "
-                f"{sorted(present) or 'none'}){passed_over}; build it with `python cli.py "
+                f"{sorted(present) or 'none'}){_passed_over(folder, target, attention)}; "
+                f"build it with `python cli.py "
                 f"build-engine --{precision}{flag} --bucket {folder}`")
         return present[precision]
     for p in PRECISION_PREFERENCE:
         if p in present:
             return present[p]
+    passed_over = _passed_over(folder, target, attention)  # only said when nothing is found
     if passed_over:
         raise FileNotFoundError(f"no usable TensorRT engine in {folder}"
                                 f"{passed_over}; or build one with `python cli.py build-engine "
